@@ -1,0 +1,1 @@
+"""AWS Batch: a launcher, job definitions and a job monitor."""

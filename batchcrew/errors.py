@@ -1,0 +1,49 @@
+"""The exceptions batchcrew raises, under one root, `BatchcrewError`.
+
+Every message says what went wrong, with the offending value, and what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchcrew.controller import Result
+
+
+class BatchcrewError(Exception):
+    """The root of every error batchcrew raises on purpose."""
+
+
+class TaskError(BatchcrewError):
+    """A task resolved with status "error", "crash" or "cancel" and the caller asked to raise.
+
+    `result` is the first failed `Result`, with its message and traceback.
+    """
+
+    def __init__(self, message: str, result: Result) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class LaunchError(BatchcrewError):
+    """Workers cannot be launched: the launcher failed too many times in a row.
+
+    Raised by the calls that wait for results (`await task`, `map`, `wait`) instead of hanging.
+    """
+
+
+class ControllerClosedError(BatchcrewError):
+    """The controller is not running: start it (`async with` or `await start()`) first."""
+
+
+class SerializationError(BatchcrewError, TypeError):
+    """A task's function or arguments cannot be pickled, so it was not pushed."""
+
+
+class TaskTooLargeError(BatchcrewError, ValueError):
+    """A task's pickled size is over the controller's `max_message_size`."""
+
+
+class ProtocolError(BatchcrewError):
+    """A frame on the wire does not parse as a batchcrew message of this version."""

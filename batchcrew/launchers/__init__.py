@@ -1,0 +1,1 @@
+"""Launchers: how workers are started and ended."""

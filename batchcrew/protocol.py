@@ -1,0 +1,227 @@
+"""The wire protocol between a controller and its workers: message types and their frames.
+
+No sockets and no asyncio here. A message is a list of ZeroMQ frames: a fixed 12-byte header
+(magic, version, kind, task id), then the kind's own frames. Metadata is parsed with `struct` and
+`json`, never with pickle, so a frame can be checked before anything in it is unpickled; task
+arguments and results travel as pickle protocol 5 with out-of-band buffers as extra frames, so a
+large array crosses the wire without a copy into one giant bytes object.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Final, Literal
+
+import cloudpickle
+
+from batchcrew.errors import ProtocolError
+
+VERSION: Final = 1
+MAGIC: Final = b"bc"
+_HEADER = struct.Struct(">2sBBQ")
+_RESULT_META = struct.Struct(">Bd")
+
+Buffer = bytes | memoryview
+"""A frame's contents as this module accepts them: `bytes`, or a view such as `zmq.Frame.buffer`."""
+
+
+class Kind(IntEnum):
+    """What a message is. Values below 10 go from worker to controller, the rest the other way."""
+
+    READY = 1
+    RESULT = 2
+    BYE = 3
+    TASK = 10
+    STOP = 11
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A worker has connected and is ready for tasks."""
+
+    pid: int
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """A worker is leaving on its own (idle, wall time, tasks_max): requeue what it was sent."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The controller tells a worker to exit."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task as the worker receives it: pickled function, pickled arguments, their buffers."""
+
+    task_id: int
+    function: Buffer
+    arguments: Buffer
+    buffers: Sequence[Buffer] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A task's outcome as the worker reports it; `value` stays pickled until someone loads it."""
+
+    task_id: int
+    status: Literal["success", "error"]
+    seconds: float
+    error: str | None = None
+    trace: str | None = None
+    warnings: tuple[str, ...] = ()
+    value: Buffer = b""
+    buffers: Sequence[Buffer] = field(default=())
+
+
+Message = Ready | Bye | Stop | Task | Outcome
+
+_STATUS_CODES: Final = {"success": 0, "error": 1}
+_STATUS_NAMES: Final[dict[int, Literal["success", "error"]]] = {0: "success", 1: "error"}
+
+
+def _header(kind: Kind, task_id: int = 0) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, kind, task_id)
+
+
+def encode(message: Message) -> list[Buffer]:
+    """Turn a message into the frames that carry it."""
+    if isinstance(message, Task):
+        return [
+            _header(Kind.TASK, message.task_id),
+            message.function,
+            message.arguments,
+            *message.buffers,
+        ]
+    if isinstance(message, Outcome):
+        meta = _RESULT_META.pack(_STATUS_CODES[message.status], message.seconds)
+        if message.error is not None or message.trace is not None or message.warnings:
+            extra = {"error": message.error, "trace": message.trace, "warnings": message.warnings}
+            meta += json.dumps(extra).encode()
+        return [_header(Kind.RESULT, message.task_id), meta, message.value, *message.buffers]
+    if isinstance(message, Ready):
+        return [_header(Kind.READY), json.dumps({"pid": message.pid, "host": message.host}).encode()]
+    if isinstance(message, Bye):
+        return [_header(Kind.BYE), json.dumps({"reason": message.reason}).encode()]
+    return [_header(Kind.STOP), json.dumps({"reason": message.reason}).encode()]
+
+
+def decode_header(frame: Buffer) -> tuple[Kind, int]:
+    """Read a header frame: the message's kind and task id. Raises `ProtocolError`."""
+    if len(frame) != _HEADER.size:
+        raise ProtocolError(f"header frame of {len(frame)} bytes, expected {_HEADER.size}")
+    magic, version, kind, task_id = _HEADER.unpack(frame)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}: not a batchcrew frame")
+    if version != VERSION:
+        raise ProtocolError(
+            f"protocol version {version}, but this batchcrew speaks version {VERSION}: "
+            "run the same batchcrew version on the controller and the workers"
+        )
+    try:
+        return Kind(kind), task_id
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {kind}") from None
+
+
+def _json_object(frame: Buffer) -> dict[str, Any]:
+    try:
+        value = json.loads(bytes(frame))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ProtocolError(f"metadata is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("metadata is not a JSON object")
+    return value
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind):
+        raise ProtocolError(f"metadata field {name!r} is missing or of the wrong type")
+    return value
+
+
+def decode(frames: Sequence[Buffer]) -> Message:
+    """Parse the frames of one message (without the ROUTER's identity frame).
+
+    Nothing is unpickled here. Raises `ProtocolError`, and only that, for anything malformed.
+    """
+    if not frames:
+        raise ProtocolError("empty message")
+    kind, task_id = decode_header(frames[0])
+    body = frames[1:]
+    if kind is Kind.TASK:
+        if len(body) < 2:
+            raise ProtocolError("task message needs a function frame and an arguments frame")
+        return Task(task_id, body[0], body[1], tuple(body[2:]))
+    if kind is Kind.RESULT:
+        if len(body) < 2:
+            raise ProtocolError("result message needs a metadata frame and a value frame")
+        meta = body[0]
+        if len(meta) < _RESULT_META.size:
+            raise ProtocolError("result metadata is truncated")
+        code, seconds = _RESULT_META.unpack_from(meta)
+        status = _STATUS_NAMES.get(code)
+        if status is None:
+            raise ProtocolError(f"unknown result status code {code}")
+        error = trace = None
+        warnings: tuple[str, ...] = ()
+        if len(meta) > _RESULT_META.size:
+            extra = _json_object(memoryview(meta)[_RESULT_META.size :])
+            error = _field(extra, "error", (str, type(None)))
+            trace = _field(extra, "trace", (str, type(None)))
+            listed = _field(extra, "warnings", list)
+            if not all(isinstance(item, str) for item in listed):
+                raise ProtocolError("result warnings must be strings")
+            warnings = tuple(listed)
+        return Outcome(task_id, status, seconds, error, trace, warnings, body[1], tuple(body[2:]))
+    if len(body) != 1:
+        raise ProtocolError(f"{kind.name} message needs exactly one metadata frame")
+    data = _json_object(body[0])
+    if kind is Kind.READY:
+        return Ready(_field(data, "pid", int), _field(data, "host", str))
+    if kind is Kind.BYE:
+        return Bye(_field(data, "reason", str))
+    return Stop(_field(data, "reason", str))
+
+
+def dump_function(function: Callable[..., Any]) -> bytes:
+    """Pickle a task's function with cloudpickle, so lambdas and closures travel too."""
+    return cloudpickle.dumps(function, protocol=5)  # type: ignore[no-any-return]
+
+
+def dump_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle a task's arguments; large contiguous buffers come back separately, uncopied."""
+    buffers: list[pickle.PickleBuffer] = []
+    data: bytes = cloudpickle.dumps((args, kwargs), protocol=5, buffer_callback=buffers.append)
+    return data, buffers
+
+
+def dump_value(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle a task's return value: plain pickle first (fast), cloudpickle for the rest."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        buffers = []
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return data, buffers
+
+
+def load(data: Buffer, buffers: Sequence[Buffer] = ()) -> Any:
+    """Unpickle what `dump_*` made. Only ever call it on frames from an authenticated peer."""
+    return pickle.loads(data, buffers=buffers)  # noqa: S301 - peers are authenticated first

@@ -1,0 +1,1 @@
+"""Test helpers: a local AWS Batch emulator and pytest fixtures."""
