@@ -1,1 +1,75 @@
-"""Run Python tasks on auto-scaled workers, local or on AWS Batch, from asyncio."""
+"""Run Python tasks on auto-scaled workers, local or on AWS Batch, from asyncio.
+
+The public names are imported lazily, so that `python -m batchcrew.worker` starts without
+loading polars and the controller's other dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchcrew.controller import Controller, Result, Task, results_frame
+    from batchcrew.errors import (
+        BatchcrewError,
+        ControllerClosedError,
+        LaunchError,
+        ProtocolError,
+        SerializationError,
+        TaskError,
+        TaskTooLargeError,
+    )
+    from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
+    from batchcrew.launchers.local import LocalLauncher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchcrewError",
+    "Controller",
+    "ControllerClosedError",
+    "LaunchError",
+    "LaunchRequest",
+    "Launcher",
+    "LocalLauncher",
+    "ProtocolError",
+    "Result",
+    "SerializationError",
+    "Task",
+    "TaskError",
+    "TaskTooLargeError",
+    "WorkerExit",
+    "results_frame",
+]
+
+_HOMES = {
+    "Controller": "batchcrew.controller",
+    "Result": "batchcrew.controller",
+    "Task": "batchcrew.controller",
+    "results_frame": "batchcrew.controller",
+    "BatchcrewError": "batchcrew.errors",
+    "ControllerClosedError": "batchcrew.errors",
+    "LaunchError": "batchcrew.errors",
+    "ProtocolError": "batchcrew.errors",
+    "SerializationError": "batchcrew.errors",
+    "TaskError": "batchcrew.errors",
+    "TaskTooLargeError": "batchcrew.errors",
+    "Launcher": "batchcrew.launchers.base",
+    "LaunchRequest": "batchcrew.launchers.base",
+    "WorkerExit": "batchcrew.launchers.base",
+    "LocalLauncher": "batchcrew.launchers.local",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'batchcrew' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -27,7 +27,7 @@ _HEADER = struct.Struct(">2sBBQ")
 _RESULT_META = struct.Struct(">Bd")
 
 Buffer = bytes | memoryview
-"""A frame's contents as this module accepts them: `bytes`, or a view such as `zmq.Frame.buffer`."""
+"""A frame's contents: `bytes`, or a zero-copy view (`zmq.Frame.buffer`, a pickle buffer)."""
 
 
 class Kind(IntEnum):
@@ -88,6 +88,8 @@ class Outcome:
 
 Message = Ready | Bye | Stop | Task | Outcome
 
+_KINDS: Final = {kind.value: kind for kind in Kind}
+
 _STATUS_CODES: Final = {"success": 0, "error": 1}
 _STATUS_NAMES: Final[dict[int, Literal["success", "error"]]] = {0: "success", 1: "error"}
 
@@ -112,7 +114,10 @@ def encode(message: Message) -> list[Buffer]:
             meta += json.dumps(extra).encode()
         return [_header(Kind.RESULT, message.task_id), meta, message.value, *message.buffers]
     if isinstance(message, Ready):
-        return [_header(Kind.READY), json.dumps({"pid": message.pid, "host": message.host}).encode()]
+        return [
+            _header(Kind.READY),
+            json.dumps({"pid": message.pid, "host": message.host}).encode(),
+        ]
     if isinstance(message, Bye):
         return [_header(Kind.BYE), json.dumps({"reason": message.reason}).encode()]
     return [_header(Kind.STOP), json.dumps({"reason": message.reason}).encode()]
@@ -130,10 +135,10 @@ def decode_header(frame: Buffer) -> tuple[Kind, int]:
             f"protocol version {version}, but this batchcrew speaks version {VERSION}: "
             "run the same batchcrew version on the controller and the workers"
         )
-    try:
-        return Kind(kind), task_id
-    except ValueError:
-        raise ProtocolError(f"unknown message kind {kind}") from None
+    known = _KINDS.get(kind)
+    if known is None:
+        raise ProtocolError(f"unknown message kind {kind}")
+    return known, task_id
 
 
 def _json_object(frame: Buffer) -> dict[str, Any]:
@@ -202,16 +207,16 @@ def dump_function(function: Callable[..., Any]) -> bytes:
     return cloudpickle.dumps(function, protocol=5)  # type: ignore[no-any-return]
 
 
-def dump_arguments(
-    args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle a task's arguments; large contiguous buffers come back separately, uncopied."""
-    buffers: list[pickle.PickleBuffer] = []
-    data: bytes = cloudpickle.dumps((args, kwargs), protocol=5, buffer_callback=buffers.append)
-    return data, buffers
+def dump_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, list[memoryview]]:
+    """Pickle a task's arguments; large contiguous buffers come back separately, uncopied.
+
+    Plain pickle first (several times faster for small values), cloudpickle for what it cannot
+    do (lambdas, local classes among the arguments).
+    """
+    return dump_value((args, kwargs))
 
 
-def dump_value(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+def dump_value(value: Any) -> tuple[bytes, list[memoryview]]:
     """Pickle a task's return value: plain pickle first (fast), cloudpickle for the rest."""
     buffers: list[pickle.PickleBuffer] = []
     try:
@@ -219,9 +224,9 @@ def dump_value(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     except (pickle.PicklingError, TypeError, AttributeError):
         buffers = []
         data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    return data, buffers
+    return data, [buffer.raw() for buffer in buffers]
 
 
 def load(data: Buffer, buffers: Sequence[Buffer] = ()) -> Any:
     """Unpickle what `dump_*` made. Only ever call it on frames from an authenticated peer."""
-    return pickle.loads(data, buffers=buffers)  # noqa: S301 - peers are authenticated first
+    return pickle.loads(data, buffers=buffers)

@@ -1,0 +1,668 @@
+"""The controller: the object users hold. It pushes tasks, and hands back results and tables.
+
+Its life is `async with` (or `await start()` ... `await aclose()`); underneath, one runner task
+owns a task group with the dispatcher, the launcher and every background call, so closing by
+any path (an exception, a cancellation, a FastAPI shutdown) ends every worker it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import socket
+import warnings
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import anyio
+import polars as pl
+
+from batchcrew import protocol, scheduling
+from batchcrew.dispatcher import Dispatcher, Network, Payload, Resolution
+from batchcrew.errors import (
+    ControllerClosedError,
+    LaunchError,
+    SerializationError,
+    TaskError,
+    TaskTooLargeError,
+)
+from batchcrew.launchers.base import Launcher
+from batchcrew.launchers.local import LocalLauncher
+
+logger = logging.getLogger("batchcrew")
+
+Status = Literal["success", "error", "crash", "cancel"]
+ErrorMode = Literal["raise", "warn", "ignore"]
+_ERROR_MODES = ("raise", "warn", "ignore")
+
+RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
+    "name": pl.String,
+    "result": pl.Object,
+    "status": pl.String,
+    "error": pl.String,
+    "trace": pl.String,
+    "warnings": pl.List(pl.String),
+    "seconds": pl.Float64,
+    "worker": pl.String,
+    "launcher": pl.String,
+    "controller": pl.String,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one task.
+
+    status is "success", "error" (the task raised, or its result could not be pickled),
+    "crash" (its worker died under it more than `crashes_max` times) or "cancel". `error` and
+    `trace` say why it failed; `warnings` lists the warnings it issued; `seconds` is its run
+    time on the worker; `worker` names the worker that ran it last.
+    """
+
+    name: str
+    result: Any
+    status: Status
+    error: str | None
+    trace: str | None
+    warnings: tuple[str, ...]
+    seconds: float | None
+    worker: str | None
+    launcher: str
+    controller: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (`result` as is), e.g. for a JSON response."""
+        return {
+            "name": self.name,
+            "result": self.result,
+            "status": self.status,
+            "error": self.error,
+            "trace": self.trace,
+            "warnings": list(self.warnings),
+            "seconds": self.seconds,
+            "worker": self.worker,
+            "launcher": self.launcher,
+            "controller": self.controller,
+        }
+
+
+class Task:
+    """A pushed task. `await task` returns its `Result` and takes it off the controller."""
+
+    __slots__ = ("_controller", "_future", "id", "name")
+
+    def __init__(self, controller: Controller, task_id: int, name: str) -> None:
+        self._controller = controller
+        self._future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self.id = task_id
+        self.name = name
+
+    def done(self) -> bool:
+        """Whether the task has resolved."""
+        return self._future.done()
+
+    def __await__(self) -> Generator[Any, None, Result]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> Result:
+        if not self._future.done():
+            await self._controller._until(self._future)
+        result = self._future.result()
+        self._controller._resolved.pop(self.id, None)
+        return result
+
+    def __repr__(self) -> str:
+        state = "resolved" if self._future.done() else "unresolved"
+        return f"<Task {self.name!r} {state}>"
+
+
+class Controller:
+    """Pushes Python tasks to auto-scaled workers and collects their results.
+
+    Use it as `async with Controller(...) as controller:`, or call `await start()` and
+    `await aclose()`. Options keep crew's meanings: `workers` (most at once), `seconds_idle`
+    (a worker exits when idle this long), `seconds_wall` (a worker exits after this long),
+    `tasks_max` (a worker exits after this many tasks), `seconds_launch` (a launched worker
+    that has not connected by then counts as failed), `crashes_max` (retries of a task whose
+    worker died). `launcher` defaults to `LocalLauncher()`. `host` and `port` are where workers
+    connect (port 0: any free port). `security="curve"` encrypts and authenticates every
+    worker connection; `seconds_heartbeat` bounds how long a worker outlives a lost controller
+    and how long a silent connection counts as alive. `max_message_size` (bytes) bounds a
+    task's pickled size and a result's.
+    """
+
+    def __init__(
+        self,
+        name: str = "controller",
+        workers: int = 1,
+        *,
+        launcher: Launcher | None = None,
+        host: str | None = None,
+        port: int = 0,
+        seconds_idle: float = 60.0,
+        seconds_wall: float = math.inf,
+        tasks_max: float = math.inf,
+        seconds_launch: float = 60.0,
+        crashes_max: int = 5,
+        launch_failures_max: int = 5,
+        security: Literal["curve", "none"] = "curve",
+        seconds_heartbeat: float = 10.0,
+        max_message_size: int = 1 << 30,
+    ) -> None:
+        _check_name("name", name)
+        _check_count("workers", workers, minimum=1)
+        _check_seconds("seconds_idle", seconds_idle)
+        _check_seconds("seconds_wall", seconds_wall)
+        _check_seconds("seconds_launch", seconds_launch)
+        _check_seconds("seconds_heartbeat", seconds_heartbeat)
+        if not (tasks_max == math.inf or (isinstance(tasks_max, int) and tasks_max >= 1)):
+            raise ValueError(
+                f"tasks_max must be a whole number >= 1 or math.inf, not {tasks_max!r}"
+            )
+        _check_count("crashes_max", crashes_max, minimum=0)
+        _check_count("launch_failures_max", launch_failures_max, minimum=1)
+        _check_count("port", port, minimum=0)
+        if port > 65535:
+            raise ValueError(f"port must be between 0 and 65535, not {port}")
+        if security not in ("curve", "none"):
+            raise ValueError(f'security must be "curve" or "none", not {security!r}')
+        _check_count("max_message_size", max_message_size, minimum=1)
+        self.name = name
+        self.launcher = launcher if launcher is not None else LocalLauncher()
+        if not isinstance(self.launcher, Launcher):
+            raise TypeError(f"launcher must be a batchcrew Launcher, not {type(launcher).__name__}")
+        if host is None:
+            host = _primary_address() if self.launcher.remote else "127.0.0.1"
+        if security == "none" and not _is_loopback(host):
+            warnings.warn(
+                f'security="none" on {host}: anyone who can reach this port can take tasks and '
+                'send results; use security="curve" unless the network is yours alone',
+                stacklevel=2,
+            )
+        self._settings = scheduling.Settings(
+            workers=workers,
+            tasks_max=tasks_max,
+            seconds_launch=seconds_launch,
+            crashes_max=crashes_max,
+            levels=self.launcher.levels,
+            launch_failures_max=launch_failures_max,
+        )
+        self._network = Network(
+            host, port, security, seconds_idle, seconds_wall, seconds_heartbeat, max_message_size
+        )
+        self._dispatcher: Dispatcher | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._state: Literal["new", "running", "closed"] = "new"
+        self._error: BaseException | None = None
+        self._ids = itertools.count(1)
+        self._tasks: dict[int, Task] = {}  # unresolved
+        self._names: dict[str, int] = {}  # unresolved, by name
+        self._resolved: dict[int, Result] = {}  # resolved and not yet taken
+        self._changed = asyncio.Event()
+        self._stopped: asyncio.Future[None] | None = None  # done once closed or broken
+        self._counts = dict.fromkeys(("tasks", "success", "error", "crash", "cancel", "warning"), 0)
+        self._seconds = 0.0
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Listen for workers and start the launcher. Workers launch when tasks arrive."""
+        if self._state != "new":
+            raise ControllerClosedError(
+                f"controller {self.name!r} was already started; make a new Controller"
+            )
+        self._state = "running"
+        self._changed = asyncio.Event()
+        self._stopped = asyncio.get_running_loop().create_future()
+        self._dispatcher = Dispatcher(
+            self._network, self._settings, self.launcher, self._on_resolved, self._on_broken
+        )
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._runner = asyncio.create_task(self._run(ready), name=f"batchcrew-{self.name}")
+        try:
+            await asyncio.shield(ready)
+        except BaseException:
+            await self.aclose()
+            raise
+        logger.info("controller %s listening at %s", self.name, self._dispatcher.address)
+
+    async def _run(self, ready: asyncio.Future[None]) -> None:
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        try:
+            async with anyio.create_task_group() as group:
+                await group.start(dispatcher.run)
+                ready.set_result(None)
+        except BaseException as error:
+            if not ready.done():
+                ready.set_exception(error)
+            elif not isinstance(error, asyncio.CancelledError):
+                logger.exception("controller %s stopped on an error", self.name)
+                self._error = error
+            raise
+        finally:
+            self._stop()
+
+    async def aclose(self, seconds_grace: float = 5.0) -> None:
+        """Stop every worker and resolve every unresolved task as "cancel". Idempotent.
+
+        Workers get `seconds_grace` to exit; the launcher ends those still running. It finishes
+        even when the calling task is being cancelled.
+        """
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        runner, dispatcher = self._runner, self._dispatcher
+        with anyio.CancelScope(shield=True):
+            if runner is not None and dispatcher is not None and not runner.done():
+                await dispatcher.close(seconds_grace)
+                with anyio.move_on_after(seconds_grace + 30):
+                    await asyncio.wait([runner])
+                if not runner.done():
+                    runner.cancel()
+                    await asyncio.wait([runner])
+            if runner is not None and runner.done() and not runner.cancelled():
+                error = runner.exception()
+                if error is not None and self._error is None:
+                    self._error = error
+        for task in list(self._tasks.values()):
+            # Only if the runner died before resolving them: every task resolves exactly once.
+            self._on_resolved(Resolution(task.id, "cancel", None, "the controller closed", None))
+        self._stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the controller has started and is not closed."""
+        return self._state == "running"
+
+    @property
+    def address(self) -> str:
+        """The address workers connect to, such as tcp://127.0.0.1:40123 (once started)."""
+        return self._dispatcher.address if self._dispatcher is not None else ""
+
+    # -- pushing ------------------------------------------------------------------------------
+
+    def push(
+        self, function: Callable[..., Any], /, *args: Any, name: str | None = None, **kwargs: Any
+    ) -> Task:
+        """Queue `function(*args, **kwargs)` on a worker; return its `Task` at once.
+
+        Raises TypeError if `function` is not callable, `SerializationError` if it or an
+        argument cannot be pickled, `TaskTooLargeError` over `max_message_size`,
+        `ControllerClosedError` before start or after close, `LaunchError` once launching
+        has failed too often.
+        """
+        return self._push(function, protocol.dump_function(_callable(function)), args, kwargs, name)
+
+    def walk(
+        self,
+        function: Callable[..., Any],
+        *iterables: Iterable[Any],
+        names: Iterable[str] | None = None,
+    ) -> list[Task]:
+        """Push `function` over zipped `iterables`, like builtin `map`; return the tasks."""
+        pickled = protocol.dump_function(_callable(function))
+        rows = list(zip(*iterables, strict=False))
+        if names is None:
+            return [self._push(function, pickled, row, {}, None) for row in rows]
+        listed = list(names)
+        if len(listed) != len(rows):
+            raise ValueError(f"names has {len(listed)} entries for {len(rows)} tasks")
+        return [
+            self._push(function, pickled, row, {}, name)
+            for row, name in zip(rows, listed, strict=True)
+        ]
+
+    def _push(
+        self,
+        function: Callable[..., Any],
+        pickled: bytes,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None,
+    ) -> Task:
+        dispatcher = self._check_running()
+        task_id = next(self._ids)
+        if name is None:
+            name = f"task-{task_id}"
+        else:
+            _check_name("name", name)
+            if name in self._names:
+                raise ValueError(
+                    f"a task named {name!r} is already unresolved; names must be unique among "
+                    "unresolved tasks"
+                )
+        try:
+            arguments, buffers = protocol.dump_arguments(args, kwargs)
+        except Exception as error:
+            raise SerializationError(
+                f"cannot pickle the arguments of task {name!r} "
+                f"({_culprit(args, kwargs)}): {type(error).__name__}: {error}"
+            ) from error
+        size = len(pickled) + len(arguments) + sum(buffer.nbytes for buffer in buffers)
+        limit = self._network.max_message_size
+        if size > limit:
+            raise TaskTooLargeError(
+                f"task {name!r} is {size} bytes pickled, over max_message_size={limit}; pass "
+                "large data by reference (a path, a URL) or raise max_message_size"
+            )
+        task = Task(self, task_id, name)
+        self._tasks[task_id] = task
+        self._names[name] = task_id
+        self._counts["tasks"] += 1
+        dispatcher.push(task_id, Payload(pickled, arguments, tuple(buffers)))
+        return task
+
+    def _check_running(self) -> Dispatcher:
+        if self._state == "new":
+            raise ControllerClosedError(
+                f"controller {self.name!r} is not started: use `async with controller:` or "
+                "`await controller.start()` first"
+            )
+        if self._state == "closed" or self._dispatcher is None:
+            raise ControllerClosedError(f"controller {self.name!r} is closed")
+        self._raise_if_broken()
+        return self._dispatcher
+
+    # -- results ------------------------------------------------------------------------------
+
+    async def map(
+        self,
+        function: Callable[..., Any],
+        *iterables: Iterable[Any],
+        names: Iterable[str] | None = None,
+        error: ErrorMode = "raise",
+    ) -> pl.DataFrame:
+        """Run `function` over zipped `iterables` and return every result as a DataFrame, in
+        input order. `error`: "raise" raises `TaskError` with the first failed result, "warn"
+        warns, "ignore" returns failures as rows."""
+        _check_error_mode(error)
+        tasks = self.walk(function, *iterables, names=names)
+        results = [await task for task in tasks]
+        _handle_failures(results, error)
+        return results_frame(results)
+
+    async def wait(
+        self,
+        mode: Literal["all", "one"] = "all",
+        timeout: float | None = None,  # noqa: ASYNC109 - the pinned API, like crew's wait()
+    ) -> bool:
+        """Wait until every task is resolved ("all") or a resolved result is waiting ("one").
+
+        Returns True when that holds, False after `timeout` seconds. "one" with no result
+        waiting and nothing unresolved returns False at once: nothing would ever arrive.
+        """
+        if mode not in ("all", "one"):
+            raise ValueError(f'mode must be "all" or "one", not {mode!r}')
+
+        def met() -> bool:
+            if mode == "all":
+                return not self._tasks
+            return bool(self._resolved)
+
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            while not met():
+                if mode == "one" and not self._tasks:
+                    return False
+                self._raise_if_broken()
+                if self._state != "running":
+                    break
+                await self._changed_wait()
+        return met()
+
+    def pop(self, error: ErrorMode = "ignore") -> Result | None:
+        """One resolved result that nobody has taken yet (oldest first), or None. Never blocks."""
+        _check_error_mode(error)
+        if not self._resolved:
+            return None
+        task_id = next(iter(self._resolved))
+        result = self._resolved.pop(task_id)
+        _handle_failures([result], error)
+        return result
+
+    def collect(self, error: ErrorMode = "ignore") -> pl.DataFrame:
+        """Every resolved result nobody has taken yet, as a DataFrame, taken off the controller."""
+        _check_error_mode(error)
+        results = list(self._resolved.values())
+        self._resolved.clear()
+        _handle_failures(results, error)
+        return results_frame(results)
+
+    async def results(self) -> AsyncIterator[Result]:
+        """Yield results as they resolve (taking them), until nothing is left unresolved."""
+        while True:
+            result = self.pop()
+            if result is not None:
+                yield result
+                continue
+            if not self._tasks or self._state != "running":
+                return
+            self._raise_if_broken()
+            await self._changed_wait()
+
+    def task(self, name: str) -> Task | None:
+        """The unresolved task called `name`, if any."""
+        task_id = self._names.get(name)
+        return self._tasks.get(task_id) if task_id is not None else None
+
+    def cancel(self, names: Iterable[str] = (), *, all: bool = False) -> int:
+        """Cancel unresolved tasks by name, or `all=True`; return how many were cancelled.
+
+        A cancelled task resolves "cancel" at once; one already running finishes on its worker
+        and its result is dropped.
+        """
+        if isinstance(names, str):
+            names = [names]
+        dispatcher = self._dispatcher
+        chosen = list(self._tasks) if all else [self._names[n] for n in names if n in self._names]
+        if dispatcher is None or self._state != "running":
+            return 0
+        for task_id in chosen:
+            dispatcher.cancel(task_id)
+        return len(chosen)
+
+    def summary(self) -> pl.DataFrame:
+        """One row: controller, seconds (total task run time), tasks (pushed), success, error,
+        crash, cancel, warning (tasks that warned), unresolved, workers (connected now)."""
+        dispatcher = self._dispatcher
+        return pl.DataFrame(
+            {
+                "controller": [self.name],
+                "seconds": [self._seconds],
+                **{key: [value] for key, value in self._counts.items()},
+                "unresolved": [len(self._tasks)],
+                "workers": [dispatcher.scheduler.connected if dispatcher else 0],
+            },
+            schema_overrides={"seconds": pl.Float64},
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _on_resolved(self, resolution: Resolution) -> None:
+        task = self._tasks.pop(resolution.task, None)
+        if task is None:
+            return
+        del self._names[task.name]
+        result = self._result(task.name, resolution)
+        self._counts[result.status] += 1
+        if result.warnings:
+            self._counts["warning"] += 1
+        if result.seconds is not None:
+            self._seconds += result.seconds
+        self._resolved[task.id] = result
+        task._future.set_result(result)
+        self._wake()
+
+    def _result(self, name: str, resolution: Resolution) -> Result:
+        outcome = resolution.outcome
+        worker = resolution.worker.decode(errors="replace") if resolution.worker else None
+        launcher = self.launcher.describe()
+        if outcome is None:
+            return Result(
+                name, None, resolution.status, resolution.message, None, (), None, worker,
+                launcher, self.name,
+            )  # fmt: skip
+        value = None
+        status, message, trace = outcome.status, outcome.error, outcome.trace
+        if status == "success":
+            try:
+                value = protocol.load(outcome.value, outcome.buffers)
+            except Exception as error:
+                status = "error"
+                message = f"the result cannot be unpickled here: {type(error).__name__}: {error}"
+        return Result(
+            name, value, status, message, trace, outcome.warnings, outcome.seconds, worker,
+            launcher, self.name,
+        )  # fmt: skip
+
+    def _on_broken(self, broken: scheduling.Broken) -> None:
+        self._error = LaunchError(
+            f"controller {self.name!r} could not launch workers: {broken.failures} launches in "
+            f"a row failed; the last because {broken.reason}. Check the launcher's settings "
+            "(and, for AWS Batch, launcher.errors())."
+        )
+        self._stop()
+
+    def _raise_if_broken(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _stop(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+        self._wake()
+
+    async def _changed_wait(self) -> None:
+        await self._changed.wait()
+
+    async def _until(self, future: asyncio.Future[Result]) -> None:
+        # Wait on the task's own future, so that many waiters cost nothing per resolution,
+        # and on the controller stopping, so that a broken launcher raises instead of hanging.
+        stopped = self._stopped
+        if stopped is not None and not stopped.done():
+            await asyncio.wait((future, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if not future.done():
+            self._raise_if_broken()
+            raise ControllerClosedError(f"controller {self.name!r} is not running")
+
+    def __repr__(self) -> str:
+        return f"<Controller {self.name!r} {self._state}, {len(self._tasks)} unresolved>"
+
+
+def results_frame(results: Iterable[Result]) -> pl.DataFrame:
+    """Results as a DataFrame with the columns of `Result`; `result` keeps a plain dtype when
+    polars can infer one (numbers, strings), else holds the Python objects."""
+    rows = list(results)
+    columns: dict[str, pl.Series] = {}
+    for column, dtype in RESULT_SCHEMA.items():
+        values = [
+            list(getattr(row, column)) if column == "warnings" else getattr(row, column)
+            for row in rows
+        ]
+        if column == "result":
+            columns[column] = _result_series(values)
+        else:
+            columns[column] = pl.Series(column, values, dtype=dtype)
+    return pl.DataFrame(columns)
+
+
+def _result_series(values: list[Any]) -> pl.Series:
+    plain = (bool, int, float, str, type(None))
+    if values and all(isinstance(value, plain) for value in values):
+        try:
+            return pl.Series("result", values, strict=True)
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+            pass
+    return pl.Series("result", values, dtype=pl.Object)
+
+
+def _handle_failures(results: Iterable[Result], error: ErrorMode) -> None:
+    if error == "ignore":
+        return
+    failed = [result for result in results if result.status != "success"]
+    if not failed:
+        return
+    first = failed[0]
+    message = f"{len(failed)} task(s) failed; the first, {first.name!r}, with status {first.status}"
+    if first.error:
+        message += f": {first.error}"
+    if error == "raise":
+        raise TaskError(message, first)
+    warnings.warn(message, stacklevel=3)
+
+
+def _check_error_mode(error: str) -> None:
+    if error not in _ERROR_MODES:
+        raise ValueError(f'error must be "raise", "warn" or "ignore", not {error!r}')
+
+
+def _callable(function: Any) -> Callable[..., Any]:
+    if not callable(function):
+        raise TypeError(f"a task must be callable, not {type(function).__name__}: {function!r:.80}")
+    return function  # type: ignore[no-any-return]
+
+
+def _culprit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    # Name the first argument that does not pickle, so the user knows what to fix.
+    for position, value in enumerate(args):
+        try:
+            protocol.dump_arguments((value,), {})
+        except Exception:
+            return f"argument {position}: {type(value).__name__}"
+    for key, value in kwargs.items():
+        try:
+            protocol.dump_arguments((value,), {})
+        except Exception:
+            return f"argument {key}=: {type(value).__name__}"
+    return "the arguments"
+
+
+def _check_name(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, not {value!r}")
+
+
+def _check_count(what: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be a whole number >= {minimum}, not {value!r}")
+
+
+def _check_seconds(what: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _primary_address() -> str:
+    """This machine's primary non-loopback IPv4 address (the one its default route uses)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, the kernel picks a route
+        return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()

@@ -1,0 +1,477 @@
+"""The asyncio shell around the scheduler: it owns the ROUTER socket and carries decisions out.
+
+Frames in become scheduler events; decisions out become frames, launcher calls and resolved
+tasks. The socket is a plain (non-asyncio) pyzmq socket drained in batches whenever its file
+descriptor signals, which is what lets one event loop keep up with many fast workers. Launcher
+calls run as background tasks, so dispatch never waits on a launch or a termination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import anyio
+import anyio.abc
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from batchcrew import protocol, scheduling
+from batchcrew.errors import ProtocolError
+from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
+from batchcrew.security import Keys, ZapHandler
+from batchcrew.worker import WorkerSettings
+
+logger = logging.getLogger("batchcrew")
+
+WORKER_COMMAND = ("python", "-m", "batchcrew.worker")
+_BATCH = 256  # messages handled before other tasks get a turn
+# Plain ints: pyzmq's flag enums cost more to combine than the send itself.
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """A task's frames as pushed: kept until it resolves, so that a retry can resend them."""
+
+    function: bytes
+    arguments: bytes
+    buffers: tuple[memoryview, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """How a task resolved, as the controller needs it to build a `Result`."""
+
+    task: int
+    status: Literal["success", "error", "crash", "cancel"]
+    outcome: protocol.Outcome | None
+    message: str | None
+    worker: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """Where the controller listens and how its workers are told to behave."""
+
+    host: str
+    port: int
+    security: Literal["curve", "none"]
+    seconds_idle: float
+    seconds_wall: float
+    seconds_heartbeat: float
+    max_message_size: int
+
+
+class Dispatcher:
+    """Runs one controller's socket, scheduler and launcher inside a task group."""
+
+    def __init__(
+        self,
+        network: Network,
+        settings: scheduling.Settings,
+        launcher: Launcher,
+        resolve: Callable[[Resolution], None],
+        broken: Callable[[scheduling.Broken], None],
+    ) -> None:
+        self.network = network
+        self.scheduler = scheduling.Scheduler(settings)
+        self.launcher = launcher
+        self.address = ""
+        self._resolve = resolve
+        self._broken = broken
+        self._payloads: dict[int, Payload] = {}
+        self._fds: dict[int, bytes] = {}  # socket descriptor -> the worker connected on it
+        self._owed: dict[int, int] = {}  # disconnects still to come for descriptors reused
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None
+        self._keys: Keys | None = None
+        self._zap: ZapHandler | None = None
+        self._wake = asyncio.Event()
+        self._clock_changed = asyncio.Event()
+        self._group: anyio.abc.TaskGroup | None = None
+        self._launch_calls: anyio.abc.TaskGroup | None = None
+        self._launch_limiter = anyio.CapacityLimiter(math.inf)
+        self._in_flight = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Bind, start the launcher, and serve until cancelled; then close everything."""
+        loop = asyncio.get_running_loop()
+        self._bind()
+        router, monitor = self._router, self._monitor
+        assert router is not None
+        assert monitor is not None
+        fds = [_option(router, zmq.FD), _option(monitor, zmq.FD)]
+        if self._zap is not None:
+            fds.append(self._zap.fileno())
+        try:
+            for fd in fds:
+                loop.add_reader(fd, self._wake.set)
+            async with anyio.create_task_group() as group:
+                self._group = group
+                await group.start(self.launcher.serve, self._on_exit)
+                async with anyio.create_task_group() as calls:
+                    self._launch_calls = calls
+                    group.start_soon(self._receive)
+                    group.start_soon(self._clock)
+                    task_status.started()
+                    await anyio.sleep_forever()
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
+            self._unbind()
+
+    def _bind(self) -> None:
+        network = self.network
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._context = context
+        router = context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.MAXMSGSIZE, network.max_message_size)
+        heartbeat_ms = max(1, int(network.seconds_heartbeat * 1000))
+        router.setsockopt(zmq.HEARTBEAT_IVL, max(1, heartbeat_ms // 4))
+        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms)
+        if network.security == "curve":
+            self._keys = Keys.generate()
+            self._zap = ZapHandler(context, self._keys)
+            router.setsockopt(zmq.CURVE_SERVER, 1)
+            router.setsockopt(zmq.CURVE_SECRETKEY, self._keys.server_secret)
+            router.setsockopt(zmq.ZAP_DOMAIN, b"batchcrew")
+        self._router = router
+        self._monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        host = f"[{network.host}]" if ":" in network.host else network.host
+        if network.port:
+            router.bind(f"tcp://{host}:{network.port}")
+            port = network.port
+        else:
+            port = router.bind_to_random_port(f"tcp://{host}")
+        self.address = f"tcp://{host}:{port}"
+
+    def _unbind(self) -> None:
+        if self._router is not None:
+            self._router.disable_monitor()
+            self._router.close(0)
+        if self._monitor is not None:
+            self._monitor.close(0)
+        if self._zap is not None:
+            self._zap.close()
+        if self._context is not None:
+            self._context.term()
+        self._router = self._monitor = self._zap = self._context = None
+
+    async def close(self, seconds_grace: float) -> None:
+        """Stop the workers, let launch calls finish, give workers `seconds_grace` to exit,
+        then cancel the serving task group (the launcher ends whatever is left)."""
+        self._apply(self.scheduler.close())
+        for task in self.scheduler.unresolved_tasks():
+            self._apply(self.scheduler.cancel(task, time.monotonic()), "the controller closed")
+        if self._launch_calls is not None:
+            with anyio.move_on_after(seconds_grace):
+                while self._in_flight:
+                    await self._settled()
+        with anyio.move_on_after(seconds_grace):
+            while self.scheduler.connected:
+                await self._settled()
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
+
+    async def _settled(self) -> None:
+        self._clock_changed.clear()
+        await self._clock_changed.wait()
+
+    # -- pushing and cancelling ---------------------------------------------------------------
+
+    def push(self, task: int, payload: Payload) -> None:
+        """Queue a task; it goes out at once if a worker has room."""
+        self._payloads[task] = payload
+        self._apply(self.scheduler.push(task, time.monotonic()))
+
+    def cancel(self, task: int) -> None:
+        """Cancel an unresolved task (a running one finishes; its result is dropped)."""
+        self._apply(self.scheduler.cancel(task, time.monotonic()), "cancelled")
+
+    # -- decisions out ------------------------------------------------------------------------
+
+    def _apply(self, decisions: Sequence[scheduling.Decision], why: str = "") -> None:
+        for decision in decisions:
+            if isinstance(decision, scheduling.Assign):
+                self._send_task(decision.worker, decision.task)
+            elif isinstance(decision, scheduling.Fail):
+                self._payloads.pop(decision.task, None)
+                message = why or decision.message
+                self._resolve(
+                    Resolution(decision.task, decision.status, None, message, decision.worker)
+                )
+            elif isinstance(decision, scheduling.Launch):
+                self._start_launch(decision)
+            elif isinstance(decision, scheduling.Stop):
+                self._send(decision.worker, protocol.encode(protocol.Stop(decision.reason)))
+            elif isinstance(decision, scheduling.Abandon):
+                logger.warning("launch %s: %s", decision.launch, decision.reason)
+                indexes = [_index(identity) for identity in decision.identities]
+                self._background(self._terminate, decision.launch, indexes)
+            elif isinstance(decision, scheduling.Retire):
+                if self._keys is not None:
+                    self._keys.retire(decision.launch)
+            elif isinstance(decision, scheduling.Broken):
+                logger.error(
+                    "launching failed %d times in a row; last: %s",
+                    decision.failures,
+                    decision.reason,
+                )
+                self._broken(decision)
+            # Complete is handled where the outcome is in hand: see _on_result.
+
+    def _send_task(self, worker: bytes, task: int) -> None:
+        payload = self._payloads[task]
+        frames = protocol.encode(
+            protocol.Task(task, payload.function, payload.arguments, payload.buffers)
+        )
+        self._send(worker, frames)
+
+    def _send(self, worker: bytes, frames: list[protocol.Buffer]) -> None:
+        router = self._router
+        if router is None:
+            return
+        try:
+            router.send(worker, _SNDMORE)
+            last = len(frames) - 1
+            for position, frame in enumerate(frames):
+                router.send(frame, _SNDMORE if position < last else 0, copy=False)
+        except zmq.ZMQError as error:
+            if error.errno != errno.EHOSTUNREACH:
+                raise
+            # ROUTER_MANDATORY: the peer has no connection any more, so it is gone.
+            self._apply(
+                self.scheduler.lost(
+                    worker, time.monotonic(), clean=False, reason="its connection was gone"
+                )
+            )
+        # A send may consume the descriptor's edge; let the receive loop look again.
+        self._wake.set()
+
+    def _start_launch(self, decision: scheduling.Launch) -> None:
+        settings = WorkerSettings(
+            controller=self.address,
+            launch=decision.launch,
+            seconds_idle=self.network.seconds_idle,
+            seconds_wall=self.network.seconds_wall,
+            tasks_max=self.scheduler.settings.tasks_max,
+            seconds_heartbeat=self.network.seconds_heartbeat,
+            seconds_connect=self.scheduler.settings.seconds_launch,
+            max_message_size=self.network.max_message_size,
+        )
+        environment = settings.environment()
+        if self._keys is not None:
+            environment.update(self._keys.issue(decision.launch))
+        request = LaunchRequest(
+            decision.launch, len(decision.identities), decision.level, WORKER_COMMAND, environment
+        )
+        logger.info(
+            "launching %d worker(s) at level %d (launch %s)",
+            request.count,
+            request.level,
+            request.launch,
+        )
+        self._background(self._launch, request)
+        self._clock_changed.set()
+
+    def _background(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        if self._launch_calls is None:
+            return
+        self._in_flight += 1
+        self._launch_calls.start_soon(self._call, function, args)
+
+    async def _call(
+        self, function: Callable[..., Coroutine[Any, Any, None]], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            await function(*args)
+        finally:
+            self._in_flight -= 1
+            self._clock_changed.set()
+
+    async def _launch(self, request: LaunchRequest) -> None:
+        try:
+            await self.launcher.launch(request)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            logger.error("launch %s failed: %s", request.launch, reason)
+            self._apply(self.scheduler.launch_failed(request.launch, time.monotonic(), reason))
+
+    async def _terminate(self, launch: str, indexes: list[int]) -> None:
+        try:
+            await self.launcher.terminate(launch, indexes)
+        except Exception as error:
+            logger.error("ending launch %s failed: %s: %s", launch, type(error).__name__, error)
+
+    # -- events in ----------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        router, monitor = self._router, self._monitor
+        assert router is not None
+        assert monitor is not None
+        while True:
+            handled = self._drain(router, monitor)
+            if handled >= _BATCH:
+                await anyio.lowlevel.checkpoint()
+                continue
+            self._wake.clear()
+            pending = _option(router, zmq.EVENTS) | _option(monitor, zmq.EVENTS)
+            zap_pending = self._zap is not None and self._zap.pending()
+            if pending & zmq.POLLIN or zap_pending:
+                await anyio.lowlevel.checkpoint()
+                continue
+            await self._wake.wait()
+
+    def _drain(self, router: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> int:
+        handled = 0
+        if self._zap is not None:
+            self._zap.serve()
+        while handled < _BATCH:
+            try:
+                frame = router.recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            frames = [frame]
+            while frame.more:
+                frame = router.recv(0, copy=False)
+                frames.append(frame)
+            handled += 1
+            self._on_frames(frames)
+        # Disconnects after messages: a worker's last frames come before its disconnect.
+        while True:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            self._on_disconnect(int(event["value"]))
+        return handled
+
+    def _on_frames(self, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
+        if not self.scheduler.knows(identity):
+            logger.warning("dropped a message from unknown peer %r", identity[:64])
+            return
+        try:
+            message = protocol.decode([frame.buffer for frame in frames[1:]])
+        except ProtocolError as error:
+            logger.warning("dropped a malformed message from worker %s: %s", _name(identity), error)
+            return
+        now = time.monotonic()
+        if isinstance(message, protocol.Outcome):
+            self._on_result(identity, message, now)
+        elif isinstance(message, protocol.Ready):
+            self._on_ready(identity, message, frames[1], now)
+        elif isinstance(message, protocol.Bye):
+            logger.info("worker %s left: %s", _name(identity), message.reason)
+            self._forget_fd(identity)
+            self._apply(self.scheduler.lost(identity, now, clean=True, reason=message.reason))
+        else:
+            logger.warning("dropped a %s message from worker %s", type(message).__name__, identity)
+
+    def _on_ready(
+        self, identity: bytes, ready: protocol.Ready, frame: zmq.Frame, now: float
+    ) -> None:
+        decisions = self.scheduler.connected_worker(identity, now)
+        if decisions is None:
+            logger.warning("dropped a second hello from worker %s", _name(identity))
+            return
+        fd = frame.get(zmq.SRCFD)
+        previous = self._fds.get(fd)
+        if previous is not None and previous != identity:
+            # The descriptor was reused, so the previous worker's connection is gone and its
+            # disconnect event, still on its way, must not be taken for this worker's.
+            self._owed[fd] = self._owed.get(fd, 0) + 1
+            self._apply(
+                self.scheduler.lost(previous, now, clean=False, reason="its connection closed")
+            )
+        self._fds[fd] = identity
+        logger.info("worker %s connected (pid %d on %s)", _name(identity), ready.pid, ready.host)
+        self._apply(decisions)
+        self._clock_changed.set()
+
+    def _on_result(self, identity: bytes, outcome: protocol.Outcome, now: float) -> None:
+        decisions = self.scheduler.result(identity, outcome.task_id, outcome.seconds, now)
+        if decisions is None:
+            logger.warning(
+                "dropped a result for task %d from worker %s, which was not running it",
+                outcome.task_id,
+                _name(identity),
+            )
+            return
+        for decision in decisions:
+            if isinstance(decision, scheduling.Complete):
+                self._payloads.pop(decision.task, None)
+                self._resolve(Resolution(decision.task, outcome.status, outcome, None, identity))
+            else:
+                self._apply((decision,))
+
+    def _on_disconnect(self, fd: int) -> None:
+        owed = self._owed.get(fd, 0)
+        if owed:
+            self._owed[fd] = owed - 1
+            return
+        identity = self._fds.pop(fd, None)
+        if identity is not None and self.scheduler.knows(identity):
+            logger.warning("worker %s disconnected", _name(identity))
+            self._apply(
+                self.scheduler.lost(
+                    identity, time.monotonic(), clean=False, reason="its connection closed"
+                )
+            )
+            self._clock_changed.set()
+
+    def _forget_fd(self, identity: bytes) -> None:
+        for fd, owner in list(self._fds.items()):
+            if owner == identity:
+                del self._fds[fd]
+
+    def _on_exit(self, exit: WorkerExit) -> None:
+        identity = f"{exit.launch}:{exit.index}".encode()
+        if not self.scheduler.knows(identity):
+            return
+        # Its last frames (a result, a goodbye) may still wait in the socket: read them first.
+        if self._router is not None and self._monitor is not None:
+            self._drain(self._router, self._monitor)
+        if not self.scheduler.knows(identity):
+            return
+        logger.warning("worker %s ended: %s", _name(identity), exit.reason)
+        self._forget_fd(identity)
+        now = time.monotonic()
+        self._apply(self.scheduler.lost(identity, now, clean=exit.code == 0, reason=exit.reason))
+        self._clock_changed.set()
+
+    async def _clock(self) -> None:
+        while True:
+            deadline = self.scheduler.next_deadline()
+            delay = math.inf if deadline is None else deadline - time.monotonic()
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    self._clock_changed.clear()
+                    await self._clock_changed.wait()
+                    continue
+            self._apply(self.scheduler.tick(time.monotonic()))
+
+
+def _option(sock: zmq.Socket[bytes], option: int) -> int:
+    return cast(int, sock.getsockopt(option))
+
+
+def _index(identity: bytes) -> int:
+    return int(identity.rsplit(b":", 1)[1])
+
+
+def _name(identity: bytes) -> str:
+    return identity.decode(errors="replace")

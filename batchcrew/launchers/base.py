@@ -1,0 +1,127 @@
+"""The launcher contract: start n workers with these settings, end them, report their exits.
+
+A launcher never decides how many workers to run (the controller's scheduler does) and never
+blocks the event loop: every call is a coroutine, and a slow backend bounds its own concurrency.
+A plugin written outside batchcrew subclasses `Launcher` and needs nothing else from the package.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+
+logger = logging.getLogger("batchcrew")
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchRequest:
+    """Start `count` workers, numbered 0..count-1, as one launch.
+
+    Each worker must run `command` with `environment` added to its environment, and learn its
+    number from `BATCHCREW_WORKER_INDEX` (or, on AWS Batch, `AWS_BATCH_JOB_ARRAY_INDEX`).
+    `environment` carries secrets (the worker's keys): pass it through the process environment
+    or the job's environment, never the command line. `level` is the resource level (0 = the
+    first value of an escalation list such as `memory=[4, 8, 16]`).
+    """
+
+    launch: str
+    count: int
+    level: int
+    command: tuple[str, ...]
+    environment: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExit:
+    """A launcher saw worker `index` of launch `launch` end; `code` is 0 for a clean exit."""
+
+    launch: str
+    index: int
+    code: int | None
+    reason: str
+
+
+Report = Callable[[WorkerExit], None]
+
+
+class Launcher(ABC):
+    """Starts and ends workers for a controller. Subclass it to add a backend.
+
+    Override `launch` and `terminate`; override `open` and `close` to hold resources (a client,
+    a session) for the launcher's life. `levels` says how many resource levels the backend offers
+    for retries after a crash; `remote` says whether workers run on other machines (then the
+    controller listens on a non-loopback address by default).
+    """
+
+    name: str = "launcher"
+    levels: int = 1
+    remote: bool = False
+
+    def __init__(self) -> None:
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._report: Report | None = None
+
+    @abstractmethod
+    async def launch(self, request: LaunchRequest) -> None:
+        """Start the workers of `request`; return once they are started or submitted.
+
+        Raise any exception if they cannot be: the controller counts a failed launch.
+        """
+
+    @abstractmethod
+    async def terminate(self, launch: str, indexes: Sequence[int] | None = None) -> None:
+        """End the workers `indexes` (None: all) of `launch` that are still running."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Acquire what the launcher needs for its life (called once, at controller start)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """End every worker still running and release resources (called once, at close)."""
+
+    def report(self, exit: WorkerExit) -> None:
+        """Tell the controller that a worker ended (call it from `launch` watchers)."""
+        if self._report is not None:
+            self._report(exit)
+
+    def start_soon(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run a background coroutine (a process watcher, a poller) for the launcher's life."""
+        if self._task_group is None:
+            raise RuntimeError("the launcher is not running: it runs inside a started controller")
+        self._task_group.start_soon(function, *args)
+
+    def describe(self) -> str:
+        """A short label for logs and results: the launcher's name."""
+        return self.name
+
+    async def serve(
+        self,
+        report: Report,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the launcher inside the controller's task group until cancelled.
+
+        Opens it, gives it a task group for its watchers, and on the way out (however it is left)
+        closes it, shielded from cancellation so that no worker is left running.
+        """
+        self._report = report
+        await self.open()
+        try:
+            async with anyio.create_task_group() as group:
+                self._task_group = group
+                task_status.started()
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.close()
+                    group.cancel_scope.cancel()
+        finally:
+            self._task_group = None
+            self._report = None

@@ -1,0 +1,113 @@
+"""The local launcher: each worker is a child process of the controller's process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import anyio.abc
+
+from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit, logger
+
+
+class LocalLauncher(Launcher):
+    """Start workers as local processes (`python -m batchcrew.worker`).
+
+    `log_dir`: write each worker's stdout and stderr to `<log_dir>/<launch>-<index>.log`
+    instead of the controller's own. `python`: the interpreter to run (default: this one).
+    `seconds_terminate`: how long a worker gets to exit after SIGTERM before SIGKILL.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        log_dir: str | os.PathLike[str] | None = None,
+        python: str = sys.executable,
+        seconds_terminate: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.python = python
+        self.seconds_terminate = seconds_terminate
+        self._processes: dict[tuple[str, int], anyio.abc.Process] = {}
+        self._closing = False
+
+    async def launch(self, request: LaunchRequest) -> None:
+        """Start one process per worker of `request`."""
+        command = (self.python, *request.command[1:]) if request.command else (self.python,)
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(request.count):
+            environment = {
+                **os.environ,
+                **request.environment,
+                "BATCHCREW_WORKER_INDEX": str(index),
+            }
+            output: IO[Any] | None = None
+            if self.log_dir is not None:
+                output = (self.log_dir / f"{request.launch}-{index}.log").open("ab")
+            try:
+                process = await anyio.open_process(
+                    command,
+                    env=environment,
+                    stdin=None,
+                    stdout=output,
+                    stderr=output,
+                    start_new_session=True,
+                )
+            finally:
+                if output is not None:
+                    output.close()  # the child holds its own descriptor
+            self._processes[(request.launch, index)] = process
+            self.start_soon(self._watch, request.launch, index, process)
+
+    async def _watch(self, launch: str, index: int, process: anyio.abc.Process) -> None:
+        code = await process.wait()
+        self._processes.pop((launch, index), None)
+        if not self._closing:
+            reason = f"the worker process {process.pid} exited with code {code}"
+            if code < 0:
+                reason = f"the worker process {process.pid} was killed by signal {-code}"
+            self.report(WorkerExit(launch, index, code, reason))
+
+    async def terminate(self, launch: str, indexes: Sequence[int] | None = None) -> None:
+        """SIGTERM the chosen workers, then SIGKILL those still alive after the grace period."""
+        chosen = [
+            process
+            for (owner, index), process in list(self._processes.items())
+            if owner == launch and (indexes is None or index in indexes)
+        ]
+        await self._end(chosen)
+
+    async def close(self) -> None:
+        """End every worker process this launcher started."""
+        self._closing = True
+        await self._end(list(self._processes.values()))
+
+    async def _end(self, processes: list[anyio.abc.Process]) -> None:
+        for process in processes:
+            _signal_group(process, signal.SIGTERM)
+        with anyio.move_on_after(self.seconds_terminate):
+            for process in processes:
+                await process.wait()
+        for process in processes:
+            if process.returncode is None:
+                logger.warning("worker process %d ignored SIGTERM; killing it", process.pid)
+                _signal_group(process, signal.SIGKILL)
+                await process.wait()
+
+
+def _signal_group(process: anyio.abc.Process, signum: int) -> None:
+    # Each worker leads its own session, so the signal also reaches what its tasks started.
+    if process.returncode is not None:
+        return  # reaped: its pid may belong to someone else by now
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
