@@ -304,11 +304,11 @@ class Controller:
         """Queue `function(*args, **kwargs)` on a worker; return its `Task` at once.
 
         Raises TypeError if `function` is not callable, `SerializationError` if it or an
-        argument cannot be pickled, `TaskTooLargeError` over `max_message_size`,
-        `ControllerClosedError` before start or after close, `LaunchError` once launching
-        has failed too often.
+        argument cannot be pickled, `TaskTooLargeError` over `max_message_size`, ValueError
+        for a name already in use, `ControllerClosedError` before start or after close, and
+        `LaunchError` once launching has failed too often.
         """
-        return self._push(function, protocol.dump_function(_callable(function)), args, kwargs, name)
+        return self._push_all(function, [(args, kwargs)], [name])[0]
 
     def walk(
         self,
@@ -316,58 +316,78 @@ class Controller:
         *iterables: Iterable[Any],
         names: Iterable[str] | None = None,
     ) -> list[Task]:
-        """Push `function` over zipped `iterables`, like builtin `map`; return the tasks."""
-        pickled = protocol.dump_function(_callable(function))
-        rows = list(zip(*iterables, strict=False))
-        if names is None:
-            return [self._push(function, pickled, row, {}, None) for row in rows]
-        listed = list(names)
+        """Push `function` over zipped `iterables`, like builtin `map`; return the tasks.
+
+        All or nothing: if one task cannot be pushed (see `push`), none is. Tasks pushed
+        together launch their workers together (one AWS Batch array job).
+        """
+        rows: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (row, {}) for row in zip(*iterables, strict=False)
+        ]
+        listed: list[str | None] = [None] * len(rows) if names is None else list(names)
         if len(listed) != len(rows):
             raise ValueError(f"names has {len(listed)} entries for {len(rows)} tasks")
-        return [
-            self._push(function, pickled, row, {}, name)
-            for row, name in zip(rows, listed, strict=True)
-        ]
+        return self._push_all(function, rows, listed)
 
-    def _push(
+    def _push_all(
         self,
         function: Callable[..., Any],
-        pickled: bytes,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        name: str | None,
-    ) -> Task:
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        names: list[str | None],
+    ) -> list[Task]:
         dispatcher = self._check_running()
-        task_id = next(self._ids)
-        if name is None:
-            name = f"task-{task_id}"
-        else:
-            _check_name("name", name)
-            if name in self._names:
-                raise ValueError(
-                    f"a task named {name!r} is already unresolved; names must be unique among "
-                    "unresolved tasks"
-                )
         try:
-            arguments, buffers = protocol.dump_arguments(args, kwargs)
+            pickled = protocol.dump_function(_callable(function))
+        except TypeError:
+            raise
         except Exception as error:
             raise SerializationError(
-                f"cannot pickle the arguments of task {name!r} "
-                f"({_culprit(args, kwargs)}): {type(error).__name__}: {error}"
+                f"cannot pickle the function {function!r:.80}: {type(error).__name__}: {error}"
             ) from error
-        size = len(pickled) + len(arguments) + sum(buffer.nbytes for buffer in buffers)
         limit = self._network.max_message_size
-        if size > limit:
-            raise TaskTooLargeError(
-                f"task {name!r} is {size} bytes pickled, over max_message_size={limit}; pass "
-                "large data by reference (a path, a URL) or raise max_message_size"
-            )
-        task = Task(self, task_id, name)
-        self._tasks[task_id] = task
-        self._names[name] = task_id
-        self._counts["tasks"] += 1
-        dispatcher.push(task_id, Payload(pickled, arguments, tuple(buffers)))
-        return task
+        taken: set[str] = set()
+        prepared: list[tuple[str | None, Payload]] = []
+        for (args, kwargs), name in zip(calls, names, strict=True):
+            label = "" if name is None else f" {name!r}"
+            if name is not None:
+                _check_name("name", name)
+                if name in self._names or name in taken:
+                    raise ValueError(
+                        f"a task named {name!r} is already unresolved; names must be unique "
+                        "among unresolved tasks"
+                    )
+                taken.add(name)
+            try:
+                arguments, buffers = protocol.dump_arguments(args, kwargs)
+            except Exception as error:
+                raise SerializationError(
+                    f"cannot pickle the arguments of task{label} ({_culprit(args, kwargs)}): "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+            size = len(pickled) + len(arguments) + sum(buffer.nbytes for buffer in buffers)
+            if size > limit:
+                raise TaskTooLargeError(
+                    f"task{label} is {size} bytes pickled, over max_message_size={limit}; pass "
+                    "large data by reference (a path, a URL) or raise max_message_size"
+                )
+            prepared.append((name, Payload(pickled, arguments, tuple(buffers))))
+        tasks: list[Task] = []
+        payloads: dict[int, Payload] = {}
+        for name, payload in prepared:
+            task_id = next(self._ids)
+            if name is None:
+                name = f"task-{task_id}"
+                while name in self._names:  # a user named a task like a generated name
+                    name += "-"
+            task = Task(self, task_id, name)
+            self._tasks[task_id] = task
+            self._names[task.name] = task_id
+            payloads[task_id] = payload
+            tasks.append(task)
+        self._counts["tasks"] += len(tasks)
+        if payloads:
+            dispatcher.push(payloads)
+        return tasks
 
     def _check_running(self) -> Dispatcher:
         if self._state == "new":

@@ -95,8 +95,8 @@ class Dispatcher:
         self._monitor: zmq.Socket[bytes] | None = None
         self._keys: Keys | None = None
         self._zap: ZapHandler | None = None
-        self._wake = asyncio.Event()
-        self._clock_changed = asyncio.Event()
+        self._wake = asyncio.Event()  # the sockets may have something to read
+        self._changed = asyncio.Event()  # workers, launches or deadlines changed
         self._group: anyio.abc.TaskGroup | None = None
         self._launch_calls: anyio.abc.TaskGroup | None = None
         self._launch_limiter = anyio.CapacityLimiter(math.inf)
@@ -171,31 +171,28 @@ class Dispatcher:
         self._router = self._monitor = self._zap = self._context = None
 
     async def close(self, seconds_grace: float) -> None:
-        """Stop the workers, let launch calls finish, give workers `seconds_grace` to exit,
-        then cancel the serving task group (the launcher ends whatever is left)."""
+        """Stop the workers and cancel every unresolved task; let launch calls finish and idle
+        workers leave (within `seconds_grace`); then cancel the serving task group, and the
+        launcher ends whatever is left (busy workers at once: their tasks are cancelled)."""
         self._apply(self.scheduler.close())
         for task in self.scheduler.unresolved_tasks():
             self._apply(self.scheduler.cancel(task, time.monotonic()), "the controller closed")
-        if self._launch_calls is not None:
-            with anyio.move_on_after(seconds_grace):
-                while self._in_flight:
-                    await self._settled()
         with anyio.move_on_after(seconds_grace):
-            while self.scheduler.connected:
-                await self._settled()
+            while self._in_flight or self.scheduler.idle_connected:
+                await self._changed.wait()
         if self._group is not None:
             self._group.cancel_scope.cancel()
 
-    async def _settled(self) -> None:
-        self._clock_changed.clear()
-        await self._clock_changed.wait()
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     # -- pushing and cancelling ---------------------------------------------------------------
 
-    def push(self, task: int, payload: Payload) -> None:
-        """Queue a task; it goes out at once if a worker has room."""
-        self._payloads[task] = payload
-        self._apply(self.scheduler.push(task, time.monotonic()))
+    def push(self, tasks: dict[int, Payload]) -> None:
+        """Queue tasks; they go out at once to workers with room, and launches cover the rest."""
+        self._payloads.update(tasks)
+        self._apply(self.scheduler.push_many(tasks, time.monotonic()))
 
     def cancel(self, task: int) -> None:
         """Cancel an unresolved task (a running one finishes; its result is dropped)."""
@@ -285,7 +282,7 @@ class Dispatcher:
             request.launch,
         )
         self._background(self._launch, request)
-        self._clock_changed.set()
+        self._notify()
 
     def _background(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         if self._launch_calls is None:
@@ -300,7 +297,7 @@ class Dispatcher:
             await function(*args)
         finally:
             self._in_flight -= 1
-            self._clock_changed.set()
+            self._notify()
 
     async def _launch(self, request: LaunchRequest) -> None:
         try:
@@ -378,6 +375,7 @@ class Dispatcher:
             logger.info("worker %s left: %s", _name(identity), message.reason)
             self._forget_fd(identity)
             self._apply(self.scheduler.lost(identity, now, clean=True, reason=message.reason))
+            self._notify()
         else:
             logger.warning("dropped a %s message from worker %s", type(message).__name__, identity)
 
@@ -400,7 +398,7 @@ class Dispatcher:
         self._fds[fd] = identity
         logger.info("worker %s connected (pid %d on %s)", _name(identity), ready.pid, ready.host)
         self._apply(decisions)
-        self._clock_changed.set()
+        self._notify()
 
     def _on_result(self, identity: bytes, outcome: protocol.Outcome, now: float) -> None:
         decisions = self.scheduler.result(identity, outcome.task_id, outcome.seconds, now)
@@ -426,12 +424,9 @@ class Dispatcher:
         identity = self._fds.pop(fd, None)
         if identity is not None and self.scheduler.knows(identity):
             logger.warning("worker %s disconnected", _name(identity))
-            self._apply(
-                self.scheduler.lost(
-                    identity, time.monotonic(), clean=False, reason="its connection closed"
-                )
-            )
-            self._clock_changed.set()
+            reason = "its connection closed (its process or machine died, or the network failed)"
+            self._apply(self.scheduler.lost(identity, time.monotonic(), clean=False, reason=reason))
+            self._notify()
 
     def _forget_fd(self, identity: bytes) -> None:
         for fd, owner in list(self._fds.items()):
@@ -451,16 +446,16 @@ class Dispatcher:
         self._forget_fd(identity)
         now = time.monotonic()
         self._apply(self.scheduler.lost(identity, now, clean=exit.code == 0, reason=exit.reason))
-        self._clock_changed.set()
+        self._notify()
 
     async def _clock(self) -> None:
         while True:
+            changed = self._changed
             deadline = self.scheduler.next_deadline()
             delay = math.inf if deadline is None else deadline - time.monotonic()
             if delay > 0:
                 with anyio.move_on_after(delay):
-                    self._clock_changed.clear()
-                    await self._clock_changed.wait()
+                    await changed.wait()
                     continue
             self._apply(self.scheduler.tick(time.monotonic()))
 

@@ -11,7 +11,7 @@ import itertools
 import math
 import secrets
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,7 +56,7 @@ class Fail:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    """Tell a connected worker to exit (it is idle and its slot is needed at another level)."""
+    """Tell a connected worker to exit (the controller is closing)."""
 
     worker: bytes
     reason: str
@@ -146,15 +146,16 @@ class Settings:
 
 
 def plan_launches(
-    workers: float, demand: Mapping[int, int], supply: Mapping[int, int], leaving: int = 0
+    workers: float, demand: Mapping[int, int], supply: Mapping[int, int]
 ) -> dict[int, int]:
     """How many workers to launch at each level, given unresolved tasks and workers by level.
 
     A worker at a level can run tasks of that level and below, so surplus at a higher level
-    covers demand below it. The total, with `supply` and the `leaving` workers that still hold a
-    slot, never exceeds `workers`; when the cap binds, higher levels launch first.
+    covers demand below it. The total, supply included, never exceeds `workers`; when the cap
+    binds, higher levels launch first. Every escalated task comes from a worker that died and
+    so freed a slot, which this order hands to the escalated task first.
     """
-    room = workers - sum(supply.values()) - leaving
+    room = workers - sum(supply.values())
     launches: dict[int, int] = {}
     surplus = 0
     for level in sorted(set(demand) | set(supply), reverse=True):
@@ -203,6 +204,11 @@ class Scheduler:
         return sum(1 for worker in self._workers.values() if worker.connected)
 
     @property
+    def idle_connected(self) -> int:
+        """Connected workers with no task sent to them (ready to leave at once when told)."""
+        return sum(1 for w in self._workers.values() if w.connected and not w.assigned)
+
+    @property
     def launching(self) -> int:
         """Workers launched that have not connected yet."""
         return sum(len(launch.waiting) for launch in self._launches.values())
@@ -242,9 +248,15 @@ class Scheduler:
 
     def push(self, task: int, now: float) -> list[Decision]:
         """A task was pushed."""
-        self._tasks[task] = _Task(task)
-        self._demand[0] += 1
-        self._queues[0].append(task)
+        return self.push_many((task,), now)
+
+    def push_many(self, tasks: Iterable[int], now: float) -> list[Decision]:
+        """Tasks were pushed together: one scaling decision for all (one launch of n)."""
+        queue = self._queues[0]
+        for task in tasks:
+            self._tasks[task] = _Task(task)
+            self._demand[0] += 1
+            queue.append(task)
         decisions: list[Decision] = []
         self._dispatch(decisions)
         self._scale(now, decisions)
@@ -469,16 +481,9 @@ class Scheduler:
             return  # the common case, decided without a pass over the workers
         demand = {level: count for level, count in enumerate(self._demand) if count}
         supply: dict[int, int] = {}
-        leaving = 0
         for worker in self._workers.values():
-            if worker.leaving:
-                leaving += 1
-            else:
-                supply[worker.launch.level] = supply.get(worker.launch.level, 0) + 1
-        plan = plan_launches(self.settings.workers, demand, supply, leaving)
-        if self.settings.levels > 1:
-            # Launch once the stopped workers are gone, so the cap holds at every moment.
-            self._make_room(demand, supply, plan, leaving, decisions)
+            supply[worker.launch.level] = supply.get(worker.launch.level, 0) + 1
+        plan = plan_launches(self.settings.workers, demand, supply)
         deadline = now + self.settings.seconds_launch
         for level, count in sorted(plan.items(), reverse=True):
             launch = _Launch(next(self._launch_ids), level, deadline, set())
@@ -488,28 +493,3 @@ class Scheduler:
             launch.waiting.update(identities)
             self._launches[launch.id] = launch
             decisions.append(Launch(launch.id, level, identities))
-
-    def _make_room(
-        self,
-        demand: Mapping[int, int],
-        supply: Mapping[int, int],
-        plan: Mapping[int, int],
-        leaving: int,
-        decisions: list[Decision],
-    ) -> None:
-        """Stop idle workers below a level that the cap keeps from launching.
-
-        The slots of workers already leaving count as made, so no more are stopped than needed.
-        """
-        wanted = plan_launches(math.inf, demand, supply)
-        short = {level: count - plan.get(level, 0) for level, count in wanted.items()}
-        missing = sum(short.values()) - leaving
-        top = max((level for level, count in short.items() if count > 0), default=0)
-        for worker in list(self._idle.values()):
-            if missing <= 0:
-                return
-            if worker.launch.level < top:
-                worker.leaving = True
-                del self._idle[worker.identity]
-                decisions.append(Stop(worker.identity, "making room for a bigger worker"))
-                missing -= 1

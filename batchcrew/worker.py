@@ -63,7 +63,8 @@ class WorkerSettings:
         return f"{self.launch}:{self.index}".encode()
 
     def environment(self) -> dict[str, str]:
-        """These settings as environment variables (without the index: launchers set it)."""
+        """These settings as environment variables, but for the index, which launchers set
+        per worker (`BATCHCREW_WORKER_INDEX`, or AWS Batch's `AWS_BATCH_JOB_ARRAY_INDEX`)."""
         return {
             f"BATCHCREW_{field.name.upper()}": str(getattr(self, field.name))
             for field in fields(self)
@@ -78,8 +79,11 @@ class WorkerSettings:
             name = f"BATCHCREW_{field.name.upper()}"
             if name in environ:
                 values[field.name] = environ[name]
-        if "index" not in values and "AWS_BATCH_JOB_ARRAY_INDEX" in environ:
-            values["index"] = environ["AWS_BATCH_JOB_ARRAY_INDEX"]
+        # The index: from a local launcher, else from an AWS Batch array job, else 0.
+        for name in ("BATCHCREW_WORKER_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX"):
+            if name in environ:
+                values["index"] = environ[name]
+                break
         return cls.parse(values)
 
     @classmethod
@@ -365,10 +369,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--index", type=int, help="worker number within its launch")
     args = parser.parse_args(argv)
     environ = dict(os.environ)
-    for name in ("controller", "launch", "index"):
+    for name, variable in (
+        ("controller", "BATCHCREW_CONTROLLER"),
+        ("launch", "BATCHCREW_LAUNCH"),
+        ("index", "BATCHCREW_WORKER_INDEX"),
+    ):
         value = getattr(args, name)
         if value is not None:
-            environ[f"BATCHCREW_{name.upper()}"] = str(value)
+            environ[variable] = str(value)
     try:
         settings = WorkerSettings.from_environment(environ)
     except ValueError as error:

@@ -1,0 +1,448 @@
+"""The scheduling core, driven by plain function calls: no sockets, no processes, no sleeps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchcrew.scheduling import (
+    Abandon,
+    Assign,
+    Broken,
+    Complete,
+    Decision,
+    Fail,
+    Launch,
+    Retire,
+    Scheduler,
+    Settings,
+    Stop,
+    plan_launches,
+)
+
+
+def of(kind: type, decisions: list[Decision] | None) -> list:
+    assert decisions is not None
+    return [decision for decision in decisions if isinstance(decision, kind)]
+
+
+def launched(decisions: list[Decision] | None) -> list[bytes]:
+    return [identity for launch in of(Launch, decisions) for identity in launch.identities]
+
+
+def start_worker(scheduler: Scheduler, now: float = 0.0) -> tuple[bytes, list[Decision]]:
+    """Push nothing; take the next launched identity from a fresh launch and connect it."""
+    decisions = scheduler.push(99_000 + scheduler.unresolved, now)
+    identity = launched(decisions)[0]
+    return identity, scheduler.connected_worker(identity, now) or []
+
+
+# -- plan_launches ---------------------------------------------------------------------------
+
+
+def test_plan_launches_fills_demand_up_to_the_cap() -> None:
+    assert plan_launches(4, {0: 10}, {}) == {0: 4}
+    assert plan_launches(4, {0: 2}, {}) == {0: 2}
+    assert plan_launches(4, {0: 10}, {0: 3}) == {0: 1}
+    assert plan_launches(4, {0: 1}, {0: 3}) == {}
+
+
+def test_plan_launches_lets_bigger_workers_cover_smaller_tasks() -> None:
+    assert plan_launches(4, {0: 2}, {1: 2}) == {}
+    assert plan_launches(4, {0: 3, 1: 1}, {1: 2}) == {0: 2}
+
+
+def test_plan_launches_puts_higher_levels_first_when_the_cap_binds() -> None:
+    assert plan_launches(2, {0: 5, 1: 1}, {}) == {1: 1, 0: 1}
+    assert plan_launches(1, {0: 5, 1: 1}, {}) == {1: 1}
+
+
+def test_plan_launches_without_a_cap() -> None:
+    assert plan_launches(math.inf, {0: 5}, {0: 1}) == {0: 4}
+
+
+# -- the life of a task ----------------------------------------------------------------------
+
+
+def test_a_push_launches_a_worker_and_its_hello_gets_the_task() -> None:
+    scheduler = Scheduler(Settings(workers=2))
+    decisions = scheduler.push(1, 0.0)
+    (launch,) = of(Launch, decisions)
+    assert launch.level == 0
+    assert len(launch.identities) == 1
+    assert scheduler.launching == 1
+    decisions = scheduler.connected_worker(launch.identities[0], 0.1)
+    assert of(Assign, decisions) == [Assign(launch.identities[0], 1)]
+    decisions = scheduler.result(launch.identities[0], 1, 0.5, 0.2)
+    assert of(Complete, decisions) == [Complete(1, launch.identities[0])]
+    assert scheduler.unresolved == 0
+
+
+def test_demand_is_the_smaller_of_workers_and_unresolved_tasks() -> None:
+    scheduler = Scheduler(Settings(workers=3))
+    identities: list[bytes] = []
+    for task in range(10):
+        identities += launched(scheduler.push(task, 0.0))
+    assert len(identities) == 3
+    scheduler2 = Scheduler(Settings(workers=3))
+    assert len(launched(scheduler2.push(1, 0.0))) == 1
+    assert len(launched(scheduler2.push(2, 0.0))) == 1
+
+
+def test_a_result_that_is_not_the_workers_current_task_is_dropped() -> None:
+    scheduler = Scheduler(Settings(workers=1))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(identity, 0.0)
+    assert scheduler.result(identity, 2, 0.1, 0.0) is None  # never assigned
+    assert scheduler.result(b"stranger:0", 1, 0.1, 0.0) is None  # unknown peer
+    assert scheduler.connected_worker(b"stranger:0", 0.0) is None
+    assert of(Complete, scheduler.result(identity, 1, 0.1, 0.0)) == [Complete(1, identity)]
+    assert scheduler.result(identity, 1, 0.1, 0.0) is None  # a replay
+
+
+def test_a_second_hello_from_a_connected_worker_is_dropped() -> None:
+    scheduler = Scheduler(Settings(workers=1))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    assert scheduler.connected_worker(identity, 0.0) is not None
+    assert scheduler.connected_worker(identity, 0.0) is None
+
+
+# -- crashes and retries ---------------------------------------------------------------------
+
+
+def test_a_crash_requeues_the_task_at_the_front_until_crashes_max() -> None:
+    scheduler = Scheduler(Settings(workers=1, crashes_max=1))
+    first = launched(scheduler.push(1, 0.0))[0]
+    scheduler.push(2, 0.0)
+    scheduler.connected_worker(first, 0.0)
+    decisions = scheduler.lost(first, 1.0, clean=False, reason="killed")
+    assert not of(Fail, decisions)
+    (second,) = launched(decisions)
+    # The crashed task goes out first, ahead of task 2.
+    assert of(Assign, scheduler.connected_worker(second, 1.0)) == [Assign(second, 1)]
+    decisions = scheduler.lost(second, 2.0, clean=False, reason="killed again")
+    (fail,) = of(Fail, decisions)
+    assert fail.task == 1
+    assert fail.status == "crash"
+    assert "2 time(s)" in fail.message
+    assert "killed again" in fail.message
+    assert "crashes_max=1" in fail.message
+    assert scheduler.unresolved_tasks() == [2]
+
+
+def test_crashes_max_zero_resolves_the_first_crash() -> None:
+    scheduler = Scheduler(Settings(workers=1, crashes_max=0))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(identity, 0.0)
+    (fail,) = of(Fail, scheduler.lost(identity, 1.0, clean=False, reason="OOM"))
+    assert fail.status == "crash"
+
+
+def test_a_goodbye_requeues_unstarted_tasks_without_counting_a_crash() -> None:
+    scheduler = Scheduler(Settings(workers=1, crashes_max=0))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(identity, 0.0)
+    decisions = scheduler.lost(identity, 1.0, clean=True, reason="idle")
+    assert not of(Fail, decisions)
+    assert scheduler.unresolved_tasks() == [1]
+    assert len(launched(decisions)) == 1
+
+
+def test_only_the_running_task_of_a_pipelined_worker_counts_a_crash() -> None:
+    scheduler = Scheduler(Settings(workers=1, crashes_max=0, pipeline=3))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(identity, 0.0)
+    scheduler.result(identity, 1, 0.0001, 0.0)  # short tasks: pipelining starts
+    for task in (2, 3, 4):
+        scheduler.push(task, 0.0)
+    decisions = scheduler.lost(identity, 1.0, clean=False, reason="killed")
+    assert [fail.task for fail in of(Fail, decisions)] == [2]
+    assert sorted(scheduler.unresolved_tasks()) == [3, 4]
+
+
+def test_a_crashed_task_escalates_and_other_tasks_stay_at_the_first_level() -> None:
+    scheduler = Scheduler(Settings(workers=4, levels=3, crashes_max=5))
+    small = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(small, 0.0)
+    decisions = scheduler.lost(small, 1.0, clean=False, reason="OOM")
+    (launch,) = of(Launch, decisions)
+    assert launch.level == 1
+    big = launch.identities[0]
+    assert of(Assign, scheduler.connected_worker(big, 1.0)) == [Assign(big, 1)]
+    # A new task meanwhile launches a first-level worker, not a big one.
+    (launch,) = of(Launch, scheduler.push(2, 1.0))
+    assert launch.level == 0
+    # A second crash goes one level further; the last level holds after that.
+    (launch,) = of(Launch, scheduler.lost(big, 2.0, clean=False, reason="OOM"))
+    assert launch.level == 2
+    biggest = launch.identities[0]
+    scheduler.connected_worker(biggest, 2.0)
+    (launch,) = of(Launch, scheduler.lost(biggest, 3.0, clean=False, reason="OOM"))
+    assert launch.level == 2
+
+
+def test_a_small_worker_never_gets_an_escalated_task_but_a_big_one_takes_small_tasks() -> None:
+    scheduler = Scheduler(Settings(workers=2, levels=2))
+    first = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(first, 0.0)
+    (big,) = launched(scheduler.lost(first, 1.0, clean=False, reason="OOM"))
+    scheduler.connected_worker(big, 1.0)
+    scheduler.result(big, 1, 1.0, 2.0)
+    assert of(Assign, scheduler.push(2, 2.0)) == [Assign(big, 2)]
+
+
+def test_an_escalated_task_takes_the_slot_its_crashed_worker_freed() -> None:
+    scheduler = Scheduler(Settings(workers=2, levels=2))
+    a = launched(scheduler.push(1, 0.0))[0]
+    b = launched(scheduler.push(2, 0.0))[0]
+    scheduler.push(3, 0.0)
+    scheduler.connected_worker(a, 0.0)
+    scheduler.connected_worker(b, 0.0)
+    decisions = scheduler.lost(a, 1.0, clean=False, reason="OOM")
+    # Tasks 1 (escalated) and 3 both want a worker; the one free slot goes to level 1.
+    assert [launch.level for launch in of(Launch, decisions)] == [1]
+
+
+# -- launches that fail ----------------------------------------------------------------------
+
+
+def test_a_launch_that_never_connects_is_abandoned_and_replaced() -> None:
+    scheduler = Scheduler(Settings(workers=1, seconds_launch=10.0))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    assert scheduler.next_deadline() == 10.0
+    assert scheduler.tick(5.0) == []
+    decisions = scheduler.tick(10.0)
+    (abandon,) = of(Abandon, decisions)
+    assert abandon.identities == (identity,)
+    assert "seconds_launch=10" in abandon.reason
+    assert of(Retire, decisions)
+    assert len(launched(decisions)) == 1
+    assert not scheduler.knows(identity)
+
+
+def test_consecutive_failed_launches_break_the_scheduler_once() -> None:
+    scheduler = Scheduler(Settings(workers=1, launch_failures_max=3))
+    launch = of(Launch, scheduler.push(1, 0.0))[0]
+    brokens: list[Broken] = []
+    for attempt in range(3):
+        decisions = scheduler.launch_failed(launch.launch, float(attempt), "no such queue")
+        brokens += of(Broken, decisions)
+        launches = of(Launch, decisions)
+        if launches:
+            launch = launches[0]
+    assert len(brokens) == 1
+    assert brokens[0].failures == 3
+    assert "no such queue" in brokens[0].reason
+    assert scheduler.broken is not None
+    assert not of(Launch, scheduler.push(2, 5.0))  # no more launching
+
+
+def test_a_worker_that_exits_before_connecting_is_a_failed_launch() -> None:
+    scheduler = Scheduler(Settings(workers=1, launch_failures_max=2))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    decisions = scheduler.lost(identity, 0.1, clean=False, reason="exit code 1")
+    identity = launched(decisions)[0]
+    decisions = scheduler.lost(identity, 0.2, clean=False, reason="exit code 1")
+    assert of(Broken, decisions)
+
+
+def test_a_connect_resets_the_failure_count() -> None:
+    scheduler = Scheduler(Settings(workers=1, launch_failures_max=2))
+    launch = of(Launch, scheduler.push(1, 0.0))[0]
+    launch = of(Launch, scheduler.launch_failed(launch.launch, 0.0, "flaky"))[0]
+    scheduler.connected_worker(launch.identities[0], 0.0)
+    scheduler.lost(launch.identities[0], 1.0, clean=False, reason="killed")
+    launch = next(
+        launch
+        for launch in scheduler._launches.values()  # the replacement launch
+    )
+    assert not of(Broken, scheduler.launch_failed(launch.id, 1.0, "flaky"))
+
+
+# -- cancel, tasks_max, pipelining, close ----------------------------------------------------
+
+
+def test_cancel_resolves_a_queued_task_and_drops_a_running_ones_result() -> None:
+    scheduler = Scheduler(Settings(workers=1))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    scheduler.push(2, 0.0)
+    scheduler.connected_worker(identity, 0.0)
+    assert of(Fail, scheduler.cancel(2, 0.0)) == [Fail(2, "cancel", "cancelled", None)]
+    assert of(Fail, scheduler.cancel(1, 0.0)) == [Fail(1, "cancel", "cancelled", identity)]
+    assert scheduler.cancel(1, 0.0) == []
+    decisions = scheduler.result(identity, 1, 0.1, 0.0)
+    assert decisions is not None
+    assert not of(Complete, decisions)
+
+
+def test_a_worker_dying_on_a_cancelled_task_retries_nothing() -> None:
+    scheduler = Scheduler(Settings(workers=1))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(identity, 0.0)
+    scheduler.cancel(1, 0.0)
+    decisions = scheduler.lost(identity, 1.0, clean=False, reason="killed")
+    assert not of(Fail, decisions)
+    assert not of(Launch, decisions)
+    assert scheduler.unresolved == 0
+
+
+def test_tasks_max_bounds_what_a_worker_is_sent() -> None:
+    scheduler = Scheduler(Settings(workers=1, tasks_max=2, pipeline=4))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    for task in (2, 3, 4):
+        scheduler.push(task, 0.0)
+    scheduler.connected_worker(identity, 0.0)
+    decisions = scheduler.result(identity, 1, 0.0001, 0.0)
+    assert of(Assign, decisions) == [Assign(identity, 2)]
+    assert not of(Assign, scheduler.result(identity, 2, 0.0001, 0.0))
+
+
+def test_pipelining_starts_only_once_tasks_are_known_to_be_short() -> None:
+    scheduler = Scheduler(Settings(workers=1, pipeline=3, seconds_short=0.01))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    for task in range(2, 10):
+        scheduler.push(task, 0.0)
+    assert of(Assign, scheduler.connected_worker(identity, 0.0)) == [Assign(identity, 1)]
+    assert len(of(Assign, scheduler.result(identity, 1, 0.001, 0.0))) == 3
+    slow = Scheduler(Settings(workers=1, pipeline=3, seconds_short=0.01))
+    identity = launched(slow.push(1, 0.0))[0]
+    for task in range(2, 10):
+        slow.push(task, 0.0)
+    slow.connected_worker(identity, 0.0)
+    assert len(of(Assign, slow.result(identity, 1, 1.0, 0.0))) == 1
+
+
+def test_idle_workers_get_a_task_before_any_worker_gets_a_second() -> None:
+    scheduler = Scheduler(Settings(workers=2, pipeline=4))
+    a = launched(scheduler.push(1, 0.0))[0]
+    b = launched(scheduler.push(2, 0.0))[0]
+    scheduler.connected_worker(a, 0.0)
+    scheduler.connected_worker(b, 0.0)
+    scheduler.result(a, 1, 0.0001, 0.0)
+    scheduler.result(b, 2, 0.0001, 0.0)  # both idle; tasks are known to be short
+    first = of(Assign, scheduler.push(3, 0.0))
+    second = of(Assign, scheduler.push(4, 0.0))
+    assert {first[0].worker, second[0].worker} == {a, b}
+    assert len(of(Assign, scheduler.push(5, 0.0))) == 1  # now a second one, pipelined
+
+
+def test_close_stops_connected_workers_and_launches_nothing_more() -> None:
+    scheduler = Scheduler(Settings(workers=2))
+    a = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(a, 0.0)
+    stops = of(Stop, scheduler.close())
+    assert [stop.worker for stop in stops] == [a]
+    assert not of(Launch, scheduler.push(2, 0.0))
+
+
+# -- invariants under any order of events ----------------------------------------------------
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["push", "connect", "result", "crash", "bye", "tick", "cancel", "fail"]),
+        st.integers(min_value=0, max_value=50),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events,
+    st.integers(min_value=1, max_value=4),
+    st.integers(min_value=1, max_value=3),
+    st.integers(min_value=0, max_value=2),
+)
+def test_every_task_resolves_at_most_once_and_the_cap_holds(
+    steps: list[tuple[str, int]], workers: int, levels: int, crashes_max: int
+) -> None:
+    scheduler = Scheduler(
+        Settings(workers=workers, levels=levels, crashes_max=crashes_max, seconds_launch=5.0)
+    )
+    resolved: list[int] = []
+    pushed = 0
+    waiting: list[bytes] = []
+    running: dict[bytes, list[int]] = {}
+    launches: list[str] = []
+    now = 0.0
+
+    def apply(decisions: list[Decision] | None) -> None:
+        for decision in decisions or []:
+            if isinstance(decision, Launch):
+                waiting.extend(decision.identities)
+                launches.append(decision.launch)
+            elif isinstance(decision, Assign):
+                assert decision.worker in running
+                running[decision.worker].append(decision.task)
+            elif isinstance(decision, Complete | Fail):
+                resolved.append(decision.task)
+            elif isinstance(decision, Abandon):
+                for identity in decision.identities:
+                    if identity in waiting:
+                        waiting.remove(identity)
+        live = sum(1 for identity in running if scheduler.knows(identity))
+        assert live + scheduler.launching <= workers
+
+    for kind, pick in steps:
+        now += 1.0
+        if kind == "push":
+            pushed += 1
+            apply(scheduler.push(pushed, now))
+        elif kind == "connect" and waiting:
+            identity = waiting.pop(pick % len(waiting))
+            if scheduler.knows(identity):
+                running[identity] = []
+                apply(scheduler.connected_worker(identity, now))
+        elif kind == "result" and running:
+            identity = list(running)[pick % len(running)]
+            if running[identity]:
+                task = running[identity].pop(0)
+                apply(scheduler.result(identity, task, 0.001, now))
+        elif kind in ("crash", "bye") and running:
+            identity = list(running)[pick % len(running)]
+            del running[identity]
+            apply(scheduler.lost(identity, now, clean=kind == "bye", reason=kind))
+        elif kind == "tick":
+            now += pick
+            apply(scheduler.tick(now))
+        elif kind == "cancel" and pushed:
+            apply(scheduler.cancel(pick % pushed + 1, now))
+        elif kind == "fail" and launches:
+            apply(scheduler.launch_failed(launches[pick % len(launches)], now, "failed"))
+    assert len(resolved) == len(set(resolved))
+    assert set(resolved).isdisjoint(scheduler.unresolved_tasks())
+    assert len(resolved) + scheduler.unresolved == pushed
+    # A task is with at most one worker at a time.
+    held = [task for tasks in running.values() for task in tasks]
+    assert len(held) == len(set(held))
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_with_workers_that_always_answer_every_task_resolves(workers: int) -> None:
+    scheduler = Scheduler(Settings(workers=workers, crashes_max=2))
+    queue: list[Decision] = []
+    for task in range(1, 21):
+        queue += scheduler.push(task, 0.0)
+    resolved: set[int] = set()
+    crashed_once = False
+    steps = 0
+    while queue:
+        steps += 1
+        assert steps < 10_000
+        decision = queue.pop(0)
+        if isinstance(decision, Launch):
+            for identity in decision.identities:
+                queue += scheduler.connected_worker(identity, 0.0) or []
+        elif isinstance(decision, Assign):
+            if not crashed_once:
+                crashed_once = True
+                queue += scheduler.lost(decision.worker, 0.0, clean=False, reason="boom")
+            else:
+                queue += scheduler.result(decision.worker, decision.task, 0.1, 0.0) or []
+        elif isinstance(decision, Complete | Fail):
+            assert decision.task not in resolved
+            resolved.add(decision.task)
+    assert resolved == set(range(1, 21))
