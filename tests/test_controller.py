@@ -404,11 +404,14 @@ async def test_closing_resolves_unresolved_tasks_as_cancel(tmp_path: Path) -> No
 
 
 async def test_an_exception_in_the_block_still_closes_every_worker(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="user code failed"):
+    async def fail_inside() -> None:
         async with bc.Controller(workers=2) as crew:
             crew.push(hang, str(tmp_path / "started"))
             await wait_for_file(tmp_path / "started")
             raise RuntimeError("user code failed")
+
+    with pytest.raises(RuntimeError, match="user code failed"):
+        await fail_inside()
     assert not children()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import numpy as np
@@ -88,10 +89,8 @@ def _kinds() -> st.SearchStrategy[int]:
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.binary(max_size=64), max_size=6))
 def test_fuzzed_frames_raise_only_protocol_error(frames: list[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProtocolError):
         protocol.decode(frames)
-    except ProtocolError:
-        pass
 
 
 @settings(max_examples=2000, deadline=None)
@@ -106,17 +105,13 @@ def test_fuzzed_bodies_behind_a_valid_header_raise_only_protocol_error(
 ) -> None:
     header = struct.pack(">2sBBQ", b"bc", protocol.VERSION, kind, task_id)
     for frames in ([header, *body], [header, meta, *body], [header, meta]):
-        try:
+        with contextlib.suppress(ProtocolError):
             protocol.decode(frames)
-        except ProtocolError:
-            pass
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(min_size=9, max_size=200))
 def test_fuzzed_result_metadata_raises_only_protocol_error(meta: bytes) -> None:
     header = struct.pack(">2sBBQ", b"bc", protocol.VERSION, protocol.Kind.RESULT, 1)
-    try:
+    with contextlib.suppress(ProtocolError):
         protocol.decode([header, meta, b""])
-    except ProtocolError:
-        pass
