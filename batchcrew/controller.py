@@ -32,6 +32,7 @@ from batchcrew.errors import (
 )
 from batchcrew.launchers.base import Launcher
 from batchcrew.launchers.local import LocalLauncher
+from batchcrew.progress import progress_bar
 
 logger = logging.getLogger("batchcrew")
 
@@ -408,13 +409,19 @@ class Controller:
         *iterables: Iterable[Any],
         names: Iterable[str] | None = None,
         error: ErrorMode = "raise",
+        progress: bool = False,
     ) -> pl.DataFrame:
         """Run `function` over zipped `iterables` and return every result as a DataFrame, in
         input order. `error`: "raise" raises `TaskError` with the first failed result, "warn"
-        warns, "ignore" returns failures as rows."""
+        warns, "ignore" returns failures as rows. `progress=True` shows a live progress bar
+        on a terminal (tasks done, workers connected, failures)."""
         _check_error_mode(error)
         tasks = self.walk(function, *iterables, names=names)
-        results = [await task for task in tasks]
+        if progress:
+            with progress_bar(self, len(tasks)):
+                results = [await task for task in tasks]
+        else:
+            results = [await task for task in tasks]
         _handle_failures(results, error)
         return results_frame(results)
 
@@ -497,17 +504,25 @@ class Controller:
             dispatcher.cancel(task_id)
         return len(chosen)
 
+    def counts(self) -> dict[str, int]:
+        """Counters so far: tasks pushed, success, error, crash, cancel, warning (tasks that
+        warned), unresolved, and workers connected now. Cheap: no DataFrame."""
+        dispatcher = self._dispatcher
+        return {
+            **self._counts,
+            "unresolved": len(self._tasks),
+            "workers": dispatcher.scheduler.connected if dispatcher is not None else 0,
+        }
+
     def summary(self) -> pl.DataFrame:
         """One row: controller, seconds (total task run time), tasks (pushed), success, error,
         crash, cancel, warning (tasks that warned), unresolved, workers (connected now)."""
-        dispatcher = self._dispatcher
+        counts = self.counts()
         return pl.DataFrame(
             {
                 "controller": [self.name],
                 "seconds": [self._seconds],
-                **{key: [value] for key, value in self._counts.items()},
-                "unresolved": [len(self._tasks)],
-                "workers": [dispatcher.scheduler.connected if dispatcher else 0],
+                **{key: [value] for key, value in counts.items()},
             },
             schema_overrides={"seconds": pl.Float64},
         )

@@ -1,0 +1,49 @@
+"""`batchcrew demo`: a Monte Carlo estimate of pi, split into tasks on auto-scaled workers."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from batchcrew.controller import Controller
+
+
+def sample(seed: int, draws: int) -> int:
+    """Throw `draws` random darts at the unit square; count those inside the quarter circle."""
+    generator = random.Random(seed)
+    inside = 0
+    for _ in range(draws):
+        x, y = generator.random(), generator.random()
+        inside += x * x + y * y <= 1.0
+    return inside
+
+
+async def run_demo(
+    controller: Controller, tasks: int, draws: int, console: Console
+) -> pl.DataFrame:
+    """Run the estimate on `controller` (already started); print it and the summary."""
+    started = time.perf_counter()
+    frame = await controller.map(sample, range(tasks), [draws] * tasks, progress=True)
+    seconds = time.perf_counter() - started
+    estimate = 4 * frame["result"].sum() / (tasks * draws)
+    console.print(
+        f"pi ~ [bold]{estimate:.6f}[/bold] (error {abs(estimate - math.pi):.1e}) from "
+        f"{tasks * draws:,} darts in {tasks} tasks, {seconds:.1f} s"
+    )
+    summary = controller.summary()
+    console.print(_table(summary, title=f"controller {controller.name!r} summary"))
+    return summary
+
+
+def _table(frame: pl.DataFrame, title: str) -> Table:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(column, justify="right" if frame[column].dtype.is_numeric() else "left")
+    for row in frame.iter_rows():
+        table.add_row(*(f"{value:.3f}" if isinstance(value, float) else str(value) for value in row))
+    return table

@@ -1,0 +1,222 @@
+"""Throughput and round-trip latency of batchcrew against its baselines, measured in one run.
+
+    python benchmarks/core.py [--tasks 10000] [--latency 2000] [--repeats 3]
+
+Baselines: concurrent.futures.ProcessPoolExecutor(2), and a plain asyncio pyzmq ROUTER/DEALER
+loop with cloudpickle (the floor this design cannot beat), run with one task in flight per
+worker and with as many in flight as batchcrew pipelines for short tasks. Each figure is the
+median of --repeats runs; ratios compare medians measured in this same run, so a noisy shared
+machine moves both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import cloudpickle
+import zmq
+import zmq.asyncio
+from rich.console import Console
+from rich.table import Table
+
+import batchcrew as bc
+from batchcrew.scheduling import Settings
+
+WORKERS = 2
+PIPELINE = Settings().pipeline
+
+
+def noop(_: object = None) -> None:
+    return None
+
+
+@dataclass
+class Figures:
+    throughput: float  # tasks per second
+    median: float  # round trip, seconds
+    p99: float
+
+
+def _latency(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
+
+
+# -- batchcrew ---------------------------------------------------------------------------------
+
+
+async def batchcrew_run(tasks: int, latency: int, security: str) -> Figures:
+    async with bc.Controller(name="bench", workers=WORKERS, security=security) as controller:  # type: ignore[arg-type]
+        await controller.map(noop, range(400))  # workers up, pipelining learned
+        start = time.perf_counter()
+        for task in controller.walk(noop, range(tasks)):
+            await task
+        throughput = tasks / (time.perf_counter() - start)
+        samples = []
+        for _ in range(latency):
+            start = time.perf_counter()
+            await controller.push(noop)
+            samples.append(time.perf_counter() - start)
+    return Figures(throughput, *_latency(samples))
+
+
+# -- ProcessPoolExecutor -----------------------------------------------------------------------
+
+
+def pool_run(tasks: int, latency: int) -> Figures:
+    with ProcessPoolExecutor(WORKERS) as pool:
+        list(pool.map(noop, range(400)))
+        start = time.perf_counter()
+        futures = [pool.submit(noop) for _ in range(tasks)]
+        for future in futures:
+            future.result()
+        throughput = tasks / (time.perf_counter() - start)
+        samples = []
+        for _ in range(latency):
+            start = time.perf_counter()
+            pool.submit(noop).result()
+            samples.append(time.perf_counter() - start)
+    return Figures(throughput, *_latency(samples))
+
+
+# -- the plain pyzmq loop ----------------------------------------------------------------------
+
+PLAIN_WORKER = r"""
+import pickle, sys
+import cloudpickle, zmq
+context = zmq.Context()
+sock = context.socket(zmq.DEALER)
+sock.setsockopt(zmq.IDENTITY, sys.argv[2].encode())
+sock.connect(sys.argv[1])
+sock.send(b"ready")
+while True:
+    task_id, payload = sock.recv_multipart()
+    if task_id == b"stop":
+        break
+    function, args = cloudpickle.loads(payload)
+    sock.send_multipart([task_id, pickle.dumps(function(*args), protocol=5)])
+"""
+
+
+async def plain_run(tasks: int, latency: int, window: int) -> Figures:
+    context = zmq.asyncio.Context()
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", PLAIN_WORKER, f"tcp://127.0.0.1:{port}", f"w{index}"]
+        )
+        for index in range(WORKERS)
+    ]
+    try:
+        identities = [(await router.recv_multipart())[0] for _ in range(WORKERS)]
+
+        async def send(identity: bytes, task_id: int) -> None:
+            payload = cloudpickle.dumps((noop, ()), protocol=5)
+            await router.send_multipart([identity, str(task_id).encode(), payload])
+
+        sent = done = 0
+        start = time.perf_counter()
+        for identity in identities:
+            for _ in range(window):
+                await send(identity, sent)
+                sent += 1
+        while done < tasks:
+            identity, _, result = await router.recv_multipart()
+            cloudpickle.loads(result)
+            done += 1
+            if sent < tasks:
+                await send(identity, sent)
+                sent += 1
+        while done < sent:  # the last window's extra tasks
+            await router.recv_multipart()
+            done += 1
+        throughput = tasks / (time.perf_counter() - start)
+        samples = []
+        for _ in range(latency):
+            start = time.perf_counter()
+            await send(identities[0], 0)
+            cloudpickle.loads((await router.recv_multipart())[2])
+            samples.append(time.perf_counter() - start)
+        for identity in identities:
+            await router.send_multipart([identity, b"stop", b""])
+        for process in processes:
+            process.wait(timeout=30)
+    finally:
+        for process in processes:
+            process.kill()
+        router.close(0)
+        context.term()
+    return Figures(throughput, *_latency(samples))
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def repeat(run: Callable[[], Figures | Awaitable[Figures]], repeats: int) -> Figures:
+    results = []
+    for _ in range(repeats):
+        outcome = run()
+        results.append(asyncio.run(outcome) if asyncio.iscoroutine(outcome) else outcome)  # type: ignore[arg-type]
+    return Figures(
+        statistics.median(r.throughput for r in results),
+        statistics.median(r.median for r in results),
+        statistics.median(r.p99 for r in results),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--latency", type=int, default=2_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    n, m, r = args.tasks, args.latency, args.repeats
+    rows = {
+        "plain zmq loop, 1 in flight": repeat(lambda: plain_run(n, m, 1), r),
+        f"plain zmq loop, {PIPELINE} in flight": repeat(lambda: plain_run(n, m, PIPELINE), r),
+        "ProcessPoolExecutor(2)": repeat(lambda: pool_run(n, m), r),
+        'batchcrew, security="none"': repeat(lambda: batchcrew_run(n, m, "none"), r),
+        'batchcrew, security="curve"': repeat(lambda: batchcrew_run(n, m, "curve"), r),
+    }
+    floor = rows[f"plain zmq loop, {PIPELINE} in flight"]
+    pool = rows["ProcessPoolExecutor(2)"]
+    plain_off = rows['batchcrew, security="none"']
+    table = Table(
+        title=f"{n:,} no-op tasks on {WORKERS} workers; latency over {m:,} sequential tasks; "
+        f"medians of {r} runs"
+    )
+    for column in ("", "tasks/s", "vs plain", "vs pool", "RTT median", "RTT p99", "RTT vs plain"):
+        table.add_column(column, justify="left" if not column else "right")
+    for label, figures in rows.items():
+        table.add_row(
+            label,
+            f"{figures.throughput:,.0f}",
+            f"{figures.throughput / floor.throughput:.2f}x",
+            f"{figures.throughput / pool.throughput:.2f}x",
+            f"{figures.median * 1e6:,.0f} us",
+            f"{figures.p99 * 1e6:,.0f} us",
+            f"{figures.median / floor.median:.2f}x",
+        )
+    console = Console(width=130)
+    console.print(table)
+    curve = rows['batchcrew, security="curve"']
+    console.print(
+        f"CURVE on / off throughput: {curve.throughput / plain_off.throughput:.2f}x "
+        "(target >= 0.8x)"
+    )
+    console.print(
+        "targets: batchcrew >= 0.7x plain and >= 1.2x pool in tasks/s; RTT median <= 1.5x plain"
+    )
+
+
+if __name__ == "__main__":
+    main()
