@@ -30,7 +30,7 @@ async def run_demo(
     started = time.perf_counter()
     frame = await controller.map(sample, range(tasks), [draws] * tasks, progress=True)
     seconds = time.perf_counter() - started
-    estimate = 4 * frame["result"].sum() / (tasks * draws)
+    estimate = 4 * sum(frame["result"].to_list()) / (tasks * draws)
     console.print(
         f"pi ~ [bold]{estimate:.6f}[/bold] (error {abs(estimate - math.pi):.1e}) from "
         f"{tasks * draws:,} darts in {tasks} tasks, {seconds:.1f} s"
@@ -41,9 +41,13 @@ async def run_demo(
 
 
 def _table(frame: pl.DataFrame, title: str) -> Table:
-    table = Table(title=title)
-    for column in frame.columns:
-        table.add_column(column, justify="right" if frame[column].dtype.is_numeric() else "left")
+    """A one-row frame as a two-column table (it fits a terminal); more rows as they are."""
+    if frame.height == 1:
+        table = Table("", "", title=title, show_header=False)
+        for column, value in frame.row(0, named=True).items():
+            table.add_row(column, f"{value:.3f}" if isinstance(value, float) else str(value))
+        return table
+    table = Table(*frame.columns, title=title)
     for row in frame.iter_rows():
         table.add_row(*(f"{value:.3f}" if isinstance(value, float) else str(value) for value in row))
     return table

@@ -96,6 +96,7 @@ class Dispatcher:
         self._keys: Keys | None = None
         self._zap: ZapHandler | None = None
         self._wake = asyncio.Event()  # the sockets may have something to read
+        self._side_ready = False  # the monitor or ZAP socket signalled
         self._changed = asyncio.Event()  # workers, launches or deadlines changed
         self._group: anyio.abc.TaskGroup | None = None
         self._launch_calls: anyio.abc.TaskGroup | None = None
@@ -115,8 +116,9 @@ class Dispatcher:
         if self._zap is not None:
             fds.append(self._zap.fileno())
         try:
-            for fd in fds:
-                loop.add_reader(fd, self._wake.set)
+            loop.add_reader(fds[0], self._wake.set)
+            for fd in fds[1:]:
+                loop.add_reader(fd, self._on_side_readable)
             async with anyio.create_task_group() as group:
                 self._group = group
                 await group.start(self.launcher.serve, self._on_exit)
@@ -245,7 +247,9 @@ class Dispatcher:
             router.send(worker, _SNDMORE)
             last = len(frames) - 1
             for position, frame in enumerate(frames):
-                router.send(frame, _SNDMORE if position < last else 0, copy=False)
+                router.send(
+                    frame, _SNDMORE if position < last else 0, copy=protocol.is_small(frame)
+                )
         except zmq.ZMQError as error:
             if error.errno != errno.EHOSTUNREACH:
                 raise
@@ -316,26 +320,30 @@ class Dispatcher:
     # -- events in ----------------------------------------------------------------------------
 
     async def _receive(self) -> None:
-        router, monitor = self._router, self._monitor
+        router = self._router
         assert router is not None
-        assert monitor is not None
         while True:
-            handled = self._drain(router, monitor)
+            handled = self._drain(router)
+            if self._side_ready:
+                self._side_ready = False
+                self._drain_side()
             if handled >= _BATCH:
                 await anyio.lowlevel.checkpoint()
                 continue
             self._wake.clear()
-            pending = _option(router, zmq.EVENTS) | _option(monitor, zmq.EVENTS)
-            zap_pending = self._zap is not None and self._zap.pending()
-            if pending & zmq.POLLIN or zap_pending:
+            # ZeroMQ's descriptor is edge-triggered and a send can consume its edge: only
+            # the socket's own EVENTS says for sure whether a message waits.
+            if _option(router, zmq.EVENTS) & zmq.POLLIN or self._side_ready:
                 await anyio.lowlevel.checkpoint()
                 continue
             await self._wake.wait()
 
-    def _drain(self, router: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> int:
+    def _on_side_readable(self) -> None:
+        self._side_ready = True
+        self._wake.set()
+
+    def _drain(self, router: zmq.Socket[bytes]) -> int:
         handled = 0
-        if self._zap is not None:
-            self._zap.serve()
         while handled < _BATCH:
             try:
                 frame = router.recv(_NOBLOCK, copy=False)
@@ -347,14 +355,20 @@ class Dispatcher:
                 frames.append(frame)
             handled += 1
             self._on_frames(frames)
-        # Disconnects after messages: a worker's last frames come before its disconnect.
-        while True:
+        return handled
+
+    def _drain_side(self) -> None:
+        """Answer authentication requests and read disconnects (after the messages before
+        them: a worker's last frames come before its disconnect)."""
+        if self._zap is not None:
+            self._zap.serve()
+        monitor = self._monitor
+        while monitor is not None:
             try:
                 event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
             self._on_disconnect(int(event["value"]))
-        return handled
 
     def _on_frames(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
@@ -382,6 +396,13 @@ class Dispatcher:
     def _on_ready(
         self, identity: bytes, ready: protocol.Ready, frame: zmq.Frame, now: float
     ) -> None:
+        if self._keys is not None and frame.get("User-Id") != self.scheduler.launch_of(identity):
+            # ZAP named the launch whose key this connection holds: it must be the launch the
+            # worker claims, so that one launch's key cannot pose as another launch's worker.
+            logger.warning(
+                "dropped a hello from %s: its key was issued to another launch", _name(identity)
+            )
+            return
         decisions = self.scheduler.connected_worker(identity, now)
         if decisions is None:
             logger.warning("dropped a second hello from worker %s", _name(identity))
@@ -438,8 +459,9 @@ class Dispatcher:
         if not self.scheduler.knows(identity):
             return
         # Its last frames (a result, a goodbye) may still wait in the socket: read them first.
-        if self._router is not None and self._monitor is not None:
-            self._drain(self._router, self._monitor)
+        if self._router is not None:
+            self._drain(self._router)
+            self._drain_side()
         if not self.scheduler.knows(identity):
             return
         logger.warning("worker %s ended: %s", _name(identity), exit.reason)

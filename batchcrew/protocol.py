@@ -94,6 +94,15 @@ _STATUS_CODES: Final = {"success": 0, "error": 1}
 _STATUS_NAMES: Final[dict[int, Literal["success", "error"]]] = {0: "success", 1: "error"}
 
 
+_ZERO_COPY_MIN: Final = 65536
+
+
+def is_small(frame: Buffer) -> bool:
+    """Whether a frame is small enough that copying it beats sending it without a copy."""
+    size = len(frame) if isinstance(frame, bytes) else frame.nbytes
+    return size < _ZERO_COPY_MIN
+
+
 def _header(kind: Kind, task_id: int = 0) -> bytes:
     return _HEADER.pack(MAGIC, VERSION, kind, task_id)
 

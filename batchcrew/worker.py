@@ -319,6 +319,8 @@ def serve(settings: WorkerSettings) -> str:
 def _loop(sock: zmq.Socket[bytes], runner: Runner, settings: WorkerSettings) -> str:
     started = last = time.monotonic()
     done = 0
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
     while True:
         try:
             frame = sock.recv(_NOBLOCK, copy=False)
@@ -331,7 +333,7 @@ def _loop(sock: zmq.Socket[bytes], runner: Runner, settings: WorkerSettings) -> 
                 return f"seconds_wall={settings.seconds_wall:g} reached"
             if idle <= 0:
                 return f"idle for seconds_idle={settings.seconds_idle:g}"
-            sock.poll(int(min(wall, idle, 3600.0) * 1000) + 1)
+            poller.poll(int(min(wall, idle, 3600.0) * 1000) + 1)
             continue
         frames = [frame]
         while frame.more:
@@ -348,9 +350,21 @@ def _loop(sock: zmq.Socket[bytes], runner: Runner, settings: WorkerSettings) -> 
             continue
         outcome = runner.run(message)
         out = protocol.encode(outcome)
+        size = sum(memoryview(part).nbytes for part in out)
+        if 0 < settings.max_message_size < size:
+            outcome = protocol.Outcome(
+                outcome.task_id,
+                "error",
+                outcome.seconds,
+                error=f"the task's result is {size} bytes pickled, over the controller's "
+                f"max_message_size={settings.max_message_size}; return large data by "
+                "reference (a path, a URL) or raise max_message_size",
+                warnings=outcome.warnings,
+            )
+            out = protocol.encode(outcome)
         last_frame = len(out) - 1
         for position, part in enumerate(out):
-            sock.send(part, _SNDMORE if position < last_frame else 0, copy=False)
+            sock.send(part, _SNDMORE if position < last_frame else 0, copy=protocol.is_small(part))
         done += 1
         last = time.monotonic()
         if done >= settings.tasks_max:
