@@ -47,3 +47,14 @@ class TaskTooLargeError(BatchcrewError, ValueError):
 
 class ProtocolError(BatchcrewError):
     """A frame on the wire does not parse as a batchcrew message of this version."""
+
+
+class BatchError(BatchcrewError):
+    """An AWS call failed. `code` is AWS's error code ("ClientException",
+    "TooManyRequestsException", ...) or batchcrew's ("NoCredentials", "NoRegion"), and
+    `message` AWS's own message. Exported as `batchcrew.aws.BatchError`."""
+
+    def __init__(self, text: str, *, code: str, message: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.message = message
