@@ -1,1 +1,56 @@
-"""The pytest plugin: fixtures for testing code that uses batchcrew."""
+"""The pytest plugin: fixtures for testing code that uses batchcrew.
+
+Registered through the `pytest11` entry point. Importing it starts nothing and imports the
+emulator only when a test asks for a fixture. Fixtures:
+
+- `local_batch_options`: the `LocalBatchOptions` of `local_batch`; override it in a conftest.py
+  (or a test module) to change capacity, delays or injected failures.
+- `local_batch`: a started `LocalBatch` with queue `local_batch.job_queue` ("batchcrew-test")
+  and job definition `local_batch.job_definition` ("batchcrew-test") registered; closed, with
+  every job process killed, after the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from batchcrew.testing import LocalBatch, LocalBatchOptions
+
+#: The names `local_batch` gives its pre-created queue and job definition.
+TEST_JOB_QUEUE = "batchcrew-test"
+TEST_JOB_DEFINITION = "batchcrew-test"
+
+
+def _async_fixture() -> Callable[[Any], Any]:
+    """`pytest_asyncio.fixture` when pytest-asyncio is installed (so the fixtures work in its
+    strict mode too), else `pytest.fixture` for other async plugins."""
+    try:
+        import pytest_asyncio
+    except ImportError:
+        return pytest.fixture
+    return pytest_asyncio.fixture
+
+
+@pytest.fixture
+def local_batch_options() -> LocalBatchOptions:
+    """Options of the `local_batch` emulator; override this fixture to change them."""
+    from batchcrew.testing import LocalBatchOptions
+
+    return LocalBatchOptions()
+
+
+@_async_fixture()
+async def local_batch(local_batch_options: LocalBatchOptions) -> AsyncIterator[LocalBatch]:
+    """A running `LocalBatch` with a queue and a job definition, closed after the test."""
+    from batchcrew.testing import LocalBatch
+
+    async with LocalBatch(
+        queues=[TEST_JOB_QUEUE],
+        job_definition=TEST_JOB_DEFINITION,
+        options=local_batch_options,
+    ) as batch:
+        yield batch

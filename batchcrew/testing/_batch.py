@@ -1,0 +1,969 @@
+"""The emulated AWS Batch: its resources, the job state machine and the capacity scheduler.
+
+Sans-I/O: API calls and runner events come in as method calls, decisions go out as return
+values ("start these jobs") and flags (`Job.kill_reason`); `on_change` tells the runner to look.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import botocore.model
+
+from batchcrew.testing._wire import ACCOUNT_ID, ApiError, Params, service_model
+
+STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
+_DONE = frozenset({"SUCCEEDED", "FAILED"})
+_NOT_STARTED = frozenset({"SUBMITTED", "PENDING", "RUNNABLE"})
+
+#: The statusReason AWS gives a job whose container exited by itself, with any exit code.
+EXITED = "Essential container in task exited"
+TIMED_OUT = "Job attempt duration exceeded timeout"
+OUT_OF_MEMORY = "OutOfMemoryError: Container killed due to memory usage"
+FAILED_TO_START = "Task failed to start"
+DEPENDENCY_FAILED = "Dependent Job failed"
+ARRAY_CHILD_FAILED = "Array Child Job failed"
+
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_ARN = re.compile(r"^arn:aws[a-z-]*:batch:[^:]*:[0-9]*:(?P<kind>[a-z-]+)/(?P<rest>.+)$")
+_PAGE_DEFAULT = 100
+
+
+def _client(message: str) -> ApiError:
+    return ApiError("ClientException", message)
+
+
+def _arn(region: str, kind: str, rest: str) -> str:
+    return f"arn:aws:batch:{region}:{ACCOUNT_ID}:{kind}/{rest}"
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not _RESOURCE_NAME.match(name):
+        raise _client(
+            f"{kind} name {name!r} is invalid: up to 128 letters, numbers, hyphens and "
+            "underscores, starting with a letter or number"
+        )
+
+
+@dataclass
+class ComputeEnvironment:
+    name: str
+    arn: str
+    type: str
+    state: str
+    compute_resources: Params | None
+    service_role: str | None
+    uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def describe(self, tags: dict[str, str]) -> Params:
+        return {
+            "computeEnvironmentName": self.name,
+            "computeEnvironmentArn": self.arn,
+            "ecsClusterArn": self.arn.replace(":batch:", ":ecs:").replace(
+                f"compute-environment/{self.name}", f"cluster/{self.name}_Batch_{self.uuid}"
+            ),
+            "tags": tags,
+            "type": self.type,
+            "state": self.state,
+            "status": "VALID",
+            "statusReason": "ComputeEnvironment Healthy",
+            "computeResources": self.compute_resources,
+            "serviceRole": self.service_role,
+            "containerOrchestrationType": "ECS",
+            "uuid": self.uuid,
+        }
+
+
+@dataclass
+class JobQueue:
+    name: str
+    arn: str
+    state: str
+    priority: int
+    compute_environment_order: list[Params]
+    scheduling_policy_arn: str | None = None
+
+    def describe(self, tags: dict[str, str]) -> Params:
+        return {
+            "jobQueueName": self.name,
+            "jobQueueArn": self.arn,
+            "state": self.state,
+            "schedulingPolicyArn": self.scheduling_policy_arn,
+            "status": "VALID",
+            "statusReason": "JobQueue Healthy",
+            "priority": self.priority,
+            "computeEnvironmentOrder": self.compute_environment_order,
+            "tags": tags,
+            "jobStateTimeLimitActions": [],
+        }
+
+
+@dataclass
+class JobDefinition:
+    name: str
+    revision: int
+    arn: str
+    type: str
+    parameters: dict[str, str]
+    container_properties: Params
+    retry_strategy: Params | None
+    timeout: Params | None
+    propagate_tags: bool
+    platform_capabilities: list[str]
+    scheduling_priority: int | None
+    status: str = "ACTIVE"
+
+    def describe(self, tags: dict[str, str]) -> Params:
+        return {
+            "jobDefinitionName": self.name,
+            "jobDefinitionArn": self.arn,
+            "revision": self.revision,
+            "status": self.status,
+            "type": self.type,
+            "schedulingPriority": self.scheduling_priority,
+            "parameters": self.parameters,
+            "retryStrategy": self.retry_strategy,
+            "containerProperties": self.container_properties,
+            "timeout": self.timeout,
+            "tags": tags,
+            "propagateTags": self.propagate_tags,
+            "platformCapabilities": self.platform_capabilities,
+            "containerOrchestrationType": "ECS",
+        }
+
+
+@dataclass
+class Job:
+    """One job: a plain job, an array parent, or an array child (`parent` set)."""
+
+    job_id: str
+    arn: str
+    name: str
+    queue: JobQueue
+    definition: JobDefinition
+    region: str
+    sequence: int
+    created_at: int
+    parameters: dict[str, str]
+    container: Params  # the job's container properties after overrides (no runtime fields)
+    command: list[str]  # after Ref:: substitution
+    vcpus: float
+    memory_mib: int | None
+    timeout: Params | None
+    retry_strategy: Params | None
+    depends_on: list[Params]
+    tags: dict[str, str]
+    propagate_tags: bool
+    status: str = "SUBMITTED"
+    status_reason: str | None = None
+    started_at: int | None = None
+    stopped_at: int | None = None
+    attempts: list[Params] = field(default_factory=list)
+    # runtime of the current attempt
+    exit_code: int | None = None
+    container_reason: str | None = None
+    log_stream_name: str | None = None
+    task_arn: str | None = None
+    # array jobs
+    array_size: int | None = None
+    array_index: int | None = None
+    parent: Job | None = None
+    children: list[Job] = field(default_factory=list)
+    status_summary_updated_at: int | None = None
+    # waits: ids of jobs this one waits for (array-aware dependencies already expanded)
+    waits_for: list[str] = field(default_factory=list)
+    is_cancelled: bool = False
+    is_terminated: bool = False
+    kill_reason: str | None = None  # TerminateJob asked to stop the running attempt
+
+    @property
+    def attempt_number(self) -> int:
+        """1-based number of the attempt that runs (or ran) now."""
+        return len(self.attempts) + (0 if self.status in _DONE else 1)
+
+    @property
+    def attempts_allowed(self) -> int:
+        return int((self.retry_strategy or {}).get("attempts", 1))
+
+    @property
+    def timeout_seconds(self) -> int | None:
+        return (self.timeout or {}).get("attemptDurationSeconds")
+
+    def status_summary(self) -> dict[str, int]:
+        summary = dict.fromkeys(STATUSES, 0)
+        for child in self.children:
+            summary[child.status] += 1
+        return summary
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, reported by the runner."""
+
+    exit_code: int | None
+    status_reason: str
+    container_reason: str | None = None
+
+
+def _merge_environment(*layers: Iterable[Params]) -> list[Params]:
+    """Name/value pairs, later layers overriding earlier ones, first-seen order kept."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for pair in layer:
+            merged[pair["name"]] = pair.get("value", "")
+    return [{"name": name, "value": value} for name, value in merged.items()]
+
+
+def _merge_requirements(base: Iterable[Params], override: Iterable[Params]) -> list[Params]:
+    merged = {req["type"]: req for req in base}
+    merged.update({req["type"]: req for req in override})
+    return list(merged.values())
+
+
+def _requirement(requirements: list[Params], kind: str, container: Params, legacy: str) -> Any:
+    for requirement in requirements:
+        if requirement["type"] == kind:
+            return requirement["value"]
+    return container.get(legacy)
+
+
+def substitute(command: Iterable[str], parameters: dict[str, str]) -> list[str]:
+    """The command with each `Ref::name` argument replaced by parameter `name` (whole
+    arguments only, as Batch does; a reference to an unknown parameter stays as it is)."""
+    return [parameters.get(arg[5:], arg) if arg.startswith("Ref::") else arg for arg in command]
+
+
+class BatchState:
+    """Every Batch resource of the emulator and the decisions about its jobs."""
+
+    def __init__(
+        self,
+        *,
+        vcpus: float,
+        memory_mib: int,
+        clock: Callable[[], int],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.vcpus = vcpus
+        self.memory_mib = memory_mib
+        self._clock = clock
+        self.on_change = on_change
+        self.compute_environments: dict[str, ComputeEnvironment] = {}
+        self.queues: dict[str, JobQueue] = {}
+        self.definitions: dict[str, list[JobDefinition]] = {}
+        self.jobs: dict[str, Job] = {}
+        self.tags: dict[str, dict[str, str]] = {}
+        self._sequence = 0
+        self.vcpus_used = 0.0
+        self.memory_used = 0
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def _parse_arn(self, value: str, kind: str) -> str | None:
+        match = _ARN.match(value)
+        if match and match["kind"] == kind:
+            return match["rest"]
+        return None
+
+    def _compute_environment(self, name_or_arn: str) -> ComputeEnvironment:
+        name = self._parse_arn(name_or_arn, "compute-environment") or name_or_arn
+        environment = self.compute_environments.get(name)
+        if environment is None or (
+            name_or_arn.startswith("arn:") and environment.arn != name_or_arn
+        ):
+            raise _client(f"ComputeEnvironment {name_or_arn} does not exist")
+        return environment
+
+    def _queue(self, name_or_arn: str) -> JobQueue:
+        name = self._parse_arn(name_or_arn, "job-queue") or name_or_arn
+        queue = self.queues.get(name)
+        if queue is None or (name_or_arn.startswith("arn:") and queue.arn != name_or_arn):
+            raise _client(f"JobQueue {name_or_arn} not found.")
+        return queue
+
+    def _definition(self, reference: str, *, active_only: bool) -> JobDefinition:
+        """The definition `reference` names: name (latest active), name:revision, or ARN."""
+        name = self._parse_arn(reference, "job-definition") or reference
+        base, _, revision = name.partition(":")
+        revisions = self.definitions.get(base, [])
+        found: JobDefinition | None = None
+        if revision:
+            if revision.isdigit() and 0 < int(revision) <= len(revisions):
+                found = revisions[int(revision) - 1]
+        else:
+            active = [d for d in revisions if d.status == "ACTIVE"]
+            found = active[-1] if active else None
+        if found is None or (reference.startswith("arn:") and found.arn != reference):
+            raise _client(f"Job definition {reference} does not exist.")
+        if active_only and found.status != "ACTIVE":
+            raise _client(f"Job definition {reference} is INACTIVE; register a new revision.")
+        return found
+
+    def _job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise _client(f"Job {job_id} not found.")
+        return job
+
+    def _resource_arn_known(self, arn: str) -> bool:
+        kind_rest = _ARN.match(arn)
+        if not kind_rest:
+            return False
+        kind, rest = kind_rest["kind"], kind_rest["rest"]
+        if kind == "job":
+            return rest in self.jobs and self.jobs[rest].arn == arn
+        if kind == "job-queue":
+            return rest in self.queues and self.queues[rest].arn == arn
+        if kind == "compute-environment":
+            env = self.compute_environments.get(rest)
+            return env is not None and env.arn == arn
+        if kind == "job-definition":
+            try:
+                self._definition(arn, active_only=False)
+            except ApiError:
+                return False
+            return True
+        return False
+
+    # -- compute environments and queues ----------------------------------------------------
+
+    def create_compute_environment(self, params: Params, region: str) -> Params:
+        name = params["computeEnvironmentName"]
+        _check_name("Compute environment", name)
+        if name in self.compute_environments:
+            raise _client(f"Object already exists: compute environment {name}")
+        environment = ComputeEnvironment(
+            name=name,
+            arn=_arn(region, "compute-environment", name),
+            type=params["type"],
+            state=params.get("state", "ENABLED"),
+            compute_resources=params.get("computeResources"),
+            service_role=params.get("serviceRole"),
+        )
+        self.compute_environments[name] = environment
+        self.tags[environment.arn] = dict(params.get("tags", {}))
+        return {"computeEnvironmentName": name, "computeEnvironmentArn": environment.arn}
+
+    def describe_compute_environments(self, params: Params, region: str) -> Params:
+        wanted = params.get("computeEnvironments")
+        if wanted:
+            environments = []
+            for ref in wanted:
+                try:
+                    environments.append(self._compute_environment(ref))
+                except ApiError:
+                    continue  # AWS leaves out names it does not know
+        else:
+            environments = list(self.compute_environments.values())
+        described = [env.describe(self.tags.get(env.arn, {})) for env in environments]
+        page, token = _page(described, params, "computeEnvironments")
+        return {"computeEnvironments": page, "nextToken": token}
+
+    def update_compute_environment(self, params: Params, region: str) -> Params:
+        environment = self._compute_environment(params["computeEnvironment"])
+        environment.state = params.get("state", environment.state)
+        return {
+            "computeEnvironmentName": environment.name,
+            "computeEnvironmentArn": environment.arn,
+        }
+
+    def delete_compute_environment(self, params: Params, region: str) -> Params:
+        environment = self._compute_environment(params["computeEnvironment"])
+        if environment.state != "DISABLED":
+            raise _client("Cannot delete, found existing JobQueue relationship or ENABLED state")
+        del self.compute_environments[environment.name]
+        self.tags.pop(environment.arn, None)
+        return {}
+
+    def create_job_queue(self, params: Params, region: str) -> Params:
+        name = params["jobQueueName"]
+        _check_name("Job queue", name)
+        if name in self.queues:
+            raise _client(f"Object already exists: job queue {name}")
+        order = []
+        for entry in params.get("computeEnvironmentOrder", []):
+            environment = self._compute_environment(entry["computeEnvironment"])
+            order.append({"order": entry["order"], "computeEnvironment": environment.arn})
+        if not order:
+            raise _client("computeEnvironmentOrder must name at least one compute environment")
+        queue = JobQueue(
+            name=name,
+            arn=_arn(region, "job-queue", name),
+            state=params.get("state", "ENABLED"),
+            priority=params["priority"],
+            compute_environment_order=order,
+            scheduling_policy_arn=params.get("schedulingPolicyArn"),
+        )
+        self.queues[name] = queue
+        self.tags[queue.arn] = dict(params.get("tags", {}))
+        return {"jobQueueName": name, "jobQueueArn": queue.arn}
+
+    def describe_job_queues(self, params: Params, region: str) -> Params:
+        wanted = params.get("jobQueues")
+        if wanted:
+            queues = []
+            for ref in wanted:
+                try:
+                    queues.append(self._queue(ref))
+                except ApiError:
+                    continue  # AWS leaves out names it does not know
+        else:
+            queues = list(self.queues.values())
+        described = [queue.describe(self.tags.get(queue.arn, {})) for queue in queues]
+        page, token = _page(described, params, "jobQueues")
+        return {"jobQueues": page, "nextToken": token}
+
+    def update_job_queue(self, params: Params, region: str) -> Params:
+        queue = self._queue(params["jobQueue"])
+        queue.state = params.get("state", queue.state)
+        queue.priority = params.get("priority", queue.priority)
+        if "computeEnvironmentOrder" in params:
+            queue.compute_environment_order = [
+                {
+                    "order": e["order"],
+                    "computeEnvironment": self._compute_environment(e["computeEnvironment"]).arn,
+                }
+                for e in params["computeEnvironmentOrder"]
+            ]
+        self.on_change()
+        return {"jobQueueName": queue.name, "jobQueueArn": queue.arn}
+
+    def delete_job_queue(self, params: Params, region: str) -> Params:
+        queue = self._queue(params["jobQueue"])
+        if queue.state != "DISABLED":
+            raise _client(f"JobQueue {queue.name} must be DISABLED before it is deleted")
+        del self.queues[queue.name]
+        self.tags.pop(queue.arn, None)
+        return {}
+
+    # -- job definitions --------------------------------------------------------------------
+
+    def register_job_definition(self, params: Params, region: str) -> Params:
+        name = params["jobDefinitionName"]
+        _check_name("Job definition", name)
+        if params["type"] != "container" or "containerProperties" not in params:
+            raise _client(
+                "LocalBatch runs container job definitions only: give type 'container' and "
+                "containerProperties (multinode, EKS and ECS properties are not emulated)"
+            )
+        _check_retry_and_timeout(params)
+        container = dict(params["containerProperties"])
+        for key in (
+            "volumes",
+            "environment",
+            "mountPoints",
+            "ulimits",
+            "resourceRequirements",
+            "secrets",
+        ):
+            container.setdefault(key, [])
+        _resources(container.get("resourceRequirements", []), container)  # validates values
+        revisions = self.definitions.setdefault(name, [])
+        revision = len(revisions) + 1
+        definition = JobDefinition(
+            name=name,
+            revision=revision,
+            arn=_arn(region, "job-definition", f"{name}:{revision}"),
+            type=params["type"],
+            parameters=dict(params.get("parameters", {})),
+            container_properties=container,
+            retry_strategy=params.get("retryStrategy"),
+            timeout=params.get("timeout"),
+            propagate_tags=bool(params.get("propagateTags", False)),
+            platform_capabilities=list(params.get("platformCapabilities", ["EC2"])),
+            scheduling_priority=params.get("schedulingPriority"),
+        )
+        revisions.append(definition)
+        self.tags[definition.arn] = dict(params.get("tags", {}))
+        return {"jobDefinitionName": name, "jobDefinitionArn": definition.arn, "revision": revision}
+
+    def describe_job_definitions(self, params: Params, region: str) -> Params:
+        references = params.get("jobDefinitions")
+        name = params.get("jobDefinitionName")
+        status = params.get("status")
+        if references and (name or status):
+            raise _client("jobDefinitions can't be used with other parameters")
+        if references:
+            found = []
+            for ref in references:
+                try:
+                    found.append(self._definition(ref, active_only=False))
+                except ApiError:
+                    continue
+        else:
+            found = [d for revisions in self.definitions.values() for d in revisions]
+            if name is not None:
+                found = [d for d in found if d.name == name]
+            if status is not None:
+                found = [d for d in found if d.status == status]
+        described = [d.describe(self.tags.get(d.arn, {})) for d in found]
+        page, token = _page(described, params, "jobDefinitions")
+        return {"jobDefinitions": page, "nextToken": token}
+
+    def deregister_job_definition(self, params: Params, region: str) -> Params:
+        definition = self._definition(params["jobDefinition"], active_only=False)
+        definition.status = "INACTIVE"
+        return {}
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def submit_job(self, params: Params, region: str) -> Params:
+        name = params["jobName"]
+        if not _JOB_NAME.match(name):
+            raise _client(
+                f"Job name {name!r} is invalid: up to 128 letters, numbers, hyphens and "
+                "underscores, starting with a letter or number"
+            )
+        queue = self._queue(params["jobQueue"])
+        if queue.state != "ENABLED":
+            raise _client(f"JobQueue {queue.name} is not ENABLED; jobs can't be submitted to it.")
+        definition = self._definition(params["jobDefinition"], active_only=True)
+        _check_retry_and_timeout(params)
+        size = (params.get("arrayProperties") or {}).get("size")
+        if size is not None and not 2 <= size <= 10_000:
+            raise _client(f"arrayProperties.size must be between 2 and 10000, got {size}")
+        depends_on = list(params.get("dependsOn", []))
+        if len(depends_on) > 20:
+            raise _client("A job can depend upon a maximum of 20 jobs")
+        for dependency in depends_on:
+            if dependency.get("jobId") is not None:
+                self._job(dependency["jobId"])
+            elif dependency.get("type") != "SEQUENTIAL" or size is None:
+                raise _client("dependsOn needs a jobId, except SEQUENTIAL for array jobs")
+
+        overrides = params.get("containerOverrides") or {}
+        container = dict(definition.container_properties)
+        for legacy in ("vcpus", "memory", "instanceType"):
+            if overrides.get(legacy) is not None:
+                container[legacy] = overrides[legacy]
+        container["environment"] = _merge_environment(
+            container.get("environment", []), overrides.get("environment", [])
+        )
+        for pair in container["environment"]:
+            if pair["name"].startswith("AWS_BATCH"):
+                raise _client(
+                    f"Environment variable {pair['name']} uses the reserved prefix AWS_BATCH"
+                )
+        container["resourceRequirements"] = _merge_requirements(
+            container.get("resourceRequirements", []), overrides.get("resourceRequirements", [])
+        )
+        vcpus, memory = _resources(container["resourceRequirements"], container)
+        parameters = {**definition.parameters, **params.get("parameters", {})}
+        command = substitute(overrides.get("command") or container.get("command") or [], parameters)
+        container["command"] = command
+        timeout = params.get("timeout") or definition.timeout
+        retry_strategy = params.get("retryStrategy") or definition.retry_strategy
+        propagate = params.get("propagateTags", definition.propagate_tags)
+
+        def new_job(job_id: str, index: int | None, parent: Job | None) -> Job:
+            self._sequence += 1
+            job = Job(
+                job_id=job_id,
+                arn=_arn(region, "job", job_id),
+                name=name,
+                queue=queue,
+                definition=definition,
+                region=region,
+                sequence=self._sequence,
+                created_at=self._clock(),
+                parameters=parameters,
+                container=container,
+                command=command,
+                vcpus=vcpus,
+                memory_mib=memory,
+                timeout=timeout,
+                retry_strategy=retry_strategy,
+                depends_on=depends_on if parent is None else [],
+                tags=dict(params.get("tags", {})) if parent is None else {},
+                propagate_tags=bool(propagate),
+                array_size=size if parent is None else None,
+                array_index=index,
+                parent=parent,
+            )
+            self.jobs[job_id] = job
+            return job
+
+        job = new_job(str(uuid.uuid4()), None, None)
+        self.tags[job.arn] = job.tags
+        plain_waits = [
+            d["jobId"] for d in depends_on if d.get("type") != "N_TO_N" and d.get("jobId")
+        ]
+        job.waits_for = plain_waits
+        if size is not None:
+            sequential = any(d.get("type") == "SEQUENTIAL" for d in depends_on)
+            n_to_n = [d["jobId"] for d in depends_on if d.get("type") == "N_TO_N"]
+            for index in range(size):
+                child = new_job(f"{job.job_id}:{index}", index, job)
+                child.waits_for = list(plain_waits) + [f"{dep}:{index}" for dep in n_to_n]
+                if sequential and index > 0:
+                    child.waits_for.append(f"{job.job_id}:{index - 1}")
+                job.children.append(child)
+            job.waits_for = []  # the parent waits through its children
+        self.on_change()
+        return {"jobArn": job.arn, "jobName": job.name, "jobId": job.job_id}
+
+    def describe_jobs(self, params: Params, region: str) -> Params:
+        ids = params["jobs"]
+        if len(ids) > 100:
+            raise _client("DescribeJobs accepts at most 100 job IDs")
+        # AWS leaves out IDs it does not know rather than failing the call.
+        return {"jobs": [self.describe_job(self.jobs[i]) for i in ids if i in self.jobs]}
+
+    def describe_job(self, job: Job) -> Params:
+        """The JobDetail of `job`."""
+        container = {
+            key: value for key, value in job.container.items() if key in _container_detail_keys()
+        }
+        container.update(
+            exitCode=job.exit_code,
+            reason=job.container_reason,
+            taskArn=job.task_arn,
+            containerInstanceArn=_container_instance(job) if job.task_arn else None,
+            logStreamName=job.log_stream_name,
+            networkInterfaces=[],
+        )
+        detail: Params = {
+            "jobArn": job.arn,
+            "jobName": job.name,
+            "jobId": job.job_id,
+            "jobQueue": job.queue.arn,
+            "status": job.status,
+            "attempts": job.attempts,
+            "statusReason": job.status_reason,
+            "createdAt": job.created_at,
+            "retryStrategy": job.retry_strategy,
+            "startedAt": job.started_at,
+            "stoppedAt": job.stopped_at,
+            "dependsOn": job.depends_on,
+            "jobDefinition": job.definition.arn,
+            "parameters": job.parameters,
+            "timeout": job.timeout,
+            "tags": self.tags.get(job.arn, {}) if job.parent is None else None,
+            "propagateTags": job.propagate_tags,
+            "platformCapabilities": job.definition.platform_capabilities,
+            "isCancelled": job.is_cancelled,
+            "isTerminated": job.is_terminated,
+        }
+        detail["container"] = container
+        if job.children:
+            detail["arrayProperties"] = {
+                "statusSummary": job.status_summary(),
+                "statusSummaryLastUpdatedAt": job.status_summary_updated_at,
+                "size": job.array_size,
+            }
+        elif job.array_index is not None:
+            detail["arrayProperties"] = {"index": job.array_index}
+        return detail
+
+    def list_jobs(self, params: Params, region: str) -> Params:
+        queue_ref, array_id = params.get("jobQueue"), params.get("arrayJobId")
+        if params.get("multiNodeJobId") is not None:
+            raise _client("LocalBatch does not emulate multi-node parallel jobs")
+        if (queue_ref is None) == (array_id is None):
+            raise _client("Specify exactly one of jobQueue, arrayJobId or multiNodeJobId")
+        filters = params.get("filters") or []
+        if len(filters) > 1:
+            raise _client("Only one filter can be used at a time")
+        if array_id is not None:
+            parent = self._job(array_id)
+            if not parent.children:
+                raise _client(f"Job {array_id} is not an array job")
+            jobs = list(parent.children)
+        else:
+            queue = self._queue(queue_ref)  # type: ignore[arg-type]
+            jobs = [j for j in self.jobs.values() if j.queue is queue and j.parent is None]
+        if filters:
+            jobs = [job for job in jobs if _filter_matches(filters[0], job)]
+        else:
+            # Without a filter, AWS lists only RUNNING jobs unless a status is given.
+            status = params.get("jobStatus", "RUNNING").upper()
+            jobs = [job for job in jobs if job.status == status]
+        if array_id is None:
+            jobs.sort(key=lambda j: j.sequence, reverse=True)  # newest first, as AWS sorts
+        summaries = [self._summary(job) for job in jobs]
+        page, token = _page(summaries, params, "jobs")
+        return {"jobSummaryList": page, "nextToken": token}
+
+    def _summary(self, job: Job) -> Params:
+        summary: Params = {
+            "jobArn": job.arn,
+            "jobId": job.job_id,
+            "jobName": job.name,
+            "createdAt": job.created_at,
+            "status": job.status,
+            "statusReason": job.status_reason,
+            "startedAt": job.started_at,
+            "stoppedAt": job.stopped_at,
+            "jobDefinition": job.definition.arn,
+            "isCancelled": job.is_cancelled,
+            "isTerminated": job.is_terminated,
+        }
+        if job.children:
+            summary["arrayProperties"] = {"size": job.array_size}
+        else:
+            if job.exit_code is not None or job.container_reason is not None:
+                summary["container"] = {"exitCode": job.exit_code, "reason": job.container_reason}
+            if job.array_index is not None:
+                summary["arrayProperties"] = {"index": job.array_index}
+        return summary
+
+    def cancel_job(self, params: Params, region: str) -> Params:
+        job = self._job(params["jobId"])
+        for target in job.children or [job]:
+            if target.status in _NOT_STARTED:
+                target.is_cancelled = True
+                self._finish(target, "FAILED", params["reason"])
+        self.on_change()
+        return {}
+
+    def terminate_job(self, params: Params, region: str) -> Params:
+        job = self._job(params["jobId"])
+        for target in job.children or [job]:
+            if target.status in _NOT_STARTED:
+                target.is_cancelled = True
+                self._finish(target, "FAILED", params["reason"])
+            elif target.status in ("STARTING", "RUNNING") and target.kill_reason is None:
+                target.kill_reason = params["reason"]
+                target.is_terminated = True
+        self.on_change()
+        return {}
+
+    # -- tags -------------------------------------------------------------------------------
+
+    def _tagged(self, arn: str) -> dict[str, str]:
+        if not self._resource_arn_known(arn):
+            raise _client(f"Resource {arn} not found.")
+        return self.tags.setdefault(arn, {})
+
+    def tag_resource(self, params: Params, region: str) -> Params:
+        self._tagged(params["resourceArn"]).update(params["tags"])
+        return {}
+
+    def untag_resource(self, params: Params, region: str) -> Params:
+        tags = self._tagged(params["resourceArn"])
+        for key in params["tagKeys"]:
+            tags.pop(key, None)
+        return {}
+
+    def list_tags_for_resource(self, params: Params, region: str) -> Params:
+        return {"tags": dict(self._tagged(params["resourceArn"]))}
+
+    # -- the scheduler ----------------------------------------------------------------------
+
+    def schedule(self) -> list[Job]:
+        """Move waiting jobs on: SUBMITTED -> PENDING -> RUNNABLE once their dependencies have
+        succeeded (FAILED if one failed), then RUNNABLE -> STARTING while capacity lasts.
+
+        Returns the jobs just moved to STARTING, their capacity reserved: start them.
+        """
+        for job in sorted(self._waiting(), key=lambda j: j.sequence):
+            if job.status == "SUBMITTED":
+                job.status = "PENDING"
+                self._touch_parent(job)
+            if job.status == "PENDING" and not job.children:
+                states = [
+                    self.jobs[dep].status if dep in self.jobs else "FAILED" for dep in job.waits_for
+                ]
+                if "FAILED" in states:
+                    self._finish(job, "FAILED", DEPENDENCY_FAILED)
+                elif all(state == "SUCCEEDED" for state in states):
+                    job.status = "RUNNABLE"
+                    self._touch_parent(job)
+        runnable = [j for j in self.jobs.values() if j.status == "RUNNABLE"]
+        runnable.sort(key=lambda j: (-j.queue.priority, j.sequence))
+        started = []
+        for job in runnable:
+            memory = job.memory_mib or 0
+            if (
+                job.vcpus <= self.vcpus - self.vcpus_used + 1e-9
+                and memory <= self.memory_mib - self.memory_used
+                and job.queue.state == "ENABLED"
+            ):
+                self.vcpus_used += job.vcpus
+                self.memory_used += memory
+                job.status = "STARTING"
+                job.exit_code = job.container_reason = job.log_stream_name = None
+                job.task_arn = (
+                    f"arn:aws:ecs:{job.region}:{ACCOUNT_ID}:task/"
+                    f"{job.queue.name}_Batch/{uuid.uuid4().hex}"
+                )
+                self._touch_parent(job)
+                started.append(job)
+        return started
+
+    def _waiting(self) -> Iterable[Job]:
+        return [j for j in self.jobs.values() if j.status in ("SUBMITTED", "PENDING")]
+
+    def attempt_running(self, job: Job, log_stream_name: str) -> None:
+        """The attempt's process has started."""
+        job.status = "RUNNING"
+        job.log_stream_name = log_stream_name
+        job.started_at = self._clock()
+        self._touch_parent(job)
+
+    def attempt_finished(self, job: Job, outcome: Outcome) -> None:
+        """The attempt has ended: record it, free its capacity, then retry or finish the job."""
+        now = self._clock()
+        self.vcpus_used = max(0.0, self.vcpus_used - job.vcpus)
+        self.memory_used = max(0, self.memory_used - (job.memory_mib or 0))
+        job.exit_code = outcome.exit_code
+        job.container_reason = outcome.container_reason
+        job.attempts.append(
+            {
+                "container": {
+                    "containerInstanceArn": _container_instance(job),
+                    "taskArn": job.task_arn,
+                    "exitCode": outcome.exit_code,
+                    "reason": outcome.container_reason,
+                    "logStreamName": job.log_stream_name,
+                    "networkInterfaces": [],
+                },
+                "startedAt": job.started_at if job.status == "RUNNING" else None,
+                "stoppedAt": now,
+                "statusReason": job.kill_reason or outcome.status_reason,
+            }
+        )
+        if job.kill_reason is not None:
+            self._finish(job, "FAILED", job.kill_reason)
+        elif outcome.exit_code == 0:
+            self._finish(job, "SUCCEEDED", outcome.status_reason)
+        elif self._retries(job, outcome):
+            job.status = "RUNNABLE"
+            job.status_reason = outcome.status_reason
+            self._touch_parent(job)
+        else:
+            self._finish(job, "FAILED", outcome.status_reason)
+        self.on_change()
+
+    def _retries(self, job: Job, outcome: Outcome) -> bool:
+        if len(job.attempts) >= job.attempts_allowed:
+            return False
+        exit_code = "" if outcome.exit_code is None else str(outcome.exit_code)
+        for rule in (job.retry_strategy or {}).get("evaluateOnExit", []):
+            if (
+                fnmatch.fnmatchcase(exit_code, rule.get("onExitCode", "*"))
+                and fnmatch.fnmatchcase(outcome.container_reason or "", rule.get("onReason", "*"))
+                and fnmatch.fnmatchcase(outcome.status_reason, rule.get("onStatusReason", "*"))
+            ):
+                return str(rule["action"]).upper() == "RETRY"
+        return True
+
+    def _finish(self, job: Job, status: str, reason: str | None) -> None:
+        job.status = status
+        job.status_reason = reason
+        job.stopped_at = self._clock()
+        self._touch_parent(job)
+
+    def _touch_parent(self, job: Job) -> None:
+        """Keep an array parent's status in step with its children."""
+        parent = job.parent
+        if parent is None:
+            return
+        parent.status_summary_updated_at = self._clock()
+        if job.status == "RUNNING" and parent.started_at is None:
+            parent.started_at = job.started_at
+        if parent.status not in _DONE and all(c.status in _DONE for c in parent.children):
+            if any(c.status == "FAILED" for c in parent.children):
+                parent.is_cancelled = any(c.is_cancelled for c in parent.children)
+                self._finish(parent, "FAILED", ARRAY_CHILD_FAILED)
+            else:
+                self._finish(parent, "SUCCEEDED", None)
+
+    def running(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.status in ("STARTING", "RUNNING")]
+
+
+def _container_instance(job: Job) -> str:
+    return f"arn:aws:ecs:{job.region}:{ACCOUNT_ID}:container-instance/localbatch"
+
+
+def _filter_matches(filter_: Params, job: Job) -> bool:
+    name = filter_.get("name")
+    values = filter_.get("values") or []
+    if not values:
+        raise _client("A ListJobs filter needs one value")
+    value = values[0]
+    if name == "JOB_NAME":
+        if value.endswith("*"):
+            return bool(job.name.lower().startswith(value[:-1].lower()))
+        return bool(job.name.lower() == value.lower())
+    if name == "JOB_DEFINITION":
+        if value.startswith("arn:"):
+            return bool(job.definition.arn == value)
+        if value.endswith("*"):
+            return bool(job.definition.name.startswith(value[:-1]))
+        return bool(job.definition.name == value)
+    if name in ("BEFORE_CREATED_AT", "AFTER_CREATED_AT"):
+        if not value.isdigit():
+            raise _client(f"{name} must be milliseconds since the epoch, got {value!r}")
+        if name == "BEFORE_CREATED_AT":
+            return job.created_at < int(value)
+        return job.created_at > int(value)
+    if name == "SHARE_IDENTIFIER":
+        return False
+    raise _client(
+        f"Unknown ListJobs filter {name!r}: use JOB_NAME, JOB_DEFINITION, BEFORE_CREATED_AT, "
+        "AFTER_CREATED_AT or SHARE_IDENTIFIER"
+    )
+
+
+def _check_retry_and_timeout(params: Params) -> None:
+    attempts = (params.get("retryStrategy") or {}).get("attempts")
+    if attempts is not None and not 1 <= attempts <= 10:
+        raise _client(f"retryStrategy.attempts must be between 1 and 10, got {attempts}")
+    # AWS requires at least 60 seconds; the emulator accepts any positive value so that tests
+    # can exercise timeouts quickly.
+    seconds = (params.get("timeout") or {}).get("attemptDurationSeconds")
+    if seconds is not None and seconds < 1:
+        raise _client(f"timeout.attemptDurationSeconds must be >= 1, got {seconds}")
+
+
+def _resources(requirements: list[Params], container: Params) -> tuple[float, int | None]:
+    """The (vCPUs, MiB) a container needs: resourceRequirements first, then the legacy
+    `vcpus`/`memory` fields; 1 vCPU and no memory limit when neither says."""
+    vcpus_value = _requirement(requirements, "VCPU", container, "vcpus")
+    memory_value = _requirement(requirements, "MEMORY", container, "memory")
+    try:
+        vcpus = float(vcpus_value) if vcpus_value is not None else 1.0
+        memory = int(memory_value) if memory_value is not None else None
+    except ValueError:
+        raise _client(
+            f"resourceRequirements VCPU and MEMORY must be numbers, got VCPU={vcpus_value!r}, "
+            f"MEMORY={memory_value!r}"
+        ) from None
+    if vcpus <= 0 or (memory is not None and memory < 4):
+        raise _client(f"VCPU must be > 0 and MEMORY >= 4 MiB, got {vcpus} and {memory}")
+    return vcpus, memory
+
+
+def _page(items: list[Params], params: Params, what: str) -> tuple[list[Params], str | None]:
+    """One page of `items` after `params["nextToken"]`, at most `params["maxResults"]` long
+    (1 to 100, except ListJobs, which allows up to 1000 as AWS does)."""
+    limit = params.get("maxResults") or _PAGE_DEFAULT
+    most = 1000 if what == "jobs" else 100
+    if not 1 <= limit <= most:
+        raise _client(f"maxResults must be between 1 and {most}, got {limit}")
+    token = params.get("nextToken")
+    offset = 0
+    if token is not None:
+        prefix, _, number = token.partition(":")
+        if prefix != what or not number.isdigit():
+            raise _client(f"The nextToken {token!r} is not valid for this request.")
+        offset = int(number)
+    end = offset + limit
+    return items[offset:end], (f"{what}:{end}" if end < len(items) else None)
+
+
+@functools.cache
+def _container_detail_keys() -> frozenset[str]:
+    """The members of the ContainerDetail shape, which DescribeJobs copies from the definition."""
+    shape = service_model("batch").shape_for("ContainerDetail")
+    assert isinstance(shape, botocore.model.StructureShape)
+    return frozenset(shape.members)

@@ -1,0 +1,302 @@
+"""`LocalBatch`: an AWS Batch and CloudWatch Logs endpoint on loopback whose jobs really run,
+as local process groups. It ties the state machine, the job runner and the HTTP server together
+and owns their life cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from aiohttp import web
+
+from batchcrew.testing._batch import BatchState
+from batchcrew.testing._logs import LogsState
+from batchcrew.testing._options import LocalBatchOptions
+from batchcrew.testing._runner import JobRunner
+from batchcrew.testing._server import ApiRequest, ApiServer
+from batchcrew.testing._wire import ApiError, service_model, shape_output
+
+#: Dummy credentials: the emulator accepts any, but botocore refuses to sign without some.
+DUMMY_ACCESS_KEY_ID = "localbatch"
+DUMMY_SECRET_ACCESS_KEY = "localbatch"
+#: The compute environment behind the queues LocalBatch creates itself.
+COMPUTE_ENVIRONMENT = "localbatch"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class LocalBatch:
+    """An emulated AWS Batch + CloudWatch Logs that runs each job's command as a local process.
+
+    Use it as an async context manager::
+
+        async with LocalBatch(queues=["q"]) as batch:
+            session = aiobotocore.session.get_session()
+            async with session.create_client("batch", **batch.client_kwargs()) as client:
+                ...
+
+    - `queues`: job queues to create up front (the first is `job_queue`).
+    - `job_definition`: if given, a container job definition of that name is registered up front
+      (1 vCPU, 2048 MiB, command `python -c "print('hello from LocalBatch')"`), as
+      `job_definition`; submit with `containerOverrides.command` to run something else.
+    - `options`: capacity, delays and injected failures (`LocalBatchOptions`).
+    - `host`, `port`: where the server listens; port 0 picks a free port.
+
+    Attributes and helpers: `endpoint_url`, `region`, `options`, `job_queue`,
+    `job_definition`, `environment()`, `client_kwargs()`, `requests` (every `ApiRequest`
+    received), `requests_for(operation)`, `describe_job(id)`, `await wait_for_job(id)`,
+    `log_messages(id)`, `process_ids()`, `create_queue(name)`, `register_job_definition(...)`.
+
+    On exit every job process it started is killed, with its whole process group, and reaped.
+    Commands whose first word is `python` or `python3` run with this interpreter
+    (`sys.executable`): the container image would have had its own Python; here the running
+    environment and its installed packages serve instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        queues: Sequence[str] = ("localbatch",),
+        job_definition: str | None = None,
+        options: LocalBatchOptions | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if isinstance(queues, str):
+            raise TypeError(f"queues must be a sequence of queue names, got the string {queues!r}")
+        self.options = options if options is not None else LocalBatchOptions()
+        self.requests: list[ApiRequest] = []
+        self._host, self._port = host, port
+        self._batch = BatchState(
+            vcpus=self.options.vcpus, memory_mib=self.options.memory_mib, clock=_now_ms
+        )
+        self._logs = LogsState(clock=_now_ms)
+        self._server = ApiServer(self._batch, self._logs, self.options, self.requests)
+        self._runner = JobRunner(
+            self._batch, self._logs, self.options, lambda: self.endpoint_url, _now_ms
+        )
+        self._web_runner: web.AppRunner | None = None
+        self._runner_task: asyncio.Task[None] | None = None
+        self._endpoint_url: str | None = None
+        self._queue_names = list(queues)
+        self._job_definition = job_definition
+        self._logs.create_log_group({"logGroupName": self.options.log_group}, self.options.region)
+        for name in self._queue_names:
+            self.create_queue(name)
+        if job_definition is not None:
+            self.register_job_definition(
+                job_definition, command=["python", "-c", "print('hello from LocalBatch')"]
+            )
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start serving and running jobs. Raises OSError if the port is taken."""
+        if self._web_runner is not None:
+            raise RuntimeError("LocalBatch is already started; start it once")
+        # In-flight requests get a short grace at close: an emulator should stop fast.
+        web_runner = web.AppRunner(
+            self._server.application(), access_log=None, shutdown_timeout=0.25
+        )
+        try:
+            await web_runner.setup()
+            site = web.TCPSite(web_runner, self._host, self._port)
+            await site.start()
+        except BaseException:
+            await web_runner.cleanup()
+            raise
+        self._web_runner = web_runner
+        host, port = web_runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        self._endpoint_url = f"http://{shown}:{port}"
+        # The runner lives in a task of its own, so that start and close may be called from
+        # different tasks (as pytest-asyncio does with fixtures); close() cancels and awaits it.
+        self._runner_task = asyncio.create_task(self._runner.run(), name="LocalBatch jobs")
+
+    async def close(self) -> None:
+        """Stop serving, kill every job process group and wait for each process. Idempotent."""
+        if self._web_runner is not None:
+            web_runner, self._web_runner = self._web_runner, None
+            await web_runner.cleanup()
+        await self._stop_runner()
+
+    async def _stop_runner(self) -> None:
+        task, self._runner_task = self._runner_task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # our caller is being cancelled too: let that through
+
+    # -- how to reach it --------------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        """The URL to give clients as `endpoint_url` (or AWS_ENDPOINT_URL)."""
+        if self._endpoint_url is None:
+            raise RuntimeError("LocalBatch is not started: use `async with LocalBatch() as ...`")
+        return self._endpoint_url
+
+    @property
+    def region(self) -> str:
+        """The region clients should use by default."""
+        return self.options.region
+
+    def environment(self) -> dict[str, str]:
+        """Environment variables that point AWS SDKs and the AWS CLI at this emulator."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+        }
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `session.create_client("batch" or "logs", **kwargs)`."""
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region_name": self.region,
+            "aws_access_key_id": DUMMY_ACCESS_KEY_ID,
+            "aws_secret_access_key": DUMMY_SECRET_ACCESS_KEY,
+        }
+
+    # -- what tests look at -----------------------------------------------------------------
+
+    @property
+    def job_queue(self) -> str:
+        """The name of the first queue created at construction."""
+        if not self._queue_names:
+            raise AttributeError("this LocalBatch was made with queues=(); it has no job_queue")
+        return self._queue_names[0]
+
+    @property
+    def job_definition(self) -> str:
+        """The name of the job definition registered at construction."""
+        if self._job_definition is None:
+            raise AttributeError(
+                "this LocalBatch was made without job_definition=...; it has no job_definition"
+            )
+        return self._job_definition
+
+    def requests_for(self, operation: str) -> list[dict[str, Any]]:
+        """The parameters of every `operation` request received so far, oldest first."""
+        return [r.params for r in self.requests if r.operation == operation]
+
+    def describe_job(self, job_id: str) -> dict[str, Any]:
+        """The job's JobDetail, as DescribeJobs returns it. Raises KeyError for an unknown id."""
+        job = self._batch.jobs.get(job_id)
+        if job is None:
+            raise KeyError(f"LocalBatch has no job {job_id!r}")
+        detail: dict[str, Any] = shape_output(
+            self._batch.describe_job(job), service_model("batch").shape_for("JobDetail")
+        )
+        return detail
+
+    async def wait_for_job(
+        self,
+        job_id: str,
+        statuses: Collection[str] = ("SUCCEEDED", "FAILED"),
+        seconds: float = 30.0,
+    ) -> dict[str, Any]:
+        """Wait until the job has one of `statuses`; return its JobDetail.
+
+        Raises TimeoutError after `seconds`, KeyError for an unknown id.
+        """
+        with anyio.fail_after(seconds):
+            while True:
+                detail = self.describe_job(job_id)
+                if detail["status"] in statuses:
+                    return detail
+                await anyio.sleep(0.02)
+
+    def log_messages(self, job_id: str) -> list[str]:
+        """Every output line the job wrote, in its log streams (one per attempt), oldest first."""
+        job = self._batch.jobs.get(job_id)
+        if job is None:
+            raise KeyError(f"LocalBatch has no job {job_id!r}")
+        names = [a["container"].get("logStreamName") for a in job.attempts]
+        if job.status in ("STARTING", "RUNNING"):
+            names.append(job.log_stream_name)
+        group = self._logs.groups.get(self.options.log_group)
+        messages: list[str] = []
+        for name in names:
+            if group is not None and name in group.streams:
+                messages += [event.message for event in group.streams[name].events]
+        return messages
+
+    def process_ids(self) -> list[int]:
+        """Process ids of the job processes running now; each leads its own process group."""
+        return self._runner.process_ids()
+
+    # -- set-up without a client ------------------------------------------------------------
+
+    def create_queue(self, name: str, *, priority: int = 1) -> str:
+        """Create job queue `name` (and the `localbatch` compute environment behind it, once);
+        return its ARN. Raises ValueError if the name is taken or invalid."""
+        if COMPUTE_ENVIRONMENT not in self._batch.compute_environments:
+            self._call(
+                self._batch.create_compute_environment,
+                {"computeEnvironmentName": COMPUTE_ENVIRONMENT, "type": "UNMANAGED"},
+            )
+        params = {
+            "jobQueueName": name,
+            "priority": priority,
+            "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": COMPUTE_ENVIRONMENT}],
+        }
+        return str(self._call(self._batch.create_job_queue, params)["jobQueueArn"])
+
+    def register_job_definition(
+        self,
+        name: str,
+        *,
+        command: Sequence[str],
+        vcpus: float = 1,
+        memory_mib: int = 2048,
+        environment: Mapping[str, str] | None = None,
+        image: str = "localbatch",
+    ) -> str:
+        """Register a revision of container job definition `name`; return its ARN."""
+        params = {
+            "jobDefinitionName": name,
+            "type": "container",
+            "containerProperties": {
+                "image": image,
+                "command": list(command),
+                "resourceRequirements": [
+                    {"type": "VCPU", "value": f"{vcpus:g}"},
+                    {"type": "MEMORY", "value": str(memory_mib)},
+                ],
+                "environment": [{"name": k, "value": v} for k, v in (environment or {}).items()],
+            },
+        }
+        return str(self._call(self._batch.register_job_definition, params)["jobDefinitionArn"])
+
+    def _call(self, method: Any, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = method(params, self.options.region)
+        except ApiError as error:
+            raise ValueError(error.message) from None
+        return result
