@@ -1,0 +1,73 @@
+"""The `batchcrew` command. Thin: it parses arguments and calls the public API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `batchcrew` command."""
+    parser = argparse.ArgumentParser(
+        prog="batchcrew", description="Run Python tasks on auto-scaled workers."
+    )
+    parser.add_argument("--debug", action="store_true", help="log everything, show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="estimate pi with Monte Carlo tasks on local workers")
+    demo.add_argument("--tasks", type=int, default=200, help="number of tasks (default 200)")
+    demo.add_argument("--draws", type=int, default=100_000, help="darts per task")
+    demo.add_argument("--workers", type=int, default=2, help="most workers at once (default 2)")
+
+    worker = commands.add_parser("worker", help="run a worker (launchers do this for you)")
+    worker.add_argument("--controller", help="address to connect to, e.g. tcp://10.0.0.5:5555")
+    worker.add_argument("--launch", help="launch id issued by the controller")
+    worker.add_argument("--index", type=int, help="worker number within its launch")
+
+    emulator = commands.add_parser(
+        "emulator", help="run a local AWS Batch + CloudWatch Logs emulator until Ctrl-C"
+    )
+    from batchcrew.testing import _command
+
+    _command.add_arguments(emulator)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if args.command == "demo":
+        return asyncio.run(_demo(args))
+    if args.command == "worker":
+        from batchcrew import worker as worker_module
+
+        forwarded = [
+            f"--{name}={value}"
+            for name in ("controller", "launch", "index")
+            if (value := getattr(args, name)) is not None
+        ]
+        return worker_module.main(forwarded)
+    return _command.run(args)
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from batchcrew.controller import Controller
+    from batchcrew.demo import run_demo
+
+    console = Console()
+    for name in ("tasks", "draws", "workers"):
+        if getattr(args, name) < 1:
+            console.print(f"[red]--{name} must be at least 1")
+            return 2
+    async with Controller(name="demo", workers=args.workers) as controller:
+        await run_demo(controller, args.tasks, args.draws, console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
