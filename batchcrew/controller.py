@@ -232,7 +232,12 @@ class Controller:
         self._changed = asyncio.Event()
         self._stopped = asyncio.get_running_loop().create_future()
         self._dispatcher = Dispatcher(
-            self._network, self._settings, self.launcher, self._on_resolved, self._on_broken
+            self._network,
+            self._settings,
+            self.launcher,
+            self._on_resolved,
+            self._on_broken,
+            self.name,
         )
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run(ready), name=f"batchcrew-{self.name}")

@@ -32,6 +32,7 @@ logger = logging.getLogger("batchcrew")
 
 WORKER_COMMAND = ("python", "-m", "batchcrew.worker")
 _BATCH = 256  # messages handled before other tasks get a turn
+_SECONDS_CALLS_MAX = 120.0  # at close, the longest wait for launch calls under way
 # Plain ints: pyzmq's flag enums cost more to combine than the send itself.
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -80,8 +81,10 @@ class Dispatcher:
         launcher: Launcher,
         resolve: Callable[[Resolution], None],
         broken: Callable[[scheduling.Broken], None],
+        controller: str = "controller",
     ) -> None:
         self.network = network
+        self.controller = controller
         self.scheduler = scheduling.Scheduler(settings)
         self.launcher = launcher
         self.address = ""
@@ -176,11 +179,17 @@ class Dispatcher:
         """Stop the workers and cancel every unresolved task; let launch calls finish and idle
         workers leave (within `seconds_grace`); then cancel the serving task group, and the
         launcher ends whatever is left (busy workers at once: their tasks are cancelled)."""
+        self.launcher.stopping = True
         self._apply(self.scheduler.close())
         for task in self.scheduler.unresolved_tasks():
             self._apply(self.scheduler.cancel(task, time.monotonic()), "the controller closed")
+        # A launch call cut off mid-request could leave a job behind that nobody ends, so
+        # calls under way finish (launchers skip those not yet sent); the cap is a backstop.
+        with anyio.move_on_after(_SECONDS_CALLS_MAX):
+            while self._in_flight:
+                await self._changed.wait()
         with anyio.move_on_after(seconds_grace):
-            while self._in_flight or self.scheduler.idle_connected:
+            while self.scheduler.idle_connected:
                 await self._changed.wait()
         if self._group is not None:
             self._group.cancel_scope.cancel()
@@ -277,7 +286,13 @@ class Dispatcher:
         if self._keys is not None:
             environment.update(self._keys.issue(decision.launch))
         request = LaunchRequest(
-            decision.launch, len(decision.identities), decision.level, WORKER_COMMAND, environment
+            decision.launch,
+            len(decision.identities),
+            decision.level,
+            WORKER_COMMAND,
+            environment,
+            self.controller,
+            self.scheduler.instance,
         )
         logger.info(
             "launching %d worker(s) at level %d (launch %s)",

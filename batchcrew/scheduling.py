@@ -188,8 +188,9 @@ class Scheduler:
         self._broken: Broken | None = None
         self._closing = False
         self._seconds_mean: float | None = None
-        prefix = secrets.token_hex(6)
-        self._launch_ids = (f"{prefix}-{n}" for n in itertools.count())
+        self.instance = secrets.token_hex(8)
+        """A token unique to this scheduler, the prefix of its launch ids."""
+        self._launch_ids = (f"{self.instance}-{n}" for n in itertools.count())
 
     # -- views --------------------------------------------------------------------------------
 

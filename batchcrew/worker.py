@@ -79,11 +79,16 @@ class WorkerSettings:
             name = f"BATCHCREW_{field.name.upper()}"
             if name in environ:
                 values[field.name] = environ[name]
-        # The index: from a local launcher, else from an AWS Batch array job, else 0.
-        for name in ("BATCHCREW_WORKER_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX"):
-            if name in environ:
-                values["index"] = environ[name]
-                break
+        # The index: from a local launcher, else from an AWS Batch array job (plus the
+        # offset of its chunk when a launch spans several array jobs), else 0.
+        if "BATCHCREW_WORKER_INDEX" in environ:
+            values["index"] = environ["BATCHCREW_WORKER_INDEX"]
+        elif "AWS_BATCH_JOB_ARRAY_INDEX" in environ:
+            try:
+                offset = int(environ.get("BATCHCREW_INDEX_OFFSET", "0"))
+                values["index"] = offset + int(environ["AWS_BATCH_JOB_ARRAY_INDEX"])
+            except ValueError:
+                raise ValueError("AWS_BATCH_JOB_ARRAY_INDEX is not a whole number") from None
         return cls.parse(values)
 
     @classmethod

@@ -27,7 +27,9 @@ class LaunchRequest:
     number from `BATCHCREW_WORKER_INDEX` (or, on AWS Batch, `AWS_BATCH_JOB_ARRAY_INDEX`).
     `environment` carries secrets (the worker's keys): pass it through the process environment
     or the job's environment, never the command line. `level` is the resource level (0 = the
-    first value of an escalation list such as `memory=[4, 8, 16]`).
+    first value of an escalation list such as `memory=[4, 8, 16]`). `controller` is the
+    controller's name and `instance` a token unique to this start of it, for naming and tagging
+    what the launch creates.
     """
 
     launch: str
@@ -35,6 +37,8 @@ class LaunchRequest:
     level: int
     command: tuple[str, ...]
     environment: Mapping[str, str]
+    controller: str = "controller"
+    instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,8 @@ class Launcher(ABC):
     def __init__(self) -> None:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._report: Report | None = None
+        self.stopping = False
+        """Set when the controller starts closing: a launch not yet sent should not be sent."""
 
     @abstractmethod
     async def launch(self, request: LaunchRequest) -> None:
