@@ -298,6 +298,12 @@ class Controller:
         return self._state == "running"
 
     @property
+    def host(self) -> str:
+        """The address workers dial: 127.0.0.1 for local launchers, else this machine's
+        primary address, unless `host=` said otherwise."""
+        return self._network.host
+
+    @property
     def address(self) -> str:
         """The address workers connect to, such as tcp://127.0.0.1:40123 (once started)."""
         return self._dispatcher.address if self._dispatcher is not None else ""

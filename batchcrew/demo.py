@@ -45,9 +45,13 @@ def _table(frame: pl.DataFrame, title: str) -> Table:
     if frame.height == 1:
         table = Table("", "", title=title, show_header=False)
         for column, value in frame.row(0, named=True).items():
-            table.add_row(column, f"{value:.3f}" if isinstance(value, float) else str(value))
+            table.add_row(column, _cell(value))
         return table
     table = Table(*frame.columns, title=title)
     for row in frame.iter_rows():
-        table.add_row(*(f"{value:.3f}" if isinstance(value, float) else str(value) for value in row))
+        table.add_row(*(_cell(value) for value in row))
     return table
+
+
+def _cell(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -212,6 +212,7 @@ class Dispatcher:
     # -- decisions out ------------------------------------------------------------------------
 
     def _apply(self, decisions: Sequence[scheduling.Decision], why: str = "") -> None:
+        abandoned: list[tuple[str, list[int]]] = []  # ended before any launch that replaces them
         for decision in decisions:
             if isinstance(decision, scheduling.Assign):
                 self._send_task(decision.worker, decision.task)
@@ -222,13 +223,15 @@ class Dispatcher:
                     Resolution(decision.task, decision.status, None, message, decision.worker)
                 )
             elif isinstance(decision, scheduling.Launch):
-                self._start_launch(decision)
+                self._start_launch(decision, abandoned)
+                abandoned = []
             elif isinstance(decision, scheduling.Stop):
                 self._send(decision.worker, protocol.encode(protocol.Stop(decision.reason)))
             elif isinstance(decision, scheduling.Abandon):
                 logger.warning("launch %s: %s", decision.launch, decision.reason)
-                indexes = [_index(identity) for identity in decision.identities]
-                self._background(self._terminate, decision.launch, indexes)
+                abandoned.append(
+                    (decision.launch, [_index(identity) for identity in decision.identities])
+                )
             elif isinstance(decision, scheduling.Retire):
                 if self._keys is not None:
                     self._keys.retire(decision.launch)
@@ -240,6 +243,8 @@ class Dispatcher:
                 )
                 self._broken(decision)
             # Complete is handled where the outcome is in hand: see _on_result.
+        if abandoned:
+            self._background(self._terminate, abandoned)
 
     def _send_task(self, worker: bytes, task: int) -> None:
         payload = self._payloads[task]
@@ -271,7 +276,9 @@ class Dispatcher:
         # A send may consume the descriptor's edge; let the receive loop look again.
         self._wake.set()
 
-    def _start_launch(self, decision: scheduling.Launch) -> None:
+    def _start_launch(
+        self, decision: scheduling.Launch, abandoned: list[tuple[str, list[int]]]
+    ) -> None:
         settings = WorkerSettings(
             controller=self.address,
             launch=decision.launch,
@@ -300,7 +307,7 @@ class Dispatcher:
             request.level,
             request.launch,
         )
-        self._background(self._launch, request)
+        self._background(self._launch, request, abandoned)
         self._notify()
 
     def _background(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
@@ -318,7 +325,10 @@ class Dispatcher:
             self._in_flight -= 1
             self._notify()
 
-    async def _launch(self, request: LaunchRequest) -> None:
+    async def _launch(self, request: LaunchRequest, abandoned: list[tuple[str, list[int]]]) -> None:
+        # Workers written off are ended before their replacements go out, so a slow
+        # backend never runs (and bills) both.
+        await self._terminate(abandoned)
         try:
             await self.launcher.launch(request)
         except Exception as error:
@@ -326,11 +336,16 @@ class Dispatcher:
             logger.error("launch %s failed: %s", request.launch, reason)
             self._apply(self.scheduler.launch_failed(request.launch, time.monotonic(), reason))
 
-    async def _terminate(self, launch: str, indexes: list[int]) -> None:
-        try:
-            await self.launcher.terminate(launch, indexes)
-        except Exception as error:
-            logger.error("ending launch %s failed: %s: %s", launch, type(error).__name__, error)
+    async def _terminate(self, abandoned: list[tuple[str, list[int]]]) -> None:
+        async def end(launch: str, indexes: list[int]) -> None:
+            try:
+                await self.launcher.terminate(launch, indexes)
+            except Exception as error:
+                logger.error("ending launch %s failed: %s: %s", launch, type(error).__name__, error)
+
+        async with anyio.create_task_group() as group:
+            for launch, indexes in abandoned:
+                group.start_soon(end, launch, indexes)
 
     # -- events in ----------------------------------------------------------------------------
 

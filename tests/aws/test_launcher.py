@@ -1,0 +1,367 @@
+"""The AWS Batch launcher against LocalBatch: real jobs, real workers, real aiobotocore HTTP."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from aiobotocore.session import get_session
+
+import batchcrew as bc
+from batchcrew import aws
+from batchcrew.aws.launcher import TAG
+from batchcrew.testing import LocalBatch, LocalBatchOptions
+
+FINISHED = {"SUCCEEDED", "FAILED"}
+
+
+@pytest.fixture(autouse=True)
+def credentials(local_batch: LocalBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the standard AWS resolution (endpoint, region, dummy keys) at the emulator."""
+    for name, value in local_batch.environment().items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+async def batch_client(local_batch: LocalBatch) -> AsyncIterator[Any]:
+    async with get_session().create_client("batch", **local_batch.client_kwargs()) as client:
+        yield client
+
+
+def options_for(local_batch: LocalBatch, **overrides: Any) -> aws.BatchOptions:
+    settings: dict[str, Any] = {
+        "job_definition": local_batch.job_definition,
+        "job_queue": local_batch.job_queue,
+        "cpus": 1,
+        "memory": 512,
+        "memory_units": "mebibytes",
+        **overrides,
+    }
+    return aws.BatchOptions(**settings)
+
+
+def launch_of(worker: str | None) -> str:
+    assert worker is not None
+    return worker.rsplit(":", 1)[0]
+
+
+def memory_by_launch(local_batch: LocalBatch) -> dict[str, int]:
+    """The MEMORY each recorded SubmitJob asked for, by the launch its workers belong to."""
+    found = {}
+    for request in local_batch.requests_for("SubmitJob"):
+        overrides = request["containerOverrides"]
+        environment = {item["name"]: item["value"] for item in overrides["environment"]}
+        memory = next(
+            int(item["value"])
+            for item in overrides["resourceRequirements"]
+            if item["type"] == "MEMORY"
+        )
+        found[environment["BATCHCREW_LAUNCH"]] = memory
+    return found
+
+
+async def statuses(client: Any, job_ids: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for start in range(0, len(job_ids), 100):
+        response = await client.describe_jobs(jobs=job_ids[start : start + 100])
+        found.update({job["jobId"]: job["status"] for job in response["jobs"]})
+    return found
+
+
+async def all_jobs(client: Any, queue: str) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+    for status in (
+        "SUBMITTED",
+        "PENDING",
+        "RUNNABLE",
+        "STARTING",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+    ):
+        pages = client.get_paginator("list_jobs").paginate(jobQueue=queue, jobStatus=status)
+        async for page in pages:
+            jobs += page["jobSummaryList"]
+    return jobs
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def wait_for(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.005)
+
+
+def hog(megabytes: int) -> int:
+    """Hold `megabytes` of memory long enough for the emulator's memory watch to see it."""
+    block = bytearray(megabytes * 2**20)
+    time.sleep(1.0)
+    return len(block) // 2**20
+
+
+# -- the main path ---------------------------------------------------------------------------
+
+
+async def test_200_tasks_on_4_batch_workers_and_no_job_left_running(
+    local_batch: LocalBatch, batch_client: Any
+) -> None:
+    controller = aws.batch_controller(
+        name="main path", workers=4, options=options_for(local_batch), seconds_idle=30
+    )
+    async with controller:
+        frame = await controller.map(double, range(200))
+        assert frame["result"].to_list() == [2 * i for i in range(200)]
+        assert set(frame["launcher"]) == {"aws_batch"}
+        instance = controller.launcher  # the controller's own jobs carry its tag
+        jobs = await all_jobs(batch_client, local_batch.job_queue)
+        details = (await batch_client.describe_jobs(jobs=[job["jobId"] for job in jobs]))["jobs"]
+        tagged = [
+            job for job in details if job.get("tags", {}).get(TAG, "").startswith("main path/")
+        ]
+        assert tagged
+        assert len(tagged) == len(local_batch.requests_for("SubmitJob"))
+        assert isinstance(instance, aws.BatchLauncher)
+    job_ids = [job["jobId"] for job in tagged]
+    with anyio.fail_after(20):
+        while not set((await statuses(batch_client, job_ids)).values()) <= FINISHED:
+            await anyio.sleep(0.05)
+    assert not local_batch.process_ids()
+    names = {request["jobName"] for request in local_batch.requests_for("SubmitJob")}
+    assert all(name.startswith("main_path-") for name in names)
+
+
+async def test_a_burst_goes_out_as_one_array_job(local_batch: LocalBatch) -> None:
+    async with aws.batch_controller(workers=5, options=options_for(local_batch)) as controller:
+        tasks = controller.walk(double, range(5))
+        results = [await task for task in tasks]
+    assert [result.result for result in results] == [0, 2, 4, 6, 8]
+    (submitted,) = local_batch.requests_for("SubmitJob")
+    assert submitted["arrayProperties"] == {"size": 5}
+    assert submitted["containerOverrides"]["command"] == ["python", "-m", "batchcrew.worker"]
+    environment = {i["name"]: i["value"] for i in submitted["containerOverrides"]["environment"]}
+    assert "BATCHCREW_SECRET_KEY" in environment  # in the environment, not the command
+    assert "BATCHCREW_WORKER_INDEX" not in environment  # each child takes its array index
+
+
+async def test_a_single_worker_is_a_plain_job(local_batch: LocalBatch) -> None:
+    async with aws.batch_controller(workers=1, options=options_for(local_batch)) as controller:
+        assert (await controller.push(double, 21)).result == 42
+    (submitted,) = local_batch.requests_for("SubmitJob")
+    assert "arrayProperties" not in submitted
+
+
+# -- escalation ------------------------------------------------------------------------------
+
+
+async def every_job(client: Any, queue: str) -> list[dict[str, Any]]:
+    """DescribeJobs of every job in `queue`, array children included."""
+    summaries = await all_jobs(client, queue)
+    details: list[dict[str, Any]] = []
+    for job in summaries:
+        (detail,) = (await client.describe_jobs(jobs=[job["jobId"]]))["jobs"]
+        details.append(detail)
+        size = detail.get("arrayProperties", {}).get("size", 0)
+        children = [f"{job['jobId']}:{index}" for index in range(size)]
+        if children:
+            details += (await client.describe_jobs(jobs=children))["jobs"]
+    return details
+
+
+@pytest.mark.parametrize("local_batch_options", [LocalBatchOptions(memory_poll_interval=0.02)])
+async def test_an_out_of_memory_task_is_retried_on_a_bigger_worker(
+    local_batch: LocalBatch, batch_client: Any
+) -> None:
+    options = options_for(local_batch, memory=[160, 700])
+    async with aws.batch_controller(workers=3, options=options, crashes_max=2) as controller:
+        small = controller.walk(double, range(6))
+        big = controller.push(hog, 300, name="big")
+        more_small = controller.walk(double, range(6, 12))
+        big_result = await big
+        small_results = [await task for task in small + more_small]
+    assert big_result.status == "success"
+    assert big_result.result == 300
+    memory = memory_by_launch(local_batch)
+    assert memory[launch_of(big_result.worker)] == 700
+    assert {memory[launch_of(result.worker)] for result in small_results} == {160}
+    reasons = [
+        job.get("statusReason", "") for job in await every_job(batch_client, local_batch.job_queue)
+    ]
+    assert any("OutOfMemoryError" in reason for reason in reasons), reasons
+
+
+# -- launching never stalls dispatch ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("local_batch_options", [LocalBatchOptions(latency={"SubmitJob": 2.0})])
+async def test_slow_launches_do_not_stall_dispatch(local_batch: LocalBatch, tmp_path: Path) -> None:
+    options = options_for(local_batch)
+    async with aws.batch_controller(workers=20, options=options) as controller:
+        assert (await controller.push(double, 1)).result == 2  # one worker, connected
+        answered = len(local_batch.requests_for("SubmitJob"))
+        release = tmp_path / "release"
+        held = controller.push(wait_for, str(release))  # keeps the worker busy
+        # Nineteen launches, one SubmitJob each, two seconds each, eight at a time.
+        waiting = [controller.push(double, value) for value in range(19)]
+        assert controller.cancel(names=[task.name for task in waiting]) == 19
+        release.touch()
+        assert (await held).status == "success"  # the worker is free; the launches go on
+        lags: list[float] = []
+
+        async def watch_loop() -> None:
+            while True:
+                start = time.perf_counter()
+                await anyio.sleep(0.005)
+                lags.append(time.perf_counter() - start - 0.005)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch_loop)
+            start = time.perf_counter()
+            result = await controller.push(double, 4)
+            seconds = time.perf_counter() - start
+            still_answered = len(local_batch.requests_for("SubmitJob"))
+            await anyio.sleep(0.2)
+            group.cancel_scope.cancel()
+        assert result.result == 8
+        # The task went out and came back while every one of those SubmitJob calls was
+        # still waiting for its answer.
+        assert still_answered == answered
+        assert all(task.done() for task in waiting)
+        print(
+            f"\nround trip during launches: {seconds * 1000:.1f} ms; event loop lag "
+            f"median {statistics.median(lags) * 1000:.2f} ms, max {max(lags) * 1000:.2f} ms"
+        )
+
+
+# -- throttling and configurations that cannot work ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "local_batch_options", [LocalBatchOptions(throttle_rate={"SubmitJob": 0.5}, seed=7)]
+)
+async def test_throttled_submissions_are_retried(local_batch: LocalBatch) -> None:
+    async with aws.batch_controller(workers=3, options=options_for(local_batch)) as controller:
+        for value in range(3):  # three separate launches
+            assert (await controller.push(double, value)).result == 2 * value
+    throttled = [
+        request
+        for request in local_batch.requests
+        if request.operation == "SubmitJob" and request.error == "TooManyRequestsException"
+    ]
+    assert throttled, "the seed makes some SubmitJob calls throttled"
+
+
+async def test_an_unknown_queue_raises_launch_error_instead_of_hanging(
+    local_batch: LocalBatch,
+) -> None:
+    options = options_for(local_batch, job_queue="no-such-queue")
+    controller = aws.batch_controller(workers=2, options=options, launch_failures_max=3)
+    async with controller:
+        task = controller.push(double, 1)
+        with pytest.raises(bc.LaunchError, match="3 launches in a row failed") as raised:
+            await task
+        assert "ClientException" in str(raised.value)
+        with pytest.raises(bc.LaunchError):
+            controller.push(double, 2)
+        errors = controller.launcher.errors()  # type: ignore[attr-defined]
+        assert errors.columns == ["time", "action", "job_id", "error"]
+        assert errors.height == 3
+        assert set(errors["action"]) == {"SubmitJob"}
+
+
+async def test_no_credentials_is_a_clear_launch_error(
+    local_batch: LocalBatch, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    controller = aws.batch_controller(
+        workers=1, options=options_for(local_batch), launch_failures_max=2
+    )
+    async with controller:
+        with pytest.raises(bc.LaunchError, match="no AWS credentials found"):
+            await controller.push(double, 1)
+
+
+# -- workers that never connect --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("local_batch_options", [LocalBatchOptions(vcpus=1)])
+async def test_a_job_that_never_starts_is_ended_before_it_is_replaced(
+    local_batch: LocalBatch,
+) -> None:
+    options = options_for(local_batch, cpus=2)  # needs 2 vCPUs: never fits in 1
+    controller = aws.batch_controller(
+        workers=1, options=options, seconds_launch=1.0, launch_failures_max=2
+    )
+    async with controller:
+        with pytest.raises(bc.LaunchError, match="did not connect within seconds_launch=1"):
+            await controller.push(double, 1)
+    operations = [request.operation for request in local_batch.requests]
+    first_cancel = operations.index("CancelJob")
+    assert "TerminateJob" in operations[first_cancel:]
+    submits = [i for i, operation in enumerate(operations) if operation == "SubmitJob"]
+    assert len(submits) == 2
+    assert submits[0] < first_cancel < submits[1]  # ended, then replaced
+
+
+def test_bad_options_are_rejected_before_any_request() -> None:
+    with pytest.raises(ValueError, match="job_queue must be a non-empty string"):
+        aws.BatchOptions(job_definition="d", job_queue="")
+    with pytest.raises(ValueError, match='memory_units must be "gigabytes" or "mebibytes"'):
+        aws.BatchOptions(job_definition="d", job_queue="q", memory_units="GB")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="memory must hold numbers >= 0"):
+        aws.BatchOptions(job_definition="d", job_queue="q", memory=[4, -8])
+    with pytest.raises(ValueError, match="max_concurrent_requests must be a whole number"):
+        aws.BatchLauncher(
+            aws.BatchOptions(job_definition="d", job_queue="q"), max_concurrent_requests=0
+        )
+
+
+def test_resource_requirements_convert_gigabytes_as_crew_does() -> None:
+    options = aws.BatchOptions(
+        job_definition="d", job_queue="q", cpus=2, gpus=[0, 1], memory=[4, 8, 16]
+    )
+    assert options.levels == 3
+    assert options.resource_requirements(0) == [
+        {"type": "VCPU", "value": "2"},
+        {"type": "MEMORY", "value": "3815"},
+    ]
+    assert options.resource_requirements(2) == [
+        {"type": "VCPU", "value": "2"},
+        {"type": "GPU", "value": "1"},
+        {"type": "MEMORY", "value": "15259"},
+    ]
+    assert aws.BatchOptions(
+        job_definition="d", job_queue="q", memory=1000, memory_units="mebibytes"
+    ).resource_requirements(5) == [{"type": "MEMORY", "value": "1000"}]
+
+
+def test_job_names_are_sanitized_as_crew_does() -> None:
+    from batchcrew.aws.options import sanitize_job_name
+
+    assert sanitize_job_name("my workflow/2.0") == "my_workflow_2_0"
+    assert sanitize_job_name("_hidden") == "x_hidden"
+    assert len(sanitize_job_name("a" * 300)) == 128
+
+
+def test_the_controller_listens_off_loopback_for_batch_workers() -> None:
+    from batchcrew.controller import _primary_address
+
+    controller = aws.batch_controller(options=aws.BatchOptions(job_definition="d", job_queue="q"))
+    assert controller.host == _primary_address()
+    assert (
+        aws.batch_controller(
+            options=aws.BatchOptions(job_definition="d", job_queue="q"), host="10.1.2.3"
+        ).host
+        == "10.1.2.3"
+    )
