@@ -94,30 +94,47 @@ class Result:
 class Task:
     """A pushed task. `await task` returns its `Result` and takes it off the controller."""
 
-    __slots__ = ("_controller", "_future", "id", "name")
+    __slots__ = ("_controller", "_future", "_result", "id", "name")
 
     def __init__(self, controller: Controller, task_id: int, name: str) -> None:
         self._controller = controller
         self._future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._result: Result | None = None
         self.id = task_id
         self.name = name
 
     def done(self) -> bool:
         """Whether the task has resolved."""
-        return self._future.done()
+        return self._result is not None
 
     def __await__(self) -> Generator[Any, None, Result]:
         return self._wait().__await__()
 
     async def _wait(self) -> Result:
-        if not self._future.done():
-            await self._controller._until(self._future)
-        result = self._future.result()
+        if self._result is None:
+            self._controller._raise_if_broken()
+            if self._future.done():  # an earlier waiter was cancelled, or launching broke
+                self._future = asyncio.get_running_loop().create_future()
+            # Awaited directly, the future wakes this task in one turn of the loop; a
+            # cancelled waiter cancels only this future, which the next waiter replaces.
+            await self._future
+        result = self._result
+        assert result is not None
         self._controller._resolved.pop(self.id, None)
         return result
 
+    def _resolve(self, result: Result) -> None:
+        self._result = result
+        if not self._future.done():
+            self._future.set_result(result)
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._future.done():
+            self._future.set_exception(error)
+            self._future.exception()  # nobody may be waiting: do not log it as unretrieved
+
     def __repr__(self) -> str:
-        state = "resolved" if self._future.done() else "unresolved"
+        state = "resolved" if self._result is not None else "unresolved"
         return f"<Task {self.name!r} {state}>"
 
 
@@ -204,7 +221,6 @@ class Controller:
         self._names: dict[str, int] = {}  # unresolved, by name
         self._resolved: dict[int, Result] = {}  # resolved and not yet taken
         self._changed = asyncio.Event()
-        self._stopped: asyncio.Future[None] | None = None  # done once closed or broken
         self._counts = dict.fromkeys(("tasks", "success", "error", "crash", "cancel", "warning"), 0)
         self._seconds = 0.0
 
@@ -230,7 +246,6 @@ class Controller:
             )
         self._state = "running"
         self._changed = asyncio.Event()
-        self._stopped = asyncio.get_running_loop().create_future()
         self._dispatcher = Dispatcher(
             self._network,
             self._settings,
@@ -552,7 +567,7 @@ class Controller:
         if result.seconds is not None:
             self._seconds += result.seconds
         self._resolved[task.id] = result
-        task._future.set_result(result)
+        task._resolve(result)
         self._wake()
 
     def _result(self, name: str, resolution: Resolution) -> Result:
@@ -594,22 +609,15 @@ class Controller:
         self._changed = asyncio.Event()
 
     def _stop(self) -> None:
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
+        # Waiters of unresolved tasks must not hang: a broken launcher or a dead runner
+        # raises in them. (A clean close resolves every task as "cancel" instead.)
+        if self._error is not None:
+            for task in self._tasks.values():
+                task._fail(self._error)
         self._wake()
 
     async def _changed_wait(self) -> None:
         await self._changed.wait()
-
-    async def _until(self, future: asyncio.Future[Result]) -> None:
-        # Wait on the task's own future, so that many waiters cost nothing per resolution,
-        # and on the controller stopping, so that a broken launcher raises instead of hanging.
-        stopped = self._stopped
-        if stopped is not None and not stopped.done():
-            await asyncio.wait((future, stopped), return_when=asyncio.FIRST_COMPLETED)
-        if not future.done():
-            self._raise_if_broken()
-            raise ControllerClosedError(f"controller {self.name!r} is not running")
 
     def __repr__(self) -> str:
         return f"<Controller {self.name!r} {self._state}, {len(self._tasks)} unresolved>"

@@ -273,8 +273,9 @@ class Dispatcher:
                     worker, time.monotonic(), clean=False, reason="its connection was gone"
                 )
             )
-        # A send may consume the descriptor's edge; let the receive loop look again.
-        self._wake.set()
+        # A send may consume the descriptor's edge: if a message waits, wake the receive loop.
+        if _option(router, zmq.EVENTS) & zmq.POLLIN:
+            self._wake.set()
 
     def _start_launch(
         self, decision: scheduling.Launch, abandoned: list[tuple[str, list[int]]]
