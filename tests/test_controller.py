@@ -493,3 +493,34 @@ async def test_task_lookup_by_name(controller: MakeController) -> None:
     assert crew.task("find-me") is task or task.done()
     await task
     assert crew.task("find-me") is None
+
+
+async def test_a_launcher_that_cannot_start_workers_raises_launch_error(
+    controller: MakeController, tmp_path: Path
+) -> None:
+    launcher = bc.LocalLauncher(python=str(tmp_path / "no-such-python"))
+    crew = await controller(workers=2, launcher=launcher, launch_failures_max=3)
+    first = crew.push(add, 1, 2)
+    second = crew.push(add, 3, 4)
+    with pytest.raises(bc.LaunchError, match="3 launches in a row failed") as raised:
+        await first
+    assert "no-such-python" in str(raised.value)
+    with pytest.raises(bc.LaunchError):
+        await second
+    with pytest.raises(bc.LaunchError):
+        await crew.wait("all", timeout=5)
+    with pytest.raises(bc.LaunchError):
+        crew.push(add, 5, 6)
+
+
+async def test_a_worker_that_exits_at_once_counts_as_a_failed_launch(
+    controller: MakeController, tmp_path: Path
+) -> None:
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\nexit 7\n")
+    broken.chmod(0o755)
+    crew = await controller(
+        workers=1, launcher=bc.LocalLauncher(python=str(broken)), launch_failures_max=2
+    )
+    with pytest.raises(bc.LaunchError, match="exited with code 7"):
+        await crew.push(add, 1, 2)
