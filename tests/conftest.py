@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import psutil
 import pytest
 
-import batchcrew as bc
+from batchcrew.testing.pytest_plugin import MakeController
 
-MakeController = Callable[..., Awaitable[bc.Controller]]
-
-
-@pytest.fixture
-async def controller(request: pytest.FixtureRequest) -> AsyncIterator[MakeController]:
-    """`await controller(**options)`: a started local controller, closed after the test."""
-    made: list[bc.Controller] = []
-
-    async def make(**options: Any) -> bc.Controller:
-        options.setdefault("name", request.node.name[:60])
-        options.setdefault("workers", 2)
-        options.setdefault("seconds_heartbeat", 5.0)
-        started = bc.Controller(**options)
-        await started.start()
-        made.append(started)
-        return started
-
-    yield make
-    for started in made:
-        await started.aclose()
+__all__ = ["MakeController", "children"]
 
 
 def children() -> list[psutil.Process]:

@@ -8,17 +8,24 @@ emulator only when a test asks for a fixture. Fixtures:
 - `local_batch`: a started `LocalBatch` with queue `local_batch.job_queue` ("batchcrew-test")
   and job definition `local_batch.job_definition` ("batchcrew-test") registered; closed, with
   every job process killed, after the test.
+- `controller`: a factory, `await controller(**options)`, of started controllers (local
+  launcher, two workers, a short heartbeat unless told otherwise), every one closed after the
+  test, its workers with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
+    from batchcrew.controller import Controller
     from batchcrew.testing import LocalBatch, LocalBatchOptions
+
+MakeController = Callable[..., Awaitable["Controller"]]
+"""The type of the `controller` fixture: `await controller(**options)` gives a started one."""
 
 #: The names `local_batch` gives its pre-created queue and job definition.
 TEST_JOB_QUEUE = "batchcrew-test"
@@ -54,3 +61,28 @@ async def local_batch(local_batch_options: LocalBatchOptions) -> AsyncIterator[L
         options=local_batch_options,
     ) as batch:
         yield batch
+
+
+@_async_fixture()
+async def controller(request: pytest.FixtureRequest) -> AsyncIterator[MakeController]:
+    """`await controller(**options)`: a started `batchcrew.Controller`, closed after the test.
+
+    Defaults, each overridable: named after the test, `workers=2`, `seconds_heartbeat=5`, the
+    local launcher. Pass `launcher=` for another (an `aws.BatchLauncher` on `local_batch`, say).
+    """
+    from batchcrew.controller import Controller
+
+    made: list[Controller] = []
+
+    async def make(**options: Any) -> Controller:
+        options.setdefault("name", request.node.name[:60])
+        options.setdefault("workers", 2)
+        options.setdefault("seconds_heartbeat", 5.0)
+        started = Controller(**options)
+        await started.start()
+        made.append(started)
+        return started
+
+    yield make
+    for started in made:
+        await started.aclose()
