@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         TaskTooLargeError,
     )
     from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
+    from batchcrew.executor import Executor
     from batchcrew.launchers.local import LocalLauncher
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "BatchcrewError",
     "Controller",
     "ControllerClosedError",
+    "Executor",
     "LaunchError",
     "LaunchRequest",
     "Launcher",
@@ -59,6 +61,7 @@ _HOMES = {
     "LaunchRequest": "batchcrew.launchers.base",
     "WorkerExit": "batchcrew.launchers.base",
     "LocalLauncher": "batchcrew.launchers.local",
+    "Executor": "batchcrew.executor",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import math
 import socket
@@ -75,11 +76,13 @@ class Result:
     launcher: str
     controller: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict (`result` as is), e.g. for a JSON response."""
+    def to_dict(self, *, jsonable: bool = False) -> dict[str, Any]:
+        """The fields as a plain dict. With `jsonable=True`, ready for `json.dumps` (a web
+        response): a result JSON cannot hold becomes a list if it has `tolist()` (NumPy,
+        polars), else its `repr`."""
         return {
             "name": self.name,
-            "result": self.result,
+            "result": _jsonable(self.result) if jsonable else self.result,
             "status": self.status,
             "error": self.error,
             "trace": self.trace,
@@ -120,8 +123,12 @@ class Task:
             await self._future
         result = self._result
         assert result is not None
-        self._controller._resolved.pop(self.id, None)
+        self._controller._take(self)
         return result
+
+    def peek(self) -> Result | None:
+        """The task's result if it has resolved (without taking it), else None."""
+        return self._result
 
     def _resolve(self, result: Result) -> None:
         self._result = result
@@ -219,7 +226,8 @@ class Controller:
         self._ids = itertools.count(1)
         self._tasks: dict[int, Task] = {}  # unresolved
         self._names: dict[str, int] = {}  # unresolved, by name
-        self._resolved: dict[int, Result] = {}  # resolved and not yet taken
+        self._resolved: dict[int, Task] = {}  # resolved and not yet taken
+        self._held: dict[str, Task] = {}  # unresolved or not yet taken, newest by name
         self._changed = asyncio.Event()
         self._counts = dict.fromkeys(("tasks", "success", "error", "crash", "cancel", "warning"), 0)
         self._seconds = 0.0
@@ -409,6 +417,7 @@ class Controller:
             task = Task(self, task_id, name)
             self._tasks[task_id] = task
             self._names[task.name] = task_id
+            self._held[task.name] = task
             payloads[task_id] = payload
             tasks.append(task)
         self._counts["tasks"] += len(tasks)
@@ -484,16 +493,14 @@ class Controller:
         _check_error_mode(error)
         if not self._resolved:
             return None
-        task_id = next(iter(self._resolved))
-        result = self._resolved.pop(task_id)
+        result = self._take(next(iter(self._resolved.values())))
         _handle_failures([result], error)
         return result
 
     def collect(self, error: ErrorMode = "ignore") -> pl.DataFrame:
         """Every resolved result nobody has taken yet, as a DataFrame, taken off the controller."""
         _check_error_mode(error)
-        results = list(self._resolved.values())
-        self._resolved.clear()
+        results = [self._take(task) for task in list(self._resolved.values())]
         _handle_failures(results, error)
         return results_frame(results)
 
@@ -510,9 +517,9 @@ class Controller:
             await self._changed_wait()
 
     def task(self, name: str) -> Task | None:
-        """The unresolved task called `name`, if any."""
-        task_id = self._names.get(name)
-        return self._tasks.get(task_id) if task_id is not None else None
+        """The task called `name` that the controller still holds: unresolved, or resolved
+        and not yet taken (by `await`, `pop`, `collect` or `results`); the newest if several."""
+        return self._held.get(name)
 
     def cancel(self, names: Iterable[str] = (), *, all: bool = False) -> int:
         """Cancel unresolved tasks by name, or `all=True`; return how many were cancelled.
@@ -566,7 +573,7 @@ class Controller:
             self._counts["warning"] += 1
         if result.seconds is not None:
             self._seconds += result.seconds
-        self._resolved[task.id] = result
+        self._resolved[task.id] = task
         task._resolve(result)
         self._wake()
 
@@ -603,6 +610,15 @@ class Controller:
     def _raise_if_broken(self) -> None:
         if self._error is not None:
             raise self._error
+
+    def _take(self, task: Task) -> Result:
+        """Hand a resolved task's result out: the controller holds it no more."""
+        self._resolved.pop(task.id, None)
+        if self._held.get(task.name) is task:
+            del self._held[task.name]
+        result = task._result
+        assert result is not None
+        return result
 
     def _wake(self) -> None:
         self._changed.set()
@@ -648,6 +664,23 @@ def _result_series(values: list[Any]) -> pl.Series:
         except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
             pass
     return pl.Series("result", values, dtype=pl.Object)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        pass
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        try:
+            converted = tolist()
+            json.dumps(converted, allow_nan=False)
+            return converted
+        except (TypeError, ValueError):
+            pass
+    return repr(value)
 
 
 def _handle_failures(results: Iterable[Result], error: ErrorMode) -> None:

@@ -1,0 +1,43 @@
+"""The concurrent.futures bridge, used from plain synchronous code."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+
+import batchcrew as bc
+from tests.conftest import children
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def fail() -> None:
+    raise ValueError("nope")
+
+
+def test_submit_and_map_from_synchronous_code() -> None:
+    with bc.Executor(name="sync", workers=2, seconds_heartbeat=5.0) as executor:
+        futures = [executor.submit(add, i, i) for i in range(10)]
+        assert [future.result(timeout=30) for future in futures] == [2 * i for i in range(10)]
+        assert list(executor.map(add, range(5), range(5), timeout=30)) == [0, 2, 4, 6, 8]
+        with pytest.raises(bc.TaskError, match="ValueError: nope") as raised:
+            executor.submit(fail).result(timeout=30)
+        assert raised.value.result.status == "error"
+        assert executor.controller.summary()["tasks"][0] == 16
+    assert not children()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(add, 1, 2)
+    executor.shutdown()  # idempotent
+
+
+def test_shutdown_can_cancel_what_is_left() -> None:
+    executor = bc.Executor(workers=1, seconds_heartbeat=5.0)
+    future = executor.submit(__import__("time").sleep, 30)
+    executor.shutdown(cancel_futures=True)
+    with pytest.raises(bc.TaskError, match="status cancel"):
+        future.result(timeout=30)
+    assert isinstance(future, concurrent.futures.Future)
+    assert not children()
