@@ -1,0 +1,96 @@
+"""A FastAPI backend that runs jobs on batchcrew workers for the life of the app.
+
+    pip install batchcrew fastapi uvicorn
+    uvicorn fastapi_app:app
+
+The controller starts in the app's lifespan and closes with it (every worker with it).
+POST /jobs pushes a task and returns its name; GET /jobs/{name} returns its status and, once
+resolved, its result; DELETE /jobs/{name} cancels it or forgets its result; GET /workers
+returns the controller's summary.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+import batchcrew as bc
+
+
+def estimate_pi(draws: int, seed: int) -> float:
+    """The job itself: a Monte Carlo estimate of pi. It runs on a worker, not in the app."""
+    generator = random.Random(seed)
+    inside = sum(generator.random() ** 2 + generator.random() ** 2 <= 1.0 for _ in range(draws))
+    return 4 * inside / draws
+
+
+class JobRequest(BaseModel):
+    draws: int = Field(default=10_000, ge=1, le=10_000_000)
+    seed: int = 0
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+def create_app(**controller_options: Any) -> FastAPI:
+    """The app, with its controller's options (workers, launcher, ...) as given."""
+    options = {"name": "api", "workers": 2, **controller_options}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with bc.Controller(**options) as controller:
+            app.state.controller = controller
+            yield
+
+    app = FastAPI(title="batchcrew jobs", lifespan=lifespan)
+
+    def controller() -> bc.Controller:
+        crew: bc.Controller = app.state.controller
+        return crew
+
+    @app.post("/jobs", status_code=202)
+    async def submit(job: JobRequest) -> dict[str, str]:
+        try:
+            task = controller().push(estimate_pi, job.draws, job.seed, name=job.name)
+        except ValueError as error:  # a name already in use
+            raise HTTPException(status_code=409, detail=str(error)) from error
+        except bc.LaunchError as error:
+            raise HTTPException(status_code=503, detail=str(error)) from error
+        return {"name": task.name}
+
+    @app.get("/jobs/{name}")
+    async def status(name: str) -> dict[str, Any]:
+        task = controller().task(name)
+        if task is None:
+            raise HTTPException(status_code=404, detail=f"no job named {name!r}")
+        result = task.peek()
+        if result is None:
+            return {"name": name, "status": "unresolved"}
+        return result.to_dict(jsonable=True)
+
+    @app.delete("/jobs/{name}")
+    async def forget(name: str) -> dict[str, Any]:
+        crew = controller()
+        task = crew.task(name)
+        if task is None:
+            raise HTTPException(status_code=404, detail=f"no job named {name!r}")
+        if task.peek() is None:
+            crew.cancel([name])
+        result = await task  # takes it: the controller holds it no more
+        return {"name": name, "status": result.status}
+
+    @app.get("/workers")
+    async def workers() -> dict[str, Any]:
+        row: dict[str, Any] = controller().summary().row(0, named=True)
+        if not math.isfinite(row["seconds"]):
+            row["seconds"] = None
+        return row
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,77 @@
+"""The FastAPI example, driven over ASGI with its lifespan running and real local workers."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from tests.conftest import children
+
+EXAMPLE = Path(__file__).parents[1] / "docs" / "examples" / "fastapi_app.py"
+
+
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fastapi_app", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fastapi_app"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+async def wait_resolved(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
+    with anyio.fail_after(30):
+        while True:
+            response = await client.get(f"/jobs/{name}")
+            assert response.status_code == 200
+            body: dict[str, Any] = response.json()
+            if body["status"] != "unresolved":
+                return body
+            await anyio.sleep(0.02)
+
+
+async def test_the_app_runs_jobs_and_closing_it_leaves_no_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As when the app runs from its own directory: workers import the module it defines.
+    monkeypatch.setenv("PYTHONPATH", str(EXAMPLE.parent))
+    app = load_example().create_app(workers=2, seconds_heartbeat=5.0)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            response = await client.post("/jobs", json={"draws": 20_000, "seed": 1})
+            assert response.status_code == 202
+            name = response.json()["name"]
+            body = await wait_resolved(client, name)
+            assert body["status"] == "success"
+            assert 2.9 < body["result"] < 3.4
+            assert body["launcher"] == "local"
+            assert body["controller"] == "api"
+            assert (await client.get(f"/jobs/{name}")).json() == body  # a GET takes nothing
+
+            named = await client.post("/jobs", json={"draws": 10, "name": "mine"})
+            assert named.json() == {"name": "mine"}
+            await wait_resolved(client, "mine")
+            taken = await client.delete("/jobs/mine")
+            assert taken.json() == {"name": "mine", "status": "success"}
+            assert (await client.get("/jobs/mine")).status_code == 404
+
+            bad = await client.post("/jobs", json={"draws": 0})
+            assert bad.status_code == 422
+
+            workers = (await client.get("/workers")).json()
+            assert workers["controller"] == "api"
+            assert workers["success"] == 2
+            assert workers["tasks"] == 2
+            assert 1 <= workers["workers"] <= 2
+            assert children()
+    assert not children()
