@@ -29,6 +29,9 @@ _FAILED = ("error", "crash", "cancel")
 
 class _ControllerProgress(Progress):
     def __init__(self, controller: Controller, total: int, console: Console) -> None:
+        self._controller = controller
+        self._start = controller.counts()
+        self._row: TaskID | None = None
         super().__init__(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -38,11 +41,11 @@ class _ControllerProgress(Progress):
             TimeElapsedColumn(),
             console=console,
         )
-        self._controller = controller
-        self._start = controller.counts()
-        self._row: TaskID = self.add_task(controller.name, total=total, workers=0, failed="")
+        self._row = self.add_task(controller.name, total=total, workers=0, failed="")
 
     def get_renderables(self) -> Iterable[RenderableType]:
+        if self._row is None:  # rich may draw while the bar is being made
+            return super().get_renderables()
         counts = self._controller.counts()
         done = sum(counts[key] - self._start[key] for key in _DONE)
         failed = sum(counts[key] - self._start[key] for key in _FAILED)
