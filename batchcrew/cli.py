@@ -23,6 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--tasks", type=int, default=200, help="number of tasks (default 200)")
     demo.add_argument("--draws", type=int, default=100_000, help="darts per task")
     demo.add_argument("--workers", type=int, default=2, help="most workers at once (default 2)")
+    demo.add_argument(
+        "--aws-batch-emulator",
+        action="store_true",
+        help="run the workers as AWS Batch jobs on a local emulator (the whole AWS path, offline)",
+    )
 
     worker = commands.add_parser("worker", help="run a worker (launchers do this for you)")
     worker.add_argument("--controller", help="address to connect to, e.g. tcp://10.0.0.5:5555")
@@ -64,8 +69,30 @@ async def _demo(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             console.print(f"[red]--{name} must be at least 1")
             return 2
-    async with Controller(name="demo", workers=args.workers) as controller:
-        await run_demo(controller, args.tasks, args.draws, console)
+    if not args.aws_batch_emulator:
+        async with Controller(name="demo", workers=args.workers) as controller:
+            await run_demo(controller, args.tasks, args.draws, console)
+        return 0
+    import os
+
+    from batchcrew import aws
+    from batchcrew.testing import LocalBatch
+
+    async with LocalBatch(queues=["demo"], job_definition="demo") as batch:
+        os.environ.update(batch.environment())  # how any AWS SDK would find it
+        console.print(f"AWS Batch emulator at {batch.endpoint_url} (queue and definition 'demo')")
+        options = aws.BatchOptions(
+            job_definition="demo", job_queue="demo", cpus=1, memory=512, memory_units="mebibytes"
+        )
+        controller = aws.batch_controller(name="demo", workers=args.workers, options=options)
+        async with controller:
+            await run_demo(controller, args.tasks, args.draws, console)
+        jobs = batch.requests_for("SubmitJob")
+        sizes = [job.get("arrayProperties", {}).get("size", 1) for job in jobs]
+        console.print(
+            f"{len(jobs)} SubmitJob call(s) launched {sum(sizes)} worker(s); every job ended "
+            "when the controller closed"
+        )
     return 0
 
 
