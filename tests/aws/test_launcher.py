@@ -17,6 +17,7 @@ import batchcrew as bc
 from batchcrew import aws
 from batchcrew.aws.launcher import TAG
 from batchcrew.testing import LocalBatch, LocalBatchOptions
+from batchcrew.testing.pytest_plugin import MakeController
 
 FINISHED = {"SUCCEEDED", "FAILED"}
 
@@ -365,3 +366,14 @@ def test_the_controller_listens_off_loopback_for_batch_workers() -> None:
         ).host
         == "10.1.2.3"
     )
+
+
+async def test_the_controller_fixture_runs_on_local_batch(
+    controller: MakeController, local_batch: LocalBatch
+) -> None:
+    options = aws.BatchOptions(
+        job_definition=local_batch.job_definition, job_queue=local_batch.job_queue
+    )
+    crew = await controller(launcher=aws.BatchLauncher(options), host="127.0.0.1")
+    assert (await crew.push(sum, [1, 2])).result == 3
+    assert crew.launcher.name == "aws_batch"
