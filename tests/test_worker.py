@@ -96,6 +96,17 @@ def test_an_idle_worker_says_goodbye_and_exits(router: tuple[zmq.Socket[bytes], 
     assert finish(process)[0] == 0
 
 
+def test_a_worker_leaves_once_its_wall_time_is_spent(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L", seconds_wall=0.3)
+    receive(sock)
+    _, message = receive(sock)
+    assert message == protocol.Bye("seconds_wall=0.3 reached")
+    assert finish(process)[0] == 0
+
+
 def test_a_worker_runs_tasks_in_order_and_stops_when_told(
     router: tuple[zmq.Socket[bytes], str],
 ) -> None:
