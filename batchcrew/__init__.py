@@ -20,8 +20,8 @@ if TYPE_CHECKING:
         TaskError,
         TaskTooLargeError,
     )
-    from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
     from batchcrew.executor import Executor
+    from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
     from batchcrew.launchers.local import LocalLauncher
 
 __version__ = "0.1.0"
