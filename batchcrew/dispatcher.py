@@ -32,6 +32,7 @@ logger = logging.getLogger("batchcrew")
 
 WORKER_COMMAND = ("python", "-m", "batchcrew.worker")
 _BATCH = 256  # messages handled before other tasks get a turn
+_DROPS_LOGGED = 100  # messages from unknown peers logged at WARNING; the rest at DEBUG
 _SECONDS_CALLS_MAX = 120.0  # at close, the longest wait for launch calls under way
 # Plain ints: pyzmq's flag enums cost more to combine than the send itself.
 _SNDMORE = int(zmq.SNDMORE)
@@ -105,6 +106,8 @@ class Dispatcher:
         self._launch_calls: anyio.abc.TaskGroup | None = None
         self._launch_limiter = anyio.CapacityLimiter(math.inf)
         self._in_flight = 0
+        self.dropped = 0
+        """Messages dropped because they came from a peer this controller does not know."""
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -404,7 +407,11 @@ class Dispatcher:
     def _on_frames(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
         if not self.scheduler.knows(identity):
-            logger.warning("dropped a message from unknown peer %r", identity[:64])
+            # Counted, and logged at WARNING only for the first few: a flood of foreign frames
+            # neither fills the log nor grows any state.
+            self.dropped += 1
+            level = logging.WARNING if self.dropped <= _DROPS_LOGGED else logging.DEBUG
+            logger.log(level, "dropped a message from unknown peer %r", identity[:64])
             return
         try:
             message = protocol.decode([frame.buffer for frame in frames[1:]])

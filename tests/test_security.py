@@ -349,3 +349,23 @@ def test_security_none_warns_off_loopback() -> None:
 async def test_security_none_works_on_loopback(controller: MakeController) -> None:
     crew = await controller(security="none")
     assert (await crew.push(add, 2, 3)).result == 5
+
+
+async def test_a_flood_from_an_unknown_peer_changes_nothing(
+    controller: MakeController,
+    context: zmq.Context[zmq.Socket[bytes]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="batchcrew")
+    crew = await controller(workers=1, security="none")
+    assert (await crew.push(add, 1, 1)).result == 2
+    stranger = dealer(context, crew.address, b"stranger:0")
+    for _ in range(500):
+        stranger.send_multipart(hello())
+    with anyio.fail_after(20):
+        while crew._dispatcher is not None and crew._dispatcher.dropped < 500:
+            await anyio.sleep(0.01)
+    assert caplog.text.count("unknown peer") == 100
+    assert (await crew.push(add, 2, 2)).result == 4
+    assert crew.counts()["workers"] == 1
+    assert not stranger.poll(0)
