@@ -8,9 +8,22 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+import batchcrew as bc
 from batchcrew.testing.pytest_plugin import MakeController
 
-__all__ = ["MakeController", "children"]
+__all__ = ["MakeController", "RecordingLauncher", "children"]
+
+
+class RecordingLauncher(bc.LocalLauncher):
+    """A launcher plugin written against the public contract: it records each request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[bc.LaunchRequest] = []
+
+    async def launch(self, request: bc.LaunchRequest) -> None:
+        self.requests.append(request)
+        await super().launch(request)
 
 
 def children() -> list[psutil.Process]:

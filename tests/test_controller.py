@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 import batchcrew as bc
-from tests.conftest import MakeController, children
+from tests.conftest import MakeController, RecordingLauncher, children
 
 
 def add(x: int, y: int) -> int:
@@ -449,18 +449,6 @@ async def test_workers_scale_to_demand_and_leave_when_idle(controller: MakeContr
         while crew.summary()["workers"][0] > 0:
             await anyio.sleep(0.05)
     assert (await crew.push(add, 1, 1)).result == 2  # and come back on demand
-
-
-class RecordingLauncher(bc.LocalLauncher):
-    """A launcher plugin written against the public contract: it records each request."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[bc.LaunchRequest] = []
-
-    async def launch(self, request: bc.LaunchRequest) -> None:
-        self.requests.append(request)
-        await super().launch(request)
 
 
 async def test_tasks_pushed_together_launch_their_workers_together(

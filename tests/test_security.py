@@ -23,7 +23,7 @@ import zmq
 import batchcrew as bc
 from batchcrew import protocol
 from batchcrew.worker import EXIT_LOST
-from tests.conftest import MakeController
+from tests.conftest import MakeController, RecordingLauncher
 
 
 def add(x: int, y: int) -> int:
@@ -44,16 +44,6 @@ class HandLauncher(bc.Launcher):
 
     async def terminate(self, launch: str, indexes: object = None) -> None:
         return None
-
-
-class RecordingLauncher(bc.LocalLauncher):
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[bc.LaunchRequest] = []
-
-    async def launch(self, request: bc.LaunchRequest) -> None:
-        self.requests.append(request)
-        await super().launch(request)
 
 
 @pytest.fixture
