@@ -1,0 +1,325 @@
+"""`JobDefinition`: register, describe and deregister the revisions of an AWS Batch job
+definition, each answer a polars DataFrame (crew.aws.batch's definition class, async).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+import botocore.model
+import polars as pl
+
+from batchcrew.aws._client import map_errors
+from batchcrew.aws._tables import (
+    ClientScope,
+    check_amount,
+    check_optional_text,
+    check_strings,
+    check_text,
+    client_settings,
+    dtype_of,
+    table,
+    value_of,
+)
+from batchcrew.aws.options import MemoryUnits, mebibytes
+from batchcrew.errors import BatchError
+
+if TYPE_CHECKING:
+    from batchcrew.aws.monitor import BatchMonitor
+
+#: The command of a definition made by `register()`: a batchcrew worker, which reads its
+#: settings from the BATCHCREW_* variables a launcher sets, so the definition serves a controller.
+WORKER_COMMAND = ("python", "-m", "batchcrew.worker")
+
+#: Columns of `describe()`, in order, and the JobDefinition member each comes from.
+DESCRIBE_COLUMNS = {
+    "name": "jobDefinitionName",
+    "arn": "jobDefinitionArn",
+    "revision": "revision",
+    "status": "status",
+    "type": "type",
+    "scheduling_priority": "schedulingPriority",
+    "parameters": "parameters",
+    "retry_strategy": "retryStrategy",
+    "container_properties": "containerProperties",
+    "timeout": "timeout",
+    "node_properties": "nodeProperties",
+    "tags": "tags",
+    "propagate_tags": "propagateTags",
+    "platform_capabilities": "platformCapabilities",
+    "eks_properties": "eksProperties",
+    "container_orchestration_type": "containerOrchestrationType",
+}
+#: Columns of `register()` and `deregister()`.
+REVISION_SCHEMA: dict[str, pl.DataType] = {
+    "name": pl.String(),
+    "revision": pl.Int64(),
+    "arn": pl.String(),
+}
+
+
+class JobDefinition:
+    """The revisions of AWS Batch job definition `job_definition` (a name, without revision).
+
+    `job_queue` is only used by `monitor()`. `region`, `endpoint_url` and `profile` override the
+    standard AWS resolution (AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, config files).
+
+    Use it with `async with` to keep one AWS client for the block, or call its methods directly
+    to make a client per call; both close every client they make. Needs the IAM permissions
+    batch:RegisterJobDefinition, batch:DescribeJobDefinitions, batch:DeregisterJobDefinition
+    (and iam:PassRole for the roles given to `register()`).
+    """
+
+    def __init__(
+        self,
+        job_definition: str,
+        job_queue: str | None = None,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        profile: str | None = None,
+    ) -> None:
+        self.job_definition = check_text("job_definition", job_definition)
+        if ":" in job_definition or "/" in job_definition:
+            raise ValueError(
+                f"job_definition must be a job definition name without revision or ARN, such as "
+                f"'my-def', not {job_definition!r}"
+            )
+        self.job_queue = check_optional_text("job_queue", job_queue)
+        self._scope = ClientScope(client_settings(region, endpoint_url, profile))
+
+    def __repr__(self) -> str:
+        return (
+            f"JobDefinition(job_definition={self.job_definition!r}, job_queue={self.job_queue!r})"
+        )
+
+    async def __aenter__(self) -> Self:
+        self._scope.open("this JobDefinition")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._scope.close()
+
+    def monitor(self, log_group: str = "/aws/batch/job") -> BatchMonitor:
+        """A `BatchMonitor` of this definition's jobs in `job_queue`, reaching AWS the same way."""
+        from batchcrew.aws.monitor import BatchMonitor
+
+        settings = self._scope.settings
+        return BatchMonitor(
+            job_queue=check_text("job_queue", self.job_queue),
+            job_definition=self.job_definition,
+            log_group=log_group,
+            region=settings.region,
+            endpoint_url=settings.endpoint_url,
+            profile=settings.profile,
+        )
+
+    async def register(
+        self,
+        image: str,
+        platform_capabilities: Literal["EC2", "FARGATE"] = "EC2",
+        memory_units: MemoryUnits = "gigabytes",
+        memory: float | None = 8,
+        cpus: float | None = 2,
+        gpus: float = 0,
+        seconds_timeout: float | None = None,
+        scheduling_priority: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        propagate_tags: bool | None = None,
+        parameters: Mapping[str, str] | None = None,
+        job_role_arn: str | None = None,
+        execution_role_arn: str | None = None,
+    ) -> pl.DataFrame:
+        """Register a new revision: a container running `image` with the batchcrew worker as
+        its command, output to CloudWatch Logs ("awslogs" driver, the default log group
+        /aws/batch/job), and `cpus`, `gpus` (0: none) and `memory` (in `memory_units`,
+        "gigabytes" or "mebibytes"; None leaves cpus or memory out) as its resources.
+
+        Returns one row: name, revision, arn. Raises ValueError for a bad argument (before any
+        request) and `BatchError` if AWS refuses.
+        """
+        params = register_parameters(
+            self.job_definition,
+            image=image,
+            platform_capabilities=platform_capabilities,
+            memory_units=memory_units,
+            memory=memory,
+            cpus=cpus,
+            gpus=gpus,
+            seconds_timeout=seconds_timeout,
+            scheduling_priority=scheduling_priority,
+            tags=tags,
+            propagate_tags=propagate_tags,
+            parameters=parameters,
+            job_role_arn=job_role_arn,
+            execution_role_arn=execution_role_arn,
+        )
+        async with self._scope.batch() as client:
+            with map_errors(f"registering job definition {self.job_definition!r}"):
+                answer = await client.register_job_definition(**params)
+        row = {
+            "name": answer["jobDefinitionName"],
+            "revision": answer["revision"],
+            "arn": answer["jobDefinitionArn"],
+        }
+        return table([row], REVISION_SCHEMA)
+
+    async def describe(self, active: bool = False) -> pl.DataFrame:
+        """Every revision (only the active ones if `active`), newest first, one row each with
+        the columns of `DESCRIBE_COLUMNS`; nested fields are polars Structs and Lists, maps
+        (parameters, tags) Lists of {key, value}. No revision: an empty DataFrame."""
+        if not isinstance(active, bool):
+            raise ValueError(f"active must be True or False, not {active!r}")
+        async with self._scope.batch() as client:
+            shape = client.meta.service_model.shape_for("JobDefinition")
+            assert isinstance(shape, botocore.model.StructureShape)
+            found: list[Any] = []
+            token: str | None = None
+            with map_errors(f"describing job definition {self.job_definition!r}"):
+                while True:
+                    kwargs: dict[str, Any] = {"jobDefinitionName": self.job_definition}
+                    if active:
+                        kwargs["status"] = "ACTIVE"
+                    if token is not None:
+                        kwargs["nextToken"] = token
+                    page = await client.describe_job_definitions(maxResults=100, **kwargs)
+                    found += page.get("jobDefinitions", [])
+                    token = page.get("nextToken")
+                    if not token:
+                        break
+        found.sort(key=lambda d: d.get("revision", 0), reverse=True)
+        members = shape.members
+        rows = [
+            {
+                column: value_of(definition.get(member), members[member])
+                for column, member in DESCRIBE_COLUMNS.items()
+            }
+            for definition in found
+        ]
+        for row in rows:
+            row["status"] = (row["status"] or "").lower() or None  # "active", as crew shows it
+        schema = {column: dtype_of(members[member]) for column, member in DESCRIBE_COLUMNS.items()}
+        return table(rows, schema)
+
+    async def deregister(self, revision: int | None = None) -> pl.DataFrame:
+        """Deregister `revision` (None: the greatest active revision). Returns one row (name,
+        revision, arn) of what was deregistered, or no row when `revision` is None and no
+        revision is active. Raises `BatchError` (code "JobDefinitionNotFound") for a revision
+        that does not exist."""
+        if revision is not None and (
+            isinstance(revision, bool) or not isinstance(revision, int) or revision < 1
+        ):
+            raise ValueError(f"revision must be a whole number >= 1 or None, not {revision!r}")
+        described = await self.describe(active=revision is None)
+        if revision is None:
+            chosen = described.head(1)  # newest first
+        else:
+            chosen = described.filter(pl.col("revision") == revision)
+            if chosen.height == 0:
+                raise BatchError(
+                    f"deregistering job definition {self.job_definition}:{revision}: it does not "
+                    "exist; see describe() for the revisions there are",
+                    code="JobDefinitionNotFound",
+                    message=f"no revision {revision} of {self.job_definition}",
+                )
+        chosen = chosen.select(list(REVISION_SCHEMA))
+        if chosen.height == 0:
+            return chosen
+        arn = chosen["arn"][0]
+        async with self._scope.batch() as client:
+            with map_errors(f"deregistering job definition {arn}"):
+                await client.deregister_job_definition(jobDefinition=arn)
+        return chosen
+
+
+def register_parameters(
+    name: str,
+    *,
+    image: str,
+    platform_capabilities: str,
+    memory_units: str,
+    memory: float | None,
+    cpus: float | None,
+    gpus: float,
+    seconds_timeout: float | None,
+    scheduling_priority: int | None,
+    tags: Mapping[str, str] | None,
+    propagate_tags: bool | None,
+    parameters: Mapping[str, str] | None,
+    job_role_arn: str | None,
+    execution_role_arn: str | None,
+) -> dict[str, Any]:
+    """RegisterJobDefinition's parameters for `JobDefinition.register()`, every argument
+    checked (ValueError naming the first bad one)."""
+    check_text("image", image)
+    if platform_capabilities not in ("EC2", "FARGATE"):
+        raise ValueError(
+            f'platform_capabilities must be "EC2" or "FARGATE", not {platform_capabilities!r}'
+        )
+    if memory_units not in ("gigabytes", "mebibytes"):
+        raise ValueError(f'memory_units must be "gigabytes" or "mebibytes", not {memory_units!r}')
+    memory = check_amount("memory", memory, zero=False)
+    cpus = check_amount("cpus", cpus, zero=False)
+    gpu_count = check_amount("gpus", gpus, zero=True) or 0.0
+    if gpu_count != int(gpu_count):
+        raise ValueError(f"gpus must be a whole number, not {gpus!r}")
+    timeout = check_amount("seconds_timeout", seconds_timeout, zero=False)
+    if scheduling_priority is not None and (
+        isinstance(scheduling_priority, bool)
+        or not isinstance(scheduling_priority, int)
+        or not 0 <= scheduling_priority <= 9999
+    ):
+        raise ValueError(
+            f"scheduling_priority must be a whole number from 0 to 9999 or None, "
+            f"not {scheduling_priority!r}"
+        )
+    tags = check_strings("tags", tags)
+    parameters = check_strings("parameters", parameters)
+    if propagate_tags is not None and not isinstance(propagate_tags, bool):
+        raise ValueError(f"propagate_tags must be True, False or None, not {propagate_tags!r}")
+    job_role_arn = check_optional_text("job_role_arn", job_role_arn)
+    execution_role_arn = check_optional_text("execution_role_arn", execution_role_arn)
+
+    requirements = []
+    if cpus is not None:
+        requirements.append({"type": "VCPU", "value": f"{cpus:g}"})
+    if memory is not None:
+        units: MemoryUnits = "gigabytes" if memory_units == "gigabytes" else "mebibytes"
+        requirements.append({"type": "MEMORY", "value": str(mebibytes(memory, units))})
+    if gpu_count > 0:
+        requirements.append({"type": "GPU", "value": str(int(gpu_count))})
+    container: dict[str, Any] = {
+        "image": image,
+        "command": list(WORKER_COMMAND),
+        "resourceRequirements": requirements,
+        "logConfiguration": {"logDriver": "awslogs"},
+    }
+    if job_role_arn is not None:
+        container["jobRoleArn"] = job_role_arn
+    if execution_role_arn is not None:
+        container["executionRoleArn"] = execution_role_arn
+    params: dict[str, Any] = {
+        "jobDefinitionName": name,
+        "type": "container",
+        "platformCapabilities": [platform_capabilities],
+        "containerProperties": container,
+    }
+    if timeout is not None:
+        # AWS counts whole seconds (at least 60); round up so a job never gets less than asked.
+        params["timeout"] = {"attemptDurationSeconds": math.ceil(timeout)}
+    if scheduling_priority is not None:
+        params["schedulingPriority"] = scheduling_priority
+    if tags:
+        params["tags"] = tags
+    if propagate_tags is not None:
+        params["propagateTags"] = propagate_tags
+    if parameters:
+        params["parameters"] = parameters
+    return params

@@ -1,0 +1,110 @@
+"""Fixtures for the AWS tests: the standard AWS resolution pointed at the `local_batch` emulator,
+moto's server with a queue of its own, and waiting for a job's status through the monitor."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import polars as pl
+import pytest
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from batchcrew.aws.monitor import BatchMonitor
+from batchcrew.testing import LocalBatch
+
+MOTO_REGION = "us-east-1"
+
+
+@pytest.fixture
+def local_aws(local_batch: LocalBatch, monkeypatch: pytest.MonkeyPatch) -> LocalBatch:
+    """`local_batch`, with AWS_ENDPOINT_URL, the region and dummy keys set in the environment,
+    so that objects made without endpoint_url or region reach it."""
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    for name, value in local_batch.environment().items():
+        monkeypatch.setenv(name, value)
+    return local_batch
+
+
+async def wait_for_status(
+    monitor: BatchMonitor, job_id: str, statuses: Collection[str], within: float = 15.0
+) -> pl.DataFrame:
+    """Poll `monitor.status(job_id)` until the job's status is one of `statuses`."""
+    with anyio.fail_after(within):
+        while True:
+            row = await monitor.status(job_id)
+            if row.height and row["status"][0] in statuses:
+                return row
+            await anyio.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server in a thread of this process; its jobs run without Docker (moto marks
+    them SUCCEEDED at once)."""
+    from moto.core.config import default_user_config
+    from moto.server import ThreadedMotoServer
+
+    saved = default_user_config.get("batch")
+    default_user_config["batch"] = {"use_docker": False}
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        if saved is None:
+            default_user_config.pop("batch", None)
+        else:
+            default_user_config["batch"] = saved
+
+
+@dataclass(frozen=True)
+class Moto:
+    """A queue in moto, ready for jobs; names are unique because the server is shared."""
+
+    endpoint_url: str
+    region: str
+    job_queue: str
+
+
+@pytest.fixture
+async def moto(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Moto:
+    """moto's server with a fresh compute environment and job queue (and the IAM role moto
+    wants for them); dummy keys in the environment."""
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "moto")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "moto")
+    kwargs: dict[str, Any] = {
+        "endpoint_url": moto_endpoint,
+        "region_name": MOTO_REGION,
+        "config": AioConfig(retries={"mode": "standard", "total_max_attempts": 1}),
+    }
+    suffix = uuid.uuid4().hex[:8]
+    session = get_session()
+    async with session.create_client("iam", **kwargs) as iam:
+        role = await iam.create_role(RoleName=f"batch-{suffix}", AssumeRolePolicyDocument="{}")
+    async with session.create_client("batch", **kwargs) as batch:
+        environment = await batch.create_compute_environment(
+            computeEnvironmentName=f"ce-{suffix}",
+            type="UNMANAGED",
+            state="ENABLED",
+            serviceRole=role["Role"]["Arn"],
+        )
+        queue = f"queue-{suffix}"
+        await batch.create_job_queue(
+            jobQueueName=queue,
+            state="ENABLED",
+            priority=1,
+            computeEnvironmentOrder=[
+                {"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}
+            ],
+        )
+    return Moto(moto_endpoint, MOTO_REGION, queue)
