@@ -40,12 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from batchcrew.testing import _command
 
     _command.add_arguments(emulator)
+    from batchcrew.aws import _commands as aws_commands
+
+    aws_commands.add_commands(commands)
 
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if getattr(args, "aws_command", None) is not None:
+        return aws_commands.run(args)
     if args.command == "demo":
         return asyncio.run(_demo(args))
     if args.command == "worker":

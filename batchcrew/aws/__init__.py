@@ -1,13 +1,23 @@
-"""AWS Batch: a launcher whose workers are Batch jobs, its options, and the error type.
+"""AWS Batch: a launcher whose workers are Batch jobs, job definitions, and a job monitor.
 
 `aws.batch_controller(...)` makes a controller whose workers are AWS Batch jobs;
 `aws.BatchLauncher` is its launcher and `aws.BatchOptions` what its jobs have in common.
+`aws.JobDefinition` and `aws.BatchMonitor` manage definitions and watch and end jobs by hand.
 """
 
 from __future__ import annotations
 
+from batchcrew.aws.definition import JobDefinition
 from batchcrew.aws.launcher import BatchLauncher, batch_controller
+from batchcrew.aws.monitor import BatchMonitor
 from batchcrew.aws.options import BatchOptions
 from batchcrew.errors import BatchError
 
-__all__ = ["BatchError", "BatchLauncher", "BatchOptions", "batch_controller"]
+__all__ = [
+    "BatchError",
+    "BatchLauncher",
+    "BatchMonitor",
+    "BatchOptions",
+    "JobDefinition",
+    "batch_controller",
+]

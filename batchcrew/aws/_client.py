@@ -42,8 +42,7 @@ async def open_client(service: Service, settings: ClientSettings) -> AsyncIterat
         read_timeout=60,
     )
     with map_errors(f"creating the {service} client"):
-        session = AioSession(profile=settings.profile)
-        maker = session.create_client(
+        maker = _session(settings.profile).create_client(
             service,
             region_name=settings.region,
             endpoint_url=settings.endpoint_url,
@@ -54,6 +53,22 @@ async def open_client(service: Service, settings: ClientSettings) -> AsyncIterat
         yield client
     finally:
         await maker.__aexit__(None, None, None)
+
+
+_loader: Any = None
+
+
+def _session(profile: str | None) -> AioSession:
+    # A fresh session per client, so that credentials and region resolve anew each time
+    # (rotated keys, a changed environment), sharing one loader of the service models: each
+    # session would otherwise parse them again, a few tenths of a second per client.
+    global _loader
+    session = AioSession(profile=profile)
+    if _loader is None:
+        _loader = session.get_component("data_loader")
+    else:
+        session.register_component("data_loader", _loader)
+    return session
 
 
 @contextmanager
