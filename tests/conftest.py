@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -24,6 +25,29 @@ class RecordingLauncher(bc.LocalLauncher):
     async def launch(self, request: bc.LaunchRequest) -> None:
         self.requests.append(request)
         await super().launch(request)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server in a thread of this process, shared by the tests that compare against it;
+    its jobs run without Docker (moto marks them SUCCEEDED at once)."""
+    from moto.core.config import default_user_config
+    from moto.server import ThreadedMotoServer
+
+    saved = default_user_config.get("batch")
+    default_user_config["batch"] = {"use_docker": False}
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        if saved is None:
+            default_user_config.pop("batch", None)
+        else:
+            default_user_config["batch"] = saved
 
 
 def children() -> list[psutil.Process]:

@@ -3,9 +3,8 @@ moto's server with a queue of its own, and waiting for a job's status through th
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,29 +40,6 @@ async def wait_for_status(
             if row.height and row["status"][0] in statuses:
                 return row
             await anyio.sleep(0.02)
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """moto's server in a thread of this process; its jobs run without Docker (moto marks
-    them SUCCEEDED at once)."""
-    from moto.core.config import default_user_config
-    from moto.server import ThreadedMotoServer
-
-    saved = default_user_config.get("batch")
-    default_user_config["batch"] = {"use_docker": False}
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        if saved is None:
-            default_user_config.pop("batch", None)
-        else:
-            default_user_config["batch"] = saved
 
 
 @dataclass(frozen=True)

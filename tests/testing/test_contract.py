@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,28 +99,6 @@ OpenBackend = Callable[[str], contextlib.AbstractAsyncContextManager[Backend]]
 
 
 # -- the two backends ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """moto's server in a thread of this process, jobs run without Docker (marked SUCCEEDED)."""
-    from moto.core.config import default_user_config
-    from moto.server import ThreadedMotoServer
-
-    saved = default_user_config.get("batch")
-    default_user_config["batch"] = {"use_docker": False}
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        if saved is None:
-            default_user_config.pop("batch", None)
-        else:
-            default_user_config["batch"] = saved
 
 
 @pytest.fixture
