@@ -223,11 +223,6 @@ class Scheduler:
         """Whether `identity` is a worker this scheduler launched and has not written off."""
         return identity in self._workers
 
-    def is_connected(self, identity: bytes) -> bool:
-        """Whether `identity` is a known worker that has connected."""
-        worker = self._workers.get(identity)
-        return worker is not None and worker.connected
-
     def launch_of(self, identity: bytes) -> str | None:
         """The launch a known worker belongs to."""
         worker = self._workers.get(identity)
@@ -414,12 +409,6 @@ class Scheduler:
     def unresolved_tasks(self) -> list[int]:
         """Every unresolved task id, oldest first."""
         return list(self._tasks)
-
-    def live_launches(self) -> list[str]:
-        """Launches with a worker connected or still awaited."""
-        return list(self._launches)
-
-    # -- internals ----------------------------------------------------------------------------
 
     def _retire_if_done(self, launch: _Launch, decisions: list[Decision]) -> None:
         if not launch.waiting and not launch.live and launch.id in self._launches:

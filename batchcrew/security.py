@@ -65,15 +65,10 @@ class ZapHandler:
         self._socket = context.socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.bind(_ZAP_ENDPOINT)
-        self.refused = 0
 
     def fileno(self) -> int:
         """The descriptor that signals when requests may be waiting."""
         return cast(int, self._socket.getsockopt(zmq.FD))
-
-    def pending(self) -> bool:
-        """Whether a request is waiting now."""
-        return bool(cast(int, self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
     def serve(self) -> None:
         """Answer every waiting request."""
@@ -93,7 +88,6 @@ class ZapHandler:
             launch = self._keys.admit(z85.encode(credentials[0]))
             if launch is not None:
                 return [version, request_id, b"200", b"OK", launch.encode(), b""]
-        self.refused += 1
         logger.warning(
             "refused a %s connection from %s: its key was not issued by this controller, "
             "or it was retired",
