@@ -321,9 +321,6 @@ class BatchLauncher(Launcher):
             },
         )
 
-    def describe(self) -> str:
-        return self.name
-
 
 def batch_controller(
     name: str = "controller",
