@@ -371,10 +371,9 @@ class Controller:
         names: list[str | None],
     ) -> list[Task]:
         dispatcher = self._check_running()
+        _callable(function)
         try:
-            pickled = protocol.dump_function(_callable(function))
-        except TypeError:
-            raise
+            pickled = protocol.dump_function(function)
         except Exception as error:
             raise SerializationError(
                 f"cannot pickle the function {function!r:.80}: {type(error).__name__}: {error}"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import anyio
 import botocore.model
@@ -195,3 +196,22 @@ def client_settings(region: object, endpoint_url: object, profile: object) -> Cl
         endpoint_url=check_optional_text("endpoint_url", endpoint_url),
         profile=check_optional_text("profile", profile),
     )
+
+
+class ScopedClients:
+    """`async with` for objects whose AWS clients live in `self._scope`: inside the block,
+    their clients are kept and reused; outside it, each call makes its own."""
+
+    _scope: ClientScope
+
+    async def __aenter__(self) -> Self:
+        self._scope.open(f"this {type(self).__name__}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._scope.close()

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 import botocore.model
 import polars as pl
@@ -15,6 +14,7 @@ import polars as pl
 from batchcrew.aws._client import map_errors
 from batchcrew.aws._tables import (
     ClientScope,
+    ScopedClients,
     check_amount,
     check_optional_text,
     check_strings,
@@ -61,7 +61,7 @@ REVISION_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-class JobDefinition:
+class JobDefinition(ScopedClients):
     """The revisions of AWS Batch job definition `job_definition` (a name, without revision).
 
     `job_queue` is only used by `monitor()`. `region`, `endpoint_url` and `profile` override the
@@ -94,18 +94,6 @@ class JobDefinition:
         return (
             f"JobDefinition(job_definition={self.job_definition!r}, job_queue={self.job_queue!r})"
         )
-
-    async def __aenter__(self) -> Self:
-        self._scope.open("this JobDefinition")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self._scope.close()
 
     def monitor(self, log_group: str = "/aws/batch/job") -> BatchMonitor:
         """A `BatchMonitor` of this definition's jobs in `job_queue`, reaching AWS the same way."""

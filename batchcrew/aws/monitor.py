@@ -8,8 +8,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import polars as pl
@@ -18,6 +17,7 @@ from batchcrew.aws._client import map_errors
 from batchcrew.aws._tables import (
     TIMESTAMP,
     ClientScope,
+    ScopedClients,
     check_amount,
     check_optional_text,
     check_text,
@@ -73,7 +73,7 @@ TERMINATE_CONCURRENCY = 8
 PROGRESS_FROM = 4
 
 
-class BatchMonitor:
+class BatchMonitor(ScopedClients):
     """The jobs of `job_definition` in `job_queue`, and their logs in CloudWatch `log_group`.
 
     `job_definition` is a name (every revision), "name:revision" or an ARN. `job_queue` and
@@ -106,18 +106,6 @@ class BatchMonitor:
             f"BatchMonitor(job_queue={self.job_queue!r}, job_definition={self.job_definition!r}, "
             f"log_group={self.log_group!r})"
         )
-
-    async def __aenter__(self) -> Self:
-        self._scope.open("this BatchMonitor")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self._scope.close()
 
     def _queue_and_definition(self, action: str) -> tuple[str, str]:
         if self.job_queue is None or self.job_definition is None:
