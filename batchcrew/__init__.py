@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         ProtocolError,
         SerializationError,
         TaskError,
+        TaskInterrupted,
         TaskTooLargeError,
     )
     from batchcrew.executor import Executor
@@ -40,6 +41,7 @@ __all__ = [
     "SerializationError",
     "Task",
     "TaskError",
+    "TaskInterrupted",
     "TaskTooLargeError",
     "WorkerExit",
     "results_frame",
@@ -56,6 +58,7 @@ _HOMES = {
     "ProtocolError": "batchcrew.errors",
     "SerializationError": "batchcrew.errors",
     "TaskError": "batchcrew.errors",
+    "TaskInterrupted": "batchcrew.errors",
     "TaskTooLargeError": "batchcrew.errors",
     "Launcher": "batchcrew.launchers.base",
     "LaunchRequest": "batchcrew.launchers.base",

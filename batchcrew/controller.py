@@ -8,6 +8,7 @@ any path (an exception, a cancellation, a FastAPI shutdown) ends every worker it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -95,20 +96,30 @@ class Result:
 
 
 class Task:
-    """A pushed task. `await task` returns its `Result` and takes it off the controller."""
+    """A pushed task. `await task` returns its `Result` and takes it off the controller.
 
-    __slots__ = ("_controller", "_future", "_result", "id", "name")
+    The task belongs to its controller, not to the coroutine awaiting it: if that coroutine is
+    cancelled, the task runs on (cancel it with `cancel()`).
+    """
+
+    __slots__ = ("_controller", "_future", "_result", "_watch", "id", "name")
 
     def __init__(self, controller: Controller, task_id: int, name: str) -> None:
         self._controller = controller
         self._future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._result: Result | None = None
+        self._watch: _Watch | None = None
         self.id = task_id
         self.name = name
 
     def done(self) -> bool:
         """Whether the task has resolved."""
         return self._result is not None
+
+    def cancel(self) -> bool:
+        """Cancel the task: it resolves "cancel" at once, and if a worker is running it, the
+        worker interrupts it. Returns False if it had already resolved."""
+        return self._controller._cancel_ids([self.id]) == 1
 
     def __await__(self) -> Generator[Any, None, Result]:
         return self._wait().__await__()
@@ -134,15 +145,58 @@ class Task:
         self._result = result
         if not self._future.done():
             self._future.set_result(result)
+        if self._watch is not None:
+            self._watch.resolved(result)
 
     def _fail(self, error: BaseException) -> None:
         if not self._future.done():
             self._future.set_exception(error)
             self._future.exception()  # nobody may be waiting: do not log it as unretrieved
+        if self._watch is not None:
+            self._watch.fail(error)
 
     def __repr__(self) -> str:
         state = "resolved" if self._result is not None else "unresolved"
         return f"<Task {self.name!r} {state}>"
+
+
+class _Watch:
+    """What a `map` waits on: one future for all its tasks, done when every task has resolved,
+    or at the first failure when the map stops early."""
+
+    __slots__ = ("_future", "_remaining", "_stop_early", "failure")
+
+    def __init__(self, tasks: list[Task], *, stop_early: bool) -> None:
+        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._remaining = len(tasks)
+        self._stop_early = stop_early
+        self.failure: Result | None = None
+        for task in tasks:
+            task._watch = self
+            if task._result is not None:
+                self.resolved(task._result)
+
+    def resolved(self, result: Result) -> None:
+        self._remaining -= 1
+        if result.status != "success" and self.failure is None:
+            self.failure = result
+            if self._stop_early:
+                self._done()
+        if not self._remaining:
+            self._done()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._future.done():
+            self._future.set_exception(error)
+
+    def _done(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self) -> None:
+        if not self._future.done() and not self._remaining:
+            self._done()  # every task had resolved before the map began to wait
+        await self._future
 
 
 class Controller:
@@ -153,7 +207,16 @@ class Controller:
     (a worker exits when idle this long), `seconds_wall` (a worker exits after this long),
     `tasks_max` (a worker exits after this many tasks), `seconds_launch` (a launched worker
     that has not connected by then counts as failed), `crashes_max` (retries of a task whose
-    worker died). `launcher` defaults to `LocalLauncher()`. `host` and `port` are where workers
+    worker died). `seconds_timeout` is the default time limit of a task on its worker (None: no
+    limit; `push`, `walk` and `map` can set their own), and `seconds_interrupt` how long a task
+    has to stop once it is cancelled or timed out before its worker is ended.
+
+    `seconds_wall` and `seconds_timeout` bound cost in two ways. `seconds_wall` is soft (crew's
+    meaning): a worker past it takes no new task and leaves once its current task ends, so a
+    hanging task keeps it. `seconds_timeout` is hard: a task past it is interrupted, resolves
+    "error" (`TimeoutError`), and is not retried. Set both to cap what a worker can cost.
+
+    `launcher` defaults to `LocalLauncher()`. `host` and `port` are where workers
     connect (port 0: any free port). `security="curve"` encrypts and authenticates every
     worker connection; `seconds_heartbeat` bounds how long a worker outlives a lost controller
     and how long a silent connection counts as alive. `max_message_size` (bytes) bounds a
@@ -174,6 +237,8 @@ class Controller:
         seconds_launch: float = 60.0,
         crashes_max: int = 5,
         launch_failures_max: int = 5,
+        seconds_timeout: float | None = None,
+        seconds_interrupt: float = 5.0,
         security: Literal["curve", "none"] = "curve",
         seconds_heartbeat: float = 10.0,
         max_message_size: int = 1 << 30,
@@ -184,6 +249,8 @@ class Controller:
         _check_seconds("seconds_wall", seconds_wall)
         _check_seconds("seconds_launch", seconds_launch)
         _check_seconds("seconds_heartbeat", seconds_heartbeat)
+        _check_seconds("seconds_interrupt", seconds_interrupt)
+        _check_timeout(seconds_timeout)
         if not (tasks_max == math.inf or (isinstance(tasks_max, int) and tasks_max >= 1)):
             raise ValueError(
                 f"tasks_max must be a whole number >= 1 or math.inf, not {tasks_max!r}"
@@ -215,7 +282,9 @@ class Controller:
             crashes_max=crashes_max,
             levels=self.launcher.levels,
             launch_failures_max=launch_failures_max,
+            seconds_interrupt=seconds_interrupt,
         )
+        self._seconds_timeout = seconds_timeout
         self._network = Network(
             host, port, security, seconds_idle, seconds_wall, seconds_heartbeat, max_message_size
         )
@@ -291,8 +360,8 @@ class Controller:
     async def aclose(self, seconds_grace: float = 5.0) -> None:
         """Stop every worker and resolve every unresolved task as "cancel". Idempotent.
 
-        Workers get `seconds_grace` to exit; the launcher ends those still running. It finishes
-        even when the calling task is being cancelled.
+        Running tasks are interrupted, and workers get `seconds_grace` to exit; the launcher
+        ends those still running. It finishes even when the calling task is being cancelled.
         """
         if self._state == "closed":
             return
@@ -334,27 +403,41 @@ class Controller:
     # -- pushing ------------------------------------------------------------------------------
 
     def push(
-        self, function: Callable[..., Any], /, *args: Any, name: str | None = None, **kwargs: Any
+        self,
+        function: Callable[..., Any],
+        /,
+        *args: Any,
+        name: str | None = None,
+        seconds_timeout: float | None = None,
+        **kwargs: Any,
     ) -> Task:
         """Queue `function(*args, **kwargs)` on a worker; return its `Task` at once.
 
+        `name` names the task (default: generated). `seconds_timeout` limits its run time on
+        the worker (None: the controller's `seconds_timeout`; `math.inf`: no limit): past it,
+        the task is interrupted and resolves "error" with a `TimeoutError` message. Both are
+        keywords of `push` itself: to pass a keyword called `name` or `seconds_timeout` to
+        `function`, bind it first, `push(functools.partial(function, name="x"))`.
+
         Raises TypeError if `function` is not callable, `SerializationError` if it or an
         argument cannot be pickled, `TaskTooLargeError` over `max_message_size`, ValueError
-        for a name already in use, `ControllerClosedError` before start or after close, and
-        `LaunchError` once launching has failed too often.
+        for a name already in use or a bad timeout, `ControllerClosedError` before start or
+        after close, and `LaunchError` once launching has failed too often.
         """
-        return self._push_all(function, [(args, kwargs)], [name])[0]
+        return self._push_all(function, [(args, kwargs)], [name], seconds_timeout)[0]
 
     def walk(
         self,
         function: Callable[..., Any],
         *iterables: Iterable[Any],
         names: Iterable[str] | None = None,
+        seconds_timeout: float | None = None,
     ) -> list[Task]:
         """Push `function` over zipped `iterables`, like builtin `map`; return the tasks.
 
         All or nothing: if one task cannot be pushed (see `push`), none is. Tasks pushed
-        together launch their workers together (one AWS Batch array job).
+        together launch their workers together (one AWS Batch array job). `seconds_timeout`
+        limits each task's run time, as in `push`.
         """
         rows: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (row, {}) for row in zip(*iterables, strict=False)
@@ -362,16 +445,24 @@ class Controller:
         listed: list[str | None] = [None] * len(rows) if names is None else list(names)
         if len(listed) != len(rows):
             raise ValueError(f"names has {len(listed)} entries for {len(rows)} tasks")
-        return self._push_all(function, rows, listed)
+        return self._push_all(function, rows, listed, seconds_timeout)
 
     def _push_all(
         self,
         function: Callable[..., Any],
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         names: list[str | None],
+        seconds_timeout: float | None,
     ) -> list[Task]:
         dispatcher = self._check_running()
         _callable(function)
+        if seconds_timeout is None:
+            seconds_timeout = self._seconds_timeout
+        else:
+            _check_timeout(seconds_timeout)
+        timeout = (
+            None if seconds_timeout is None or seconds_timeout == math.inf else seconds_timeout
+        )
         try:
             pickled = protocol.dump_function(function)
         except Exception as error:
@@ -404,7 +495,7 @@ class Controller:
                     f"task{label} is {size} bytes pickled, over max_message_size={limit}; pass "
                     "large data by reference (a path, a URL) or raise max_message_size"
                 )
-            prepared.append((name, Payload(pickled, arguments, tuple(buffers))))
+            prepared.append((name, Payload(pickled, arguments, tuple(buffers), timeout)))
         tasks: list[Task] = []
         payloads: dict[int, Payload] = {}
         for name, payload in prepared:
@@ -421,7 +512,7 @@ class Controller:
             tasks.append(task)
         self._counts["tasks"] += len(tasks)
         if payloads:
-            dispatcher.push(payloads)
+            dispatcher.push(payloads, timeout)
         return tasks
 
     def _check_running(self) -> Dispatcher:
@@ -444,20 +535,49 @@ class Controller:
         names: Iterable[str] | None = None,
         error: ErrorMode = "raise",
         progress: bool = False,
+        seconds_timeout: float | None = None,
     ) -> pl.DataFrame:
         """Run `function` over zipped `iterables` and return every result as a DataFrame, in
-        input order. `error`: "raise" raises `TaskError` with the first failed result, "warn"
-        warns, "ignore" returns failures as rows. `progress=True` shows a live progress bar
-        on a terminal (tasks done, workers connected, failures)."""
+        input order.
+
+        `error`: "raise" raises `TaskError` at the first failure, and cancels (interrupting)
+        every task of this map still unresolved; "warn" warns once all have resolved; "ignore"
+        returns failures as rows. If the coroutine awaiting `map` is cancelled, the map cancels
+        its unresolved tasks first. `progress=True` shows a live progress bar on a terminal
+        (tasks done, workers connected, failures). `seconds_timeout` limits each task's run
+        time, as in `push`.
+        """
         _check_error_mode(error)
-        tasks = self.walk(function, *iterables, names=names)
-        if progress:
-            with progress_bar(self, len(tasks)):
-                results = [await task for task in tasks]
-        else:
-            results = [await task for task in tasks]
+        tasks = self.walk(function, *iterables, names=names, seconds_timeout=seconds_timeout)
+        watch = _Watch(tasks, stop_early=error == "raise")
+        try:
+            with progress_bar(self, len(tasks)) if progress else contextlib.nullcontext():
+                await watch.wait()
+        except BaseException:
+            # Cancelled, or launching broke: what this map started stops costing now.
+            self._abandon(tasks)
+            raise
+        failure = watch.failure
+        if error == "raise" and failure is not None:
+            cancelled = self._abandon(tasks)
+            message = f"task {failure.name!r} of this map failed with status {failure.status}"
+            if failure.error:
+                message += f": {failure.error}"
+            if cancelled:
+                message += f"; its other {cancelled} unresolved task(s) were cancelled"
+            raise TaskError(message, failure)
+        results = [self._take(task) for task in tasks]
         _handle_failures(results, error)
         return results_frame(results)
+
+    def _abandon(self, tasks: list[Task]) -> int:
+        """Cancel the unresolved ones of `tasks`, and take every resolved one's result: they
+        belonged to a map that will not return them. Returns how many were cancelled."""
+        cancelled = self._cancel_ids([task.id for task in tasks if task._result is None])
+        for task in tasks:
+            if task._result is not None:
+                self._take(task)
+        return cancelled
 
     async def wait(
         self,
@@ -523,18 +643,26 @@ class Controller:
     def cancel(self, names: Iterable[str] = (), *, all: bool = False) -> int:
         """Cancel unresolved tasks by name, or `all=True`; return how many were cancelled.
 
-        A cancelled task resolves "cancel" at once; one already running finishes on its worker
-        and its result is dropped.
+        A cancelled task resolves "cancel" at once. One that a worker is running is interrupted
+        there (a plain function by `TaskInterrupted` where Python can raise it, a coroutine by
+        cancelling it) and the worker goes on to its next task; if the task has not stopped
+        `seconds_interrupt` later, its worker is ended through the launcher.
         """
         if isinstance(names, str):
             names = [names]
-        dispatcher = self._dispatcher
         chosen = list(self._tasks) if all else [self._names[n] for n in names if n in self._names]
+        return self._cancel_ids(chosen)
+
+    def _cancel_ids(self, ids: Iterable[int]) -> int:
+        dispatcher = self._dispatcher
         if dispatcher is None or self._state != "running":
             return 0
-        for task_id in chosen:
-            dispatcher.cancel(task_id)
-        return len(chosen)
+        count = 0
+        for task_id in ids:
+            if task_id in self._tasks:
+                dispatcher.cancel(task_id)
+                count += 1
+        return count
 
     def counts(self) -> dict[str, int]:
         """Counters so far: tasks pushed, success, error, crash, cancel, warning (tasks that
@@ -731,6 +859,15 @@ def _check_name(what: str, value: object) -> None:
 def _check_count(what: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{what} must be a whole number >= {minimum}, not {value!r}")
+
+
+def _check_timeout(value: object) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+    ):
+        raise ValueError(
+            f"seconds_timeout must be a positive number of seconds, math.inf or None, not {value!r}"
+        )
 
 
 def _check_seconds(what: str, value: object) -> None:

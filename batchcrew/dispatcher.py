@@ -46,6 +46,7 @@ class Payload:
     function: bytes
     arguments: bytes
     buffers: tuple[memoryview, ...]
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +105,8 @@ class Dispatcher:
         self._changed = asyncio.Event()  # workers, launches or deadlines changed
         self._group: anyio.abc.TaskGroup | None = None
         self._launch_calls: anyio.abc.TaskGroup | None = None
-        self._launch_limiter = anyio.CapacityLimiter(math.inf)
         self._in_flight = 0
+        self._clock_at = math.inf  # when the clock task next calls tick
         self.dropped = 0
         """Messages dropped because they came from a peer this controller does not know."""
 
@@ -179,9 +180,9 @@ class Dispatcher:
         self._router = self._monitor = self._zap = self._context = None
 
     async def close(self, seconds_grace: float) -> None:
-        """Stop the workers and cancel every unresolved task; let launch calls finish and idle
-        workers leave (within `seconds_grace`); then cancel the serving task group, and the
-        launcher ends whatever is left (busy workers at once: their tasks are cancelled)."""
+        """Stop the workers and cancel (interrupting) every unresolved task; let launch calls
+        finish and workers leave (within `seconds_grace`); then cancel the serving task group,
+        and the launcher ends whatever is left."""
         self.launcher.stopping = True
         self._apply(self.scheduler.close())
         for task in self.scheduler.unresolved_tasks():
@@ -192,7 +193,7 @@ class Dispatcher:
             while self._in_flight:
                 await self._changed.wait()
         with anyio.move_on_after(seconds_grace):
-            while self.scheduler.idle_connected:
+            while self.scheduler.connected:
                 await self._changed.wait()
         if self._group is not None:
             self._group.cancel_scope.cancel()
@@ -203,14 +204,15 @@ class Dispatcher:
 
     # -- pushing and cancelling ---------------------------------------------------------------
 
-    def push(self, tasks: dict[int, Payload]) -> None:
-        """Queue tasks; they go out at once to workers with room, and launches cover the rest."""
+    def push(self, tasks: dict[int, Payload], timeout: float | None = None) -> None:
+        """Queue tasks; they go out at once to workers with room, and launches cover the rest.
+        `timeout`: seconds each may run on a worker (None: no limit)."""
         self._payloads.update(tasks)
-        self._apply(self.scheduler.push_many(tasks, time.monotonic()))
+        self._apply(self.scheduler.push_many(tasks, time.monotonic(), timeout))
 
-    def cancel(self, task: int) -> None:
-        """Cancel an unresolved task (a running one finishes; its result is dropped)."""
-        self._apply(self.scheduler.cancel(task, time.monotonic()), "cancelled")
+    def cancel(self, task: int, why: str = "cancelled") -> None:
+        """Cancel an unresolved task; a worker running it is told to interrupt it."""
+        self._apply(self.scheduler.cancel(task, time.monotonic()), why)
 
     # -- decisions out ------------------------------------------------------------------------
 
@@ -221,10 +223,21 @@ class Dispatcher:
                 self._send_task(decision.worker, decision.task)
             elif isinstance(decision, scheduling.Fail):
                 self._payloads.pop(decision.task, None)
-                message = why or decision.message
+                message = why if why and decision.status == "cancel" else decision.message
                 self._resolve(
                     Resolution(decision.task, decision.status, None, message, decision.worker)
                 )
+            elif isinstance(decision, scheduling.Interrupt):
+                self._send(
+                    decision.worker,
+                    protocol.encode(protocol.Cancel(decision.task, why or decision.reason)),
+                )
+            elif isinstance(decision, scheduling.End):
+                logger.warning("ending worker %s: %s", _name(decision.worker), decision.reason)
+                self._background(self._end_worker, decision.worker, decision.reason)
+            elif isinstance(decision, scheduling.Alarm):
+                if decision.at < self._clock_at:
+                    self._notify()
             elif isinstance(decision, scheduling.Launch):
                 self._start_launch(decision, abandoned)
                 abandoned = []
@@ -252,7 +265,9 @@ class Dispatcher:
     def _send_task(self, worker: bytes, task: int) -> None:
         payload = self._payloads[task]
         frames = protocol.encode(
-            protocol.Task(task, payload.function, payload.arguments, payload.buffers)
+            protocol.Task(
+                task, payload.function, payload.arguments, payload.buffers, payload.timeout
+            )
         )
         self._send(worker, frames)
 
@@ -291,6 +306,7 @@ class Dispatcher:
             tasks_max=self.scheduler.settings.tasks_max,
             seconds_heartbeat=self.network.seconds_heartbeat,
             seconds_connect=self.scheduler.settings.seconds_launch,
+            seconds_interrupt=self.scheduler.settings.seconds_interrupt,
             max_message_size=self.network.max_message_size,
         )
         environment = settings.environment()
@@ -339,6 +355,15 @@ class Dispatcher:
             reason = f"{type(error).__name__}: {error}"
             logger.error("launch %s failed: %s", request.launch, reason)
             self._apply(self.scheduler.launch_failed(request.launch, time.monotonic(), reason))
+
+    async def _end_worker(self, identity: bytes, reason: str) -> None:
+        launch, index = identity.decode().rsplit(":", 1)
+        try:
+            await self.launcher.end_worker(launch, int(index), f"batchcrew: {reason}")
+        except Exception as error:
+            logger.error(
+                "ending worker %s failed: %s: %s", _name(identity), type(error).__name__, error
+            )
 
     async def _terminate(self, abandoned: list[tuple[str, list[int]]]) -> None:
         async def end(launch: str, indexes: list[int]) -> None:
@@ -424,9 +449,14 @@ class Dispatcher:
         elif isinstance(message, protocol.Ready):
             self._on_ready(identity, message, frames[1], now)
         elif isinstance(message, protocol.Bye):
-            logger.info("worker %s left: %s", _name(identity), message.reason)
+            log = logger.warning if message.end else logger.info
+            log("worker %s left: %s", _name(identity), message.reason)
             self._forget_fd(identity)
-            self._apply(self.scheduler.lost(identity, now, clean=True, reason=message.reason))
+            self._apply(
+                self.scheduler.lost(
+                    identity, now, clean=True, reason=message.reason, end=message.end
+                )
+            )
             self._notify()
         else:
             logger.warning("dropped a %s message from worker %s", type(message).__name__, identity)
@@ -512,11 +542,13 @@ class Dispatcher:
         while True:
             changed = self._changed
             deadline = self.scheduler.next_deadline()
-            delay = math.inf if deadline is None else deadline - time.monotonic()
+            self._clock_at = math.inf if deadline is None else deadline
+            delay = self._clock_at - time.monotonic()
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await changed.wait()
                     continue
+            self._clock_at = -math.inf  # ticking now: alarms raised meanwhile need no wake-up
             self._apply(self.scheduler.tick(time.monotonic()))
 
 

@@ -45,6 +45,16 @@ class TaskTooLargeError(BatchcrewError, ValueError):
     """A task's pickled size is over the controller's `max_message_size`."""
 
 
+class TaskInterrupted(KeyboardInterrupt):
+    """Raised inside a running task, on its worker, when it is cancelled or runs past its
+    `seconds_timeout`.
+
+    A `KeyboardInterrupt` (so `except Exception` in a task does not swallow it, and cleanup
+    written for Ctrl-C runs). A task may catch it to clean up, and should then re-raise or
+    return: one that carries on past the controller's `seconds_interrupt` has its worker ended.
+    """
+
+
 class ProtocolError(BatchcrewError):
     """A frame on the wire does not parse as a batchcrew message of this version."""
 

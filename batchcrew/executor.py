@@ -25,7 +25,8 @@ class Executor(concurrent.futures.Executor):
     it on a loop in a background thread, and returns once it listens. `submit(fn, *args,
     **kwargs)` returns a `concurrent.futures.Future` of the task's value; a task that fails
     raises `TaskError` (its `result` says why) from `future.result()`. `map` comes from
-    `concurrent.futures.Executor`. `shutdown()` (or leaving a `with` block) closes the
+    `concurrent.futures.Executor`. `future.cancel()` cancels the task, interrupting it if a
+    worker runs it. `shutdown()` (or leaving a `with` block) closes the
     controller and its workers and ends the thread.
     """
 
@@ -57,7 +58,12 @@ class Executor(concurrent.futures.Executor):
             return asyncio.run_coroutine_threadsafe(self._run(fn, args, kwargs), self._loop)
 
     async def _run(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-        result = await self.controller.push(fn, *args, **kwargs)
+        task = self.controller.push(fn, *args, **kwargs)
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            task.cancel()  # `future.cancel()`: the work stops too, on its worker
+            raise
         if result.status != "success":
             raise TaskError(
                 f"task {result.name!r} ended with status {result.status}: {result.error}", result

@@ -10,6 +10,7 @@ large array crosses the wire without a copy into one giant bytes object.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import struct
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ import cloudpickle
 
 from batchcrew.errors import ProtocolError
 
-VERSION: Final = 1
+VERSION: Final = 2
 MAGIC: Final = b"bc"
 _HEADER = struct.Struct(">2sBBQ")
 _RESULT_META = struct.Struct(">Bd")
@@ -38,6 +39,7 @@ class Kind(IntEnum):
     BYE = 3
     TASK = 10
     STOP = 11
+    CANCEL = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +52,14 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Bye:
-    """A worker is leaving on its own (idle, wall time, tasks_max): requeue what it was sent."""
+    """A worker is leaving on its own (idle, wall time, tasks_max): requeue what it was sent.
+
+    `end`: a task did not stop when interrupted, so the worker exits with that task still on
+    its main thread; the controller should have the launcher end it too (and what it started).
+    """
 
     reason: str
+    end: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +70,25 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancel:
+    """The controller tells a worker to interrupt task `task_id` (running or not yet started)."""
+
+    task_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
-    """A task as the worker receives it: pickled function, pickled arguments, their buffers."""
+    """A task as the worker receives it: pickled function, pickled arguments, their buffers.
+
+    `timeout`: seconds the task may run on the worker before it is interrupted (None: no limit).
+    """
 
     task_id: int
     function: Buffer
     arguments: Buffer
     buffers: Sequence[Buffer] = ()
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +105,7 @@ class Outcome:
     buffers: Sequence[Buffer] = field(default=())
 
 
-Message = Ready | Bye | Stop | Task | Outcome
+Message = Ready | Bye | Stop | Cancel | Task | Outcome
 
 _KINDS: Final = {kind.value: kind for kind in Kind}
 
@@ -110,8 +129,10 @@ def _header(kind: Kind, task_id: int = 0) -> bytes:
 def encode(message: Message) -> list[Buffer]:
     """Turn a message into the frames that carry it."""
     if isinstance(message, Task):
+        meta = b"" if message.timeout is None else json.dumps({"timeout": message.timeout}).encode()
         return [
             _header(Kind.TASK, message.task_id),
+            meta,
             message.function,
             message.arguments,
             *message.buffers,
@@ -128,7 +149,15 @@ def encode(message: Message) -> list[Buffer]:
             json.dumps({"pid": message.pid, "host": message.host}).encode(),
         ]
     if isinstance(message, Bye):
-        return [_header(Kind.BYE), json.dumps({"reason": message.reason}).encode()]
+        data: dict[str, Any] = {"reason": message.reason}
+        if message.end:
+            data["end"] = True
+        return [_header(Kind.BYE), json.dumps(data).encode()]
+    if isinstance(message, Cancel):
+        return [
+            _header(Kind.CANCEL, message.task_id),
+            json.dumps({"reason": message.reason}).encode(),
+        ]
     return [_header(Kind.STOP), json.dumps({"reason": message.reason}).encode()]
 
 
@@ -177,9 +206,16 @@ def decode(frames: Sequence[Buffer]) -> Message:
     kind, task_id = decode_header(frames[0])
     body = frames[1:]
     if kind is Kind.TASK:
-        if len(body) < 2:
-            raise ProtocolError("task message needs a function frame and an arguments frame")
-        return Task(task_id, body[0], body[1], tuple(body[2:]))
+        if len(body) < 3:
+            raise ProtocolError(
+                "task message needs a metadata frame, a function frame and an arguments frame"
+            )
+        timeout = None
+        if len(body[0]):
+            timeout = _field(_json_object(body[0]), "timeout", (int, float))
+            if isinstance(timeout, bool) or not 0 < timeout < math.inf:
+                raise ProtocolError(f"task timeout {timeout!r} is not a positive number")
+        return Task(task_id, body[1], body[2], tuple(body[3:]), timeout)
     if kind is Kind.RESULT:
         if len(body) < 2:
             raise ProtocolError("result message needs a metadata frame and a value frame")
@@ -207,7 +243,12 @@ def decode(frames: Sequence[Buffer]) -> Message:
     if kind is Kind.READY:
         return Ready(_field(data, "pid", int), _field(data, "host", str))
     if kind is Kind.BYE:
-        return Bye(_field(data, "reason", str))
+        end = data.get("end", False)
+        if not isinstance(end, bool):
+            raise ProtocolError("metadata field 'end' is not a boolean")
+        return Bye(_field(data, "reason", str), end)
+    if kind is Kind.CANCEL:
+        return Cancel(task_id, _field(data, "reason", str))
     return Stop(_field(data, "reason", str))
 
 

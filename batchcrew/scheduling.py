@@ -1,12 +1,14 @@
 """The sans-I/O core: task queue, worker states, assignment, crash accounting and scaling.
 
-`Scheduler` takes events in (a push, a connect, a result, a lost worker, the clock) and gives
-decisions out (`Assign`, `Launch`, `Complete`, `Fail`, `Stop`, `Retire`, `Broken`). It never
-awaits and never touches a socket, so every rule here is tested with plain function calls.
+`Scheduler` takes events in (a push, a connect, a result, a lost worker, a cancel, the clock)
+and gives decisions out (`Assign`, `Launch`, `Complete`, `Fail`, `Interrupt`, `End`, `Stop`,
+`Retire`, `Broken`). It never awaits and never touches a socket, so every rule here is tested
+with plain function calls.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import secrets
@@ -46,12 +48,37 @@ class Complete:
 
 @dataclass(frozen=True, slots=True)
 class Fail:
-    """Resolve `task` without a worker's outcome: it crashed too often, or was cancelled."""
+    """Resolve `task` without a worker's outcome: it crashed too often, was cancelled, or ran
+    past its timeout on a worker that never answered ("error")."""
 
     task: int
-    status: Literal["crash", "cancel"]
+    status: Literal["crash", "cancel", "error"]
     message: str
     worker: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Tell worker `worker` to interrupt task `task` (running, or sent and not yet started)."""
+
+    worker: bytes
+    task: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """Have the launcher end worker `worker`: a task on it did not stop when interrupted."""
+
+    worker: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """Call `tick` at `at` (or sooner): a new deadline came before every other one."""
+
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +113,9 @@ class Broken:
     reason: str
 
 
-Decision = Assign | Launch | Complete | Fail | Stop | Abandon | Retire | Broken
+Decision = (
+    Assign | Launch | Complete | Fail | Interrupt | End | Alarm | Stop | Abandon | Retire | Broken
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +128,7 @@ class _Task:
     level: int = 0
     crashes: int = 0
     worker: bytes | None = None
-    cancelled: bool = False
+    timeout: float | None = None
 
 
 @dataclass(slots=True)
@@ -120,6 +149,7 @@ class _Worker:
     leaving: bool = False
     assigned: deque[int] = field(default_factory=deque)
     sent: int = 0
+    head_since: float = 0.0  # when assigned[0] became the task the worker runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +163,8 @@ class Settings:
     launch_failures_max: consecutive failed launches before waiting calls raise LaunchError.
     pipeline: tasks in flight per worker when tasks are short (hides the round trip).
     seconds_short: a mean task time under this counts as short.
+    seconds_interrupt: how long a worker has to report an interrupted task (cancelled, or past
+    its timeout) before the launcher ends it.
     """
 
     workers: int = 1
@@ -143,6 +175,10 @@ class Settings:
     launch_failures_max: int = 5
     pipeline: int = 4
     seconds_short: float = 0.005
+    seconds_interrupt: float = 5.0
+
+
+_SECONDS_REPORT = 1.0  # beyond seconds_interrupt, for a worker's own report to arrive
 
 
 def plan_launches(
@@ -179,7 +215,10 @@ class Scheduler:
         self.settings = settings
         self._tasks: dict[int, _Task] = {}
         self._demand = [0] * settings.levels  # unresolved tasks by level
-        self._cancelled: dict[int, _Task] = {}  # cancelled while a worker runs them
+        self._detached: dict[int, _Task] = {}  # resolved while a worker holds them (cancelled)
+        # (when, order, worker, task, kind): a worker's head task that must be reported by then.
+        self._deadlines: list[tuple[float, int, bytes, int, str]] = []
+        self._order = itertools.count()
         self._queues: list[deque[int]] = [deque() for _ in range(settings.levels)]
         self._workers: dict[bytes, _Worker] = {}
         self._idle: dict[bytes, _Worker] = {}  # connected, nothing assigned, not leaving
@@ -205,11 +244,6 @@ class Scheduler:
         return sum(1 for worker in self._workers.values() if worker.connected)
 
     @property
-    def idle_connected(self) -> int:
-        """Connected workers with no task sent to them (ready to leave at once when told)."""
-        return sum(1 for w in self._workers.values() if w.connected and not w.assigned)
-
-    @property
     def launching(self) -> int:
         """Workers launched that have not connected yet."""
         return sum(len(launch.waiting) for launch in self._launches.values())
@@ -229,8 +263,14 @@ class Scheduler:
         return worker.launch.id if worker else None
 
     def next_deadline(self) -> float | None:
-        """When `tick` next has something to do (the earliest launch deadline), if ever."""
+        """When `tick` next has something to do, if ever: a launch's connect deadline, or an
+        interrupted or timed task's report deadline."""
         deadlines = [launch.deadline for launch in self._launches.values() if launch.waiting]
+        heap = self._deadlines
+        while heap and not self._still_head(heap[0][2], heap[0][3]):
+            heapq.heappop(heap)
+        if heap:
+            deadlines.append(heap[0][0])
         return min(deadlines) if deadlines else None
 
     def pipeline_depth(self) -> int:
@@ -242,24 +282,27 @@ class Scheduler:
 
     # -- events -------------------------------------------------------------------------------
 
-    def push(self, task: int, now: float) -> list[Decision]:
-        """A task was pushed."""
-        return self.push_many((task,), now)
+    def push(self, task: int, now: float, timeout: float | None = None) -> list[Decision]:
+        """A task was pushed. `timeout`: seconds it may run on a worker (None: no limit)."""
+        return self.push_many((task,), now, timeout)
 
-    def push_many(self, tasks: Iterable[int], now: float) -> list[Decision]:
+    def push_many(
+        self, tasks: Iterable[int], now: float, timeout: float | None = None
+    ) -> list[Decision]:
         """Tasks were pushed together: one scaling decision for all (one launch of n)."""
         queue = self._queues[0]
         for task in tasks:
-            self._tasks[task] = _Task(task)
+            self._tasks[task] = _Task(task, timeout=timeout)
             self._demand[0] += 1
             queue.append(task)
         decisions: list[Decision] = []
-        self._dispatch(decisions)
+        self._dispatch(decisions, now)
         self._scale(now, decisions)
         return decisions
 
     def cancel(self, task: int, now: float) -> list[Decision]:
-        """Cancel an unresolved task: it resolves "cancel" now; a running one is let finish."""
+        """Cancel an unresolved task: it resolves "cancel" now, and a worker that holds it is
+        told to interrupt it; one that does not report it within `seconds_interrupt` is ended."""
         record = self._tasks.pop(task, None)
         if record is None:
             return []
@@ -267,8 +310,12 @@ class Scheduler:
         decisions: list[Decision] = [Fail(task, "cancel", "cancelled", record.worker)]
         if record.worker is None:
             self._queues[record.level].remove(task)
-        else:
-            self._cancelled[task] = record  # its result is dropped when it comes
+            return decisions
+        self._detached[task] = record  # its result is dropped when it comes
+        decisions.append(Interrupt(record.worker, task, "cancelled"))
+        worker = self._workers[record.worker]
+        if worker.assigned[0] == task:
+            self._expect(worker, task, now + self._grace(), "cancel", decisions)
         return decisions
 
     def connected_worker(self, identity: bytes, now: float) -> list[Decision] | None:
@@ -287,7 +334,7 @@ class Scheduler:
             return [Stop(identity, "the controller is closing")]
         decisions: list[Decision] = []
         self._idle[identity] = worker
-        self._dispatch(decisions)
+        self._dispatch(decisions, now)
         self._scale(now, decisions)
         return decisions
 
@@ -307,39 +354,61 @@ class Scheduler:
         mean = self._seconds_mean
         self._seconds_mean = seconds if mean is None else 0.8 * mean + 0.2 * seconds
         decisions: list[Decision] = []
-        if self._cancelled.pop(task, None) is None:
+        if self._detached.pop(task, None) is None:
             self._demand[self._tasks.pop(task).level] -= 1
             decisions.append(Complete(task, identity))
-        if not worker.assigned and not worker.leaving:
+        if worker.assigned:
+            self._became_head(worker, now, decisions)
+        elif not worker.leaving:
             self._idle[identity] = worker
-        self._dispatch(decisions, first=worker)
+        self._dispatch(decisions, now, first=worker)
         self._scale(now, decisions)
         return decisions
 
-    def lost(self, identity: bytes, now: float, *, clean: bool, reason: str) -> list[Decision]:
+    def lost(
+        self, identity: bytes, now: float, *, clean: bool, reason: str, end: bool = False
+    ) -> list[Decision]:
         """A worker is gone: it said goodbye (`clean`), or its connection or process died.
 
         If it died, the task it was running counts a crash: retried one level up, at most
-        `crashes_max` times, then resolved "crash". Tasks it had not started go back to the front
-        of the queue uncounted. A launch none of whose workers ever connected is a failed launch.
+        `crashes_max` times, then resolved "crash"; but a task past its timeout resolves as
+        timed out instead. Tasks it had not started go back to the front of the queue
+        uncounted. A launch none of whose workers ever connected is a failed launch. `end`: the
+        worker left with a task that would not stop, so the launcher must end it too.
         """
         worker = self._workers.pop(identity, None)
         if worker is None:
             return []
         self._idle.pop(identity, None)
+        decisions: list[Decision] = [End(identity, reason)] if end else []
+        timed = not clean or end  # whether a head task past its timeout counts as timed out
         clean = clean or worker.leaving
         launch = worker.launch
         launch.waiting.discard(identity)
         launch.live.discard(identity)
-        decisions: list[Decision] = []
         if not worker.connected and not launch.connected_any and not launch.waiting:
             self._launch_failed(reason, decisions)
         requeue: list[_Task] = []
         for position, task in enumerate(worker.assigned):
-            if self._cancelled.pop(task, None) is not None:
+            if self._detached.pop(task, None) is not None:
                 continue
             record = self._tasks[task]
             record.worker = None
+            timeout = record.timeout
+            if (
+                position == 0
+                and timed
+                and timeout is not None
+                and now - worker.head_since >= timeout
+            ):
+                del self._tasks[task]
+                self._demand[record.level] -= 1
+                message = (
+                    f"TimeoutError: the task ran longer than its seconds_timeout={timeout:g}, "
+                    f"and its worker was lost because {reason}"
+                )
+                decisions.append(Fail(task, "error", message, identity))
+                continue
             if position == 0 and not clean:
                 record.crashes += 1
                 self._demand[record.level] -= 1
@@ -357,7 +426,7 @@ class Scheduler:
         for record in reversed(requeue):
             self._queues[record.level].appendleft(record.id)
         self._retire_if_done(launch, decisions)
-        self._dispatch(decisions)
+        self._dispatch(decisions, now)
         self._scale(now, decisions)
         return decisions
 
@@ -376,8 +445,14 @@ class Scheduler:
         return decisions
 
     def tick(self, now: float) -> list[Decision]:
-        """The clock moved: write off launched workers that did not connect within time."""
+        """The clock moved: write off launched workers that did not connect within time, and
+        end workers that did not report an interrupted or timed-out task within time."""
         decisions: list[Decision] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, identity, task, kind = heapq.heappop(heap)
+            if self._still_head(identity, task):
+                decisions += self._overdue(identity, task, kind, now)
         for launch in list(self._launches.values()):
             if not launch.waiting or launch.deadline > now:
                 continue
@@ -415,6 +490,58 @@ class Scheduler:
             del self._launches[launch.id]
             decisions.append(Retire(launch.id))
 
+    def _grace(self) -> float:
+        # The worker ends itself seconds_interrupt after it interrupts a task; the controller
+        # waits a little longer, for that worker's own report to arrive.
+        return self.settings.seconds_interrupt + _SECONDS_REPORT
+
+    def _expect(
+        self, worker: _Worker, task: int, when: float, kind: str, decisions: list[Decision]
+    ) -> None:
+        heap = self._deadlines
+        heapq.heappush(heap, (when, next(self._order), worker.identity, task, kind))
+        if heap[0][0] == when:
+            decisions.append(Alarm(when))
+
+    def _still_head(self, identity: bytes, task: int) -> bool:
+        worker = self._workers.get(identity)
+        return worker is not None and bool(worker.assigned) and worker.assigned[0] == task
+
+    def _became_head(self, worker: _Worker, now: float, decisions: list[Decision]) -> None:
+        """`worker.assigned[0]` is now the task the worker runs: start its clocks."""
+        worker.head_since = now
+        task = worker.assigned[0]
+        if task in self._detached:
+            self._expect(worker, task, now + self._grace(), "cancel", decisions)
+            return
+        timeout = self._tasks[task].timeout
+        if timeout is not None:
+            self._expect(worker, task, now + timeout + self._grace(), "timeout", decisions)
+
+    def _overdue(self, identity: bytes, task: int, kind: str, now: float) -> list[Decision]:
+        """Worker `identity` did not report its head task in time: end it."""
+        grace = f"seconds_interrupt={self.settings.seconds_interrupt:g}"
+        if kind == "cancel":
+            if task not in self._detached:
+                return []
+            reason = f"it did not stop its cancelled task {task} within {grace}"
+            return self.lost(identity, now, clean=True, reason=reason, end=True)
+        record = self._tasks.get(task)
+        if record is None or record.timeout is None:
+            return []
+        del self._tasks[task]
+        self._demand[record.level] -= 1
+        self._detached[task] = record
+        message = (
+            f"TimeoutError: the task ran longer than its seconds_timeout={record.timeout:g}, and "
+            f"its worker did not stop it within {grace} after that: the worker was ended"
+        )
+        reason = f"it did not stop task {task} within {grace} of its seconds_timeout"
+        return [
+            Fail(task, "error", message, identity),
+            *self.lost(identity, now, clean=True, reason=reason, end=True),
+        ]
+
     def _take(self, level: int) -> int | None:
         # Exact level first, then lower levels: a bigger worker may run smaller tasks.
         for queue_level in range(level, -1, -1):
@@ -423,7 +550,7 @@ class Scheduler:
                 return queue.popleft()
         return None
 
-    def _give(self, worker: _Worker, depth: int, decisions: list[Decision]) -> bool:
+    def _give(self, worker: _Worker, depth: int, decisions: list[Decision], now: float) -> bool:
         """Fill `worker` up to `depth` tasks in flight. False once no task is left to give."""
         if worker.leaving or not worker.connected:
             return True
@@ -435,25 +562,29 @@ class Scheduler:
                 return any(self._queues)
             self._tasks[task].worker = worker.identity
             worker.assigned.append(task)
+            if len(worker.assigned) == 1:
+                self._became_head(worker, now, decisions)
             worker.sent += 1
             self._idle.pop(worker.identity, None)
             decisions.append(Assign(worker.identity, task))
             count -= 1
         return True
 
-    def _dispatch(self, decisions: list[Decision], first: _Worker | None = None) -> None:
+    def _dispatch(
+        self, decisions: list[Decision], now: float, first: _Worker | None = None
+    ) -> None:
         if not any(self._queues):
             return
         # Idle workers first, one task each, so that no worker waits while another holds two.
         for worker in list(self._idle.values()):
-            if not self._give(worker, 1, decisions):
+            if not self._give(worker, 1, decisions, now):
                 return
         depth = self.pipeline_depth()
-        if first is not None and not self._give(first, depth, decisions):
+        if first is not None and not self._give(first, depth, decisions, now):
             return
         if depth > 1:
             for worker in list(self._workers.values()):
-                if not self._give(worker, depth, decisions):
+                if not self._give(worker, depth, decisions, now):
                     return
 
     def _launch_failed(self, reason: str, decisions: list[Decision]) -> None:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import math
 import os
+import signal
 import socket
 import sys
 import threading
 import time
 import traceback
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -27,10 +30,13 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from batchcrew import protocol
-from batchcrew.errors import ProtocolError
+from batchcrew.errors import ProtocolError, TaskInterrupted
 
 EXIT_LOST = 3
 """Exit code of a worker that lost its controller, or could not reach it."""
+
+EXIT_STUCK = 4
+"""Exit code of a worker whose task did not stop within `seconds_interrupt` of its interruption."""
 
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -52,6 +58,7 @@ class WorkerSettings:
     tasks_max: float = math.inf
     seconds_heartbeat: float = 10.0
     seconds_connect: float = 60.0
+    seconds_interrupt: float = 5.0
     max_message_size: int = -1
     server_key: str = ""
     public_key: str = ""
@@ -137,13 +144,140 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+class _Channel:
+    """The worker's one socket and who may use it.
+
+    ZeroMQ sockets are not thread-safe, so the lock hands the socket over: the main thread holds
+    it, but for while a task runs, when the watcher may take it to read a cancel. What the
+    watcher reads for the main thread (tasks sent ahead, a stop) waits in `pending`; `cancelled`
+    holds ids of pending tasks cancelled before they started. Only the lock's holder touches
+    either.
+    """
+
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.lock.acquire()  # the main thread's, from the start
+        self.pending: deque[protocol.Message] = deque()
+        self.cancelled: set[int] = set()
+        self._main_holds = True
+        self.wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+
+    def lend(self) -> None:
+        """The main thread is about to run a task: the watcher may take the socket."""
+        self._main_holds = False
+        self.lock.release()
+
+    def reclaim(self) -> None:
+        """The main thread wants the socket back (asking the watcher if it has it)."""
+        if self._main_holds:
+            return
+        if not self.lock.acquire(blocking=False):
+            os.write(self._wake_write, b"\0")
+            self.lock.acquire()
+        self._main_holds = True
+
+    def drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_read, 64):
+                pass
+
+    def receive(self, timeout: float) -> protocol.Message | None:
+        """The next message, waiting up to `timeout` seconds; None if none came. A malformed
+        message is reported on stderr and skipped."""
+        if self.pending:
+            return self.pending.popleft()
+        sock = self.sock
+        try:
+            frame = sock.recv(_NOBLOCK, copy=False)
+        except zmq.Again:
+            if not sock.poll(int(min(timeout, 3600.0) * 1000) + 1):
+                return None
+            frame = sock.recv(copy=False)
+        return _decode(sock, frame)
+
+    def read_waiting(self, on_cancel: Callable[[protocol.Cancel], None]) -> None:
+        """Read every message waiting, without blocking: a cancel goes to `on_cancel`, the rest
+        to `pending` (the watcher's side, while it holds the socket)."""
+        sock = self.sock
+        while True:
+            try:
+                frame = sock.recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            message = _decode(sock, frame)
+            if isinstance(message, protocol.Cancel):
+                on_cancel(message)
+            elif message is not None:
+                self.pending.append(message)
+
+    def mark_cancelled(self, task_id: int) -> None:
+        """A cancel for a task not running: skip it if it is waiting; else it is done."""
+        if any(isinstance(m, protocol.Task) and m.task_id == task_id for m in self.pending):
+            self.cancelled.add(task_id)
+
+    def send(self, frames: list[protocol.Buffer]) -> None:
+        last = len(frames) - 1
+        for position, part in enumerate(frames):
+            self.sock.send(part, _SNDMORE if position < last else 0, copy=protocol.is_small(part))
+
+    def close(self) -> None:
+        os.close(self.wake_read)
+        os.close(self._wake_write)
+
+
+def _decode(sock: zmq.Socket[bytes], frame: zmq.Frame) -> protocol.Message | None:
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(copy=False)
+        frames.append(frame)
+    try:
+        return protocol.decode([part.buffer for part in frames])
+    except ProtocolError as error:
+        print(f"batchcrew worker: dropped a malformed message: {error}", file=sys.stderr)
+        return None
+
+
+@dataclass(slots=True)
+class _Running:
+    """The task on the main thread now, as the watcher sees it."""
+
+    task_id: int
+    started: float  # time.monotonic()
+    timeout: float | None
+    interrupt: str | None = None  # "cancel" or "timeout", once it was interrupted
+    interrupted_at: float = 0.0
+    raised: bool = False  # the interruption was raised in it
+    coroutine: asyncio.Task[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+
 class Runner:
     """Runs one task: unpickle it, call it (awaiting a coroutine on a loop kept for the worker's
-    life), capture warnings, run time and any exception, and pickle the outcome."""
+    life), capture warnings, run time and any exception, and pickle the outcome.
 
-    def __init__(self) -> None:
+    While the task runs, `running` describes it and the channel is lent to the watcher, which
+    may interrupt it: a plain function by SIGINT on the main thread (raising `TaskInterrupted`
+    where Python can), a coroutine by cancelling it.
+    """
+
+    def __init__(self, channel: _Channel | None = None) -> None:
         self._functions = _FunctionCache()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._channel = channel
+        self.running: _Running | None = None
+        self._interruptible = False  # the main thread is inside the task's own code
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        """The SIGINT handler: raise the interruption in the task, and only there."""
+        running = self.running
+        if running is None or running.interrupt is None or running.raised:
+            return
+        if not self._interruptible or running.coroutine is not None:
+            return
+        running.raised = True
+        raise TaskInterrupted(_interrupt_message(running))
 
     def run(self, task: protocol.Task) -> protocol.Outcome:
         start = time.perf_counter()
@@ -158,17 +292,41 @@ class Runner:
                 error=f"the task could not be unpickled on the worker: {_describe(error)}",
                 trace=traceback.format_exc(),
             )
+        running = _Running(task.task_id, time.monotonic(), task.timeout)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             failure: BaseException | None = None
+            self.running = running
+            if self._channel is not None:
+                self._channel.lend()
             try:
+                # The SIGINT handler raises only between these two flags: an interruption
+                # that lands in the worker's own bookkeeping is dropped, not raised there.
+                self._interruptible = True
                 value = function(*args, **kwargs)
                 if inspect.isawaitable(value):
-                    value = self._await(value)
+                    value = self._await(value, running)
+                self._interruptible = False
             except BaseException as error:
+                self._interruptible = False
                 value, failure = None, error
+            self.running = None
+            if self._channel is not None:
+                self._channel.reclaim()
         seconds = time.perf_counter() - start
         messages = tuple(f"{item.category.__name__}: {item.message}" for item in caught)
+        if running.interrupt is not None:
+            # Interrupted: however the task ended (it may have caught the interruption and
+            # returned), it resolves as cancelled or timed out.
+            trace = None if failure is None else "".join(traceback.format_exception(failure))
+            return protocol.Outcome(
+                task.task_id,
+                "error",
+                seconds,
+                error=_interrupt_message(running),
+                trace=trace,
+                warnings=messages,
+            )
         if failure is not None:
             return protocol.Outcome(
                 task.task_id,
@@ -193,46 +351,89 @@ class Runner:
             task.task_id, "success", seconds, warnings=messages, value=data, buffers=buffers
         )
 
-    def _await(self, awaitable: Any) -> Any:
+    def _await(self, awaitable: Any, running: _Running) -> Any:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
 
         async def wrap() -> Any:
             return await awaitable
 
-        return self._loop.run_until_complete(wrap())
+        coroutine = self._loop.create_task(wrap())
+        running.loop = self._loop
+        running.coroutine = coroutine
+        if running.interrupt is not None:  # interrupted before the watcher could see this task
+            coroutine.cancel()
+        return self._loop.run_until_complete(coroutine)
 
     def close(self) -> None:
         if self._loop is not None:
             self._loop.close()
 
 
-class _Watchdog(threading.Thread):
-    """Ends the process when the connection to the controller is gone for too long.
+def _interrupt_message(running: _Running) -> str:
+    if running.interrupt == "timeout":
+        return (
+            f"TimeoutError: the task ran longer than its seconds_timeout={running.timeout:g} "
+            "and was interrupted"
+        )
+    return "the task was cancelled and interrupted"
 
-    It reads the socket's monitor events, which libzmq's I/O thread produces (with ZMTP
-    heartbeats) even while a task holds the GIL-free main thread busy, so a worker running a
-    long task still exits once its controller is gone.
+
+class _Watcher(threading.Thread):
+    """The worker's second thread: it never runs user code.
+
+    It ends the process when the connection to the controller is gone for too long: it reads
+    the socket's monitor events, which libzmq's I/O thread produces (with ZMTP heartbeats) even
+    while a task keeps the main thread busy. And it keeps the running task's clocks: a task that
+    runs past `_LONG` has its socket watched here for a cancel; one past its timeout, or
+    cancelled, is interrupted; one still running `seconds_interrupt` after that ends the worker.
     """
 
-    def __init__(self, monitor: zmq.Socket[bytes], settings: WorkerSettings) -> None:
-        super().__init__(name="batchcrew-watchdog", daemon=True)
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        monitor: zmq.Socket[bytes],
+        channel: _Channel,
+        runner: Runner,
+        settings: WorkerSettings,
+        task_thread: int | None,
+    ) -> None:
+        super().__init__(name="batchcrew-watcher", daemon=True)
+        self._context = context
         self._monitor = monitor
+        self._channel = channel
+        self._runner = runner
         self._settings = settings
         self._stopping = threading.Event()
+        self._holding = False
+        self._task_thread = task_thread  # where SIGINT interrupts a task; None: it cannot
 
     def run(self) -> None:
+        try:
+            self._watch()
+        except BaseException:
+            # A fault here would leave the main thread waiting for the socket forever.
+            traceback.print_exc()
+            print("batchcrew worker: its watcher thread failed; exiting", file=sys.stderr)
+            os._exit(EXIT_LOST)
+
+    def _watch(self) -> None:
         settings = self._settings
+        channel = self._channel
         connected = False
         ever_connected = False
         lost_at = time.monotonic()
         failure = ""
         poller = zmq.Poller()
         poller.register(self._monitor, zmq.POLLIN)
+        poller.register(channel.wake_read, zmq.POLLIN)
         while not self._stopping.is_set():
-            if poller.poll(200):
+            events = dict(poller.poll(int(_TICK * 1000)))
+            while self._monitor in events:
                 try:
-                    event = recv_monitor_message(self._monitor)
+                    event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                except zmq.Again:
+                    break
                 except zmq.ZMQError:
                     return
                 kind = event["event"]
@@ -246,6 +447,7 @@ class _Watchdog(threading.Thread):
                     return
                 elif kind in _HANDSHAKE_FAILURES:
                     failure = _HANDSHAKE_FAILURES[zmq.Event(kind)]
+            self._keep_clocks(poller, channel.wake_read in events)
             if connected:
                 continue
             limit = settings.seconds_heartbeat if ever_connected else settings.seconds_connect
@@ -260,8 +462,93 @@ class _Watchdog(threading.Thread):
                 print(message + "; exiting", file=sys.stderr, flush=True)
                 os._exit(EXIT_LOST)
 
+    def _keep_clocks(self, poller: zmq.Poller, woken: bool) -> None:
+        channel = self._channel
+        running = self._runner.running
+        now = time.monotonic()
+        if self._holding and (woken or running is None):
+            self._give_back(poller)  # the main thread wants its socket
+            return
+        if running is None:
+            if woken:
+                channel.drain_wake()
+            return
+        long_running = now - running.started >= _LONG
+        if not self._holding and long_running and channel.lock.acquire(blocking=False):
+            channel.drain_wake()
+            poller.register(channel.sock, zmq.POLLIN)
+            self._holding = True
+        if self._holding:
+            channel.read_waiting(lambda cancel: self._on_cancel(cancel, running))
+        if (
+            running.interrupt is None
+            and running.timeout is not None
+            and now - running.started >= running.timeout
+        ):
+            self._interrupt(running, "timeout")
+        if (
+            running.interrupt is not None
+            and now - running.interrupted_at >= self._settings.seconds_interrupt
+            and self._runner.running is running
+        ):
+            self._give_up(running)
+
+    def _give_back(self, poller: zmq.Poller) -> None:
+        poller.unregister(self._channel.sock)
+        self._channel.drain_wake()
+        self._holding = False
+        self._channel.lock.release()
+
+    def _on_cancel(self, cancel: protocol.Cancel, running: _Running) -> None:
+        if cancel.task_id == running.task_id:
+            if running.interrupt is None:
+                self._interrupt(running, "cancel")
+        else:
+            self._channel.mark_cancelled(cancel.task_id)
+
+    def _interrupt(self, running: _Running, why: str) -> None:
+        running.interrupted_at = time.monotonic()
+        running.interrupt = why
+        coroutine, loop = running.coroutine, running.loop
+        if coroutine is not None and loop is not None:
+            loop.call_soon_threadsafe(coroutine.cancel)
+        elif self._task_thread is not None:
+            signal.pthread_kill(self._task_thread, signal.SIGINT)
+
+    def _give_up(self, running: _Running) -> None:
+        """The task ignored its interruption: report that, and end the process under it."""
+        channel = self._channel
+        reason = (
+            f"task {running.task_id} did not stop within seconds_interrupt="
+            f"{self._settings.seconds_interrupt:g} after it was interrupted"
+        )
+        print(f"batchcrew worker: {reason}; exiting", file=sys.stderr, flush=True)
+        # Whatever happens below, the process ends soon: the task holds the main thread.
+        threading.Timer(_SECONDS_FLUSH + 1.0, os._exit, (EXIT_STUCK,)).start()
+        if self._holding or channel.lock.acquire(timeout=1.0):
+            if running.interrupt == "timeout":
+                outcome = protocol.Outcome(
+                    running.task_id,
+                    "error",
+                    time.monotonic() - running.started,
+                    error=f"{_interrupt_message(running)}, but did not stop: its worker was ended",
+                )
+                channel.send(protocol.encode(outcome))
+            channel.send(protocol.encode(protocol.Bye(reason, end=True)))
+            # Closing everything and ending the context flushes what was just sent.
+            channel.sock.disable_monitor()
+            channel.sock.close(linger=int(_SECONDS_FLUSH * 1000))
+            self._monitor.close(0)
+            self._context.term()
+        os._exit(EXIT_STUCK)
+
     def stop(self) -> None:
         self._stopping.set()
+
+
+_TICK = 0.05  # how often the watcher looks at the clocks
+_SECONDS_FLUSH = 2.0  # how long a worker that gives up waits for its last words to leave
+_LONG = 0.05  # a task running this long has its socket watched for a cancel
 
 
 _HANDSHAKE_FAILURES = {
@@ -298,62 +585,74 @@ def _socket(context: zmq.Context[zmq.Socket[bytes]], settings: WorkerSettings) -
 
 
 def serve(settings: WorkerSettings) -> str:
-    """Connect, run tasks until it is time to go, and return why the worker exits."""
+    """Connect, run tasks until it is time to go, and return why the worker exits.
+
+    Call it on the main thread: a plain-function task is interrupted by SIGINT there.
+    """
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = _socket(context, settings)
     monitor = sock.get_monitor_socket()
-    watchdog = _Watchdog(monitor, settings)
-    watchdog.start()
-    runner = Runner()
+    channel = _Channel(sock)
+    runner = Runner(channel)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, runner.on_signal) if on_main else None
+    watcher = _Watcher(
+        context, monitor, channel, runner, settings, threading.get_ident() if on_main else None
+    )
+    watcher.start()
     try:
         sock.connect(settings.controller)
         sock.send_multipart(protocol.encode(protocol.Ready(os.getpid(), socket.gethostname())))
-        reason = _loop(sock, runner, settings)
+        reason = _loop(channel, runner, settings)
         sock.send_multipart(protocol.encode(protocol.Bye(reason)))
         return reason
     finally:
-        watchdog.stop()
-        watchdog.join()
+        watcher.stop()
+        watcher.join()
+        if on_main:
+            signal.signal(signal.SIGINT, previous)
         runner.close()
+        channel.close()
         sock.disable_monitor()
         sock.close()  # lingers so that the goodbye reaches the controller
         monitor.close(0)
         context.term()
 
 
-def _loop(sock: zmq.Socket[bytes], runner: Runner, settings: WorkerSettings) -> str:
+def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
     started = last = time.monotonic()
     done = 0
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
     while True:
-        try:
-            frame = sock.recv(_NOBLOCK, copy=False)
-        except zmq.Again:
-            # Nothing waiting: check the clocks, then sleep until a message or a deadline.
+        now = time.monotonic()
+        wall = settings.seconds_wall - (now - started)
+        idle = settings.seconds_idle - (now - last)
+        message = channel.receive(max(0.0, min(wall, idle)))
+        if message is None:
+            # Nothing came: check the clocks.
             now = time.monotonic()
-            wall = settings.seconds_wall - (now - started)
-            idle = settings.seconds_idle - (now - last)
-            if wall <= 0:
+            if now - started >= settings.seconds_wall:
                 return f"seconds_wall={settings.seconds_wall:g} reached"
-            if idle <= 0:
+            if now - last >= settings.seconds_idle:
                 return f"idle for seconds_idle={settings.seconds_idle:g}"
-            poller.poll(int(min(wall, idle, 3600.0) * 1000) + 1)
-            continue
-        frames = [frame]
-        while frame.more:
-            frame = sock.recv(copy=False)
-            frames.append(frame)
-        try:
-            message = protocol.decode([frame.buffer for frame in frames])
-        except ProtocolError as error:
-            print(f"batchcrew worker: dropped a malformed message: {error}", file=sys.stderr)
             continue
         if isinstance(message, protocol.Stop):
             return f"stopped by the controller: {message.reason}"
+        if isinstance(message, protocol.Cancel):
+            channel.mark_cancelled(message.task_id)
+            continue
         if not isinstance(message, protocol.Task):
             continue
-        outcome = runner.run(message)
+        if time.monotonic() - started >= settings.seconds_wall:
+            # Soft wall time: no new task once it is spent. The goodbye hands this task and
+            # any sent ahead back to the controller, which requeues them.
+            return f"seconds_wall={settings.seconds_wall:g} reached"
+        if message.task_id in channel.cancelled:
+            channel.cancelled.discard(message.task_id)
+            outcome = protocol.Outcome(
+                message.task_id, "error", 0.0, error="the task was cancelled before it started"
+            )
+        else:
+            outcome = runner.run(message)
         out = protocol.encode(outcome)
         size = sum(memoryview(part).nbytes for part in out)
         if 0 < settings.max_message_size < size:
@@ -367,9 +666,7 @@ def _loop(sock: zmq.Socket[bytes], runner: Runner, settings: WorkerSettings) -> 
                 warnings=outcome.warnings,
             )
             out = protocol.encode(outcome)
-        last_frame = len(out) - 1
-        for position, part in enumerate(out):
-            sock.send(part, _SNDMORE if position < last_frame else 0, copy=protocol.is_small(part))
+        channel.send(out)
         done += 1
         last = time.monotonic()
         if done >= settings.tasks_max:

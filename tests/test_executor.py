@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +44,20 @@ def test_shutdown_can_cancel_what_is_left() -> None:
         future.result(timeout=30)
     assert isinstance(future, concurrent.futures.Future)
     assert not children()
+
+
+def started_then_sleep(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def test_cancelling_a_future_interrupts_its_task(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    with bc.Executor(workers=1, seconds_heartbeat=5.0) as executor:
+        future = executor.submit(started_then_sleep, str(started))
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # synchronous code waiting on a file, under a deadline
+        assert future.cancel()
+        assert executor.submit(os.getpid).result(timeout=30) == int(started.read_text())
+        assert executor.controller.counts()["cancel"] == 1

@@ -62,7 +62,7 @@ async def test_the_app_runs_jobs_and_closing_it_leaves_no_worker(
             assert named.json() == {"name": "mine"}
             await wait_resolved(client, "mine")
             taken = await client.delete("/jobs/mine")
-            assert taken.json() == {"name": "mine", "status": "success"}
+            assert taken.json()["status"] == "success"
             assert (await client.get("/jobs/mine")).status_code == 404
 
             bad = await client.post("/jobs", json={"draws": 0})
@@ -75,3 +75,28 @@ async def test_the_app_runs_jobs_and_closing_it_leaves_no_worker(
             assert 1 <= workers["workers"] <= 2
             assert children()
     assert not children()
+
+
+async def test_deleting_a_running_job_interrupts_it_and_frees_its_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(EXAMPLE.parent))
+    app = load_example().create_app(workers=1, seconds_heartbeat=5.0)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            # A billion draws: minutes of work, unless it is interrupted.
+            await client.post("/jobs", json={"draws": 1_000_000_000, "name": "huge"})
+            with anyio.fail_after(30):  # one worker, one job: once connected, it runs it
+                while (await client.get("/workers")).json()["workers"] < 1:
+                    await anyio.sleep(0.02)
+            deleted = (await client.delete("/jobs/huge")).json()
+            assert (deleted["name"], deleted["status"]) == ("huge", "cancel")
+            await client.post("/jobs", json={"draws": 1000, "name": "next"})
+            with anyio.fail_after(30):  # far less than the huge job would take
+                body = await wait_resolved(client, "next")
+            assert body["status"] == "success"
+            assert body["worker"] == deleted["worker"]  # the same worker, freed
+            summary = (await client.get("/workers")).json()
+            assert (summary["cancel"], summary["success"]) == (1, 1)
+            assert summary["workers"] == 1

@@ -22,8 +22,11 @@ def test_every_message_kind_round_trips() -> None:
     messages: list[protocol.Message] = [
         protocol.Ready(pid=42, host="node-1"),
         protocol.Bye(reason="idle"),
+        protocol.Bye(reason="a task would not stop", end=True),
         protocol.Stop(reason="closing"),
+        protocol.Cancel(12, reason="cancelled"),
         protocol.Task(7, b"fn", b"args", (b"buffer",)),
+        protocol.Task(7, b"fn", b"args", timeout=2.5),
         protocol.Outcome(8, "success", 0.25, value=b"value", buffers=(b"b1", b"b2")),
         protocol.Outcome(9, "error", 1.5, "ValueError: no", "Traceback...", ("UserWarning: w",)),
     ]
@@ -54,21 +57,31 @@ def test_the_error_types_belong_to_the_library_hierarchy() -> None:
     assert issubclass(ProtocolError, BatchcrewError)
 
 
+def header(kind: int, version: int = protocol.VERSION, magic: bytes = b"bc") -> bytes:
+    return struct.pack(">2sBBQ", magic, version, kind, 0)
+
+
 @pytest.mark.parametrize(
     ("frames", "message"),
     [
         ([], "empty message"),
         ([b"short"], "header frame of 5 bytes"),
-        ([struct.pack(">2sBBQ", b"xx", 1, 1, 0), b"{}"], "bad magic"),
-        ([struct.pack(">2sBBQ", b"bc", 2, 1, 0), b"{}"], "protocol version 2"),
-        ([struct.pack(">2sBBQ", b"bc", 1, 99, 0)], "unknown message kind 99"),
-        ([struct.pack(">2sBBQ", b"bc", 1, 10, 0), b"fn"], "task message needs"),
-        ([struct.pack(">2sBBQ", b"bc", 1, 2, 0), b"\x00", b""], "result metadata is truncated"),
-        ([struct.pack(">2sBBQ", b"bc", 1, 2, 0), struct.pack(">Bd", 7, 0.0), b""], "status code"),
-        ([struct.pack(">2sBBQ", b"bc", 1, 1, 0), b"not json"], "not JSON"),
-        ([struct.pack(">2sBBQ", b"bc", 1, 1, 0), b"[1]"], "not a JSON object"),
-        ([struct.pack(">2sBBQ", b"bc", 1, 1, 0), b'{"pid": "x", "host": "h"}'], "'pid'"),
-        ([struct.pack(">2sBBQ", b"bc", 1, 3, 0)], "exactly one metadata frame"),
+        ([header(1, magic=b"xx"), b"{}"], "bad magic"),
+        ([header(1, version=1), b"{}"], "protocol version 1"),
+        ([header(99)], "unknown message kind 99"),
+        ([header(10), b"", b"fn"], "task message needs"),
+        ([header(10), b'{"timeout": -1}', b"fn", b"args"], "timeout -1 is not a positive"),
+        ([header(10), b'{"timeout": true}', b"fn", b"args"], "timeout True is not a positive"),
+        ([header(10), b'{"timeout": "1"}', b"fn", b"args"], "'timeout'"),
+        ([header(10), b'{"timeout": NaN}', b"fn", b"args"], "timeout nan is not a positive"),
+        ([header(2), b"\x00", b""], "result metadata is truncated"),
+        ([header(2), struct.pack(">Bd", 7, 0.0), b""], "status code"),
+        ([header(1), b"not json"], "not JSON"),
+        ([header(1), b"[1]"], "not a JSON object"),
+        ([header(1), b'{"pid": "x", "host": "h"}'], "'pid'"),
+        ([header(3)], "exactly one metadata frame"),
+        ([header(3), b'{"reason": "r", "end": 1}'], "'end' is not a boolean"),
+        ([header(12), b'{"why": "r"}'], "'reason'"),
     ],
 )
 def test_malformed_frames_raise_protocol_error(frames: list[bytes], message: str) -> None:
@@ -83,7 +96,7 @@ def test_a_future_version_says_what_to_do() -> None:
 
 
 def _kinds() -> st.SearchStrategy[int]:
-    return st.sampled_from([kind.value for kind in protocol.Kind] + [0, 4, 12, 255])
+    return st.sampled_from([kind.value for kind in protocol.Kind] + [0, 4, 13, 255])
 
 
 @settings(max_examples=2000, deadline=None)
@@ -98,7 +111,9 @@ def test_fuzzed_frames_raise_only_protocol_error(frames: list[bytes]) -> None:
     _kinds(),
     st.integers(min_value=0, max_value=2**64 - 1),
     st.lists(st.binary(max_size=48), max_size=5),
-    st.sampled_from([b"", b"{}", b'{"pid": 1, "host": "h"}', b'{"reason": 3}']),
+    st.sampled_from(
+        [b"", b"{}", b'{"pid": 1, "host": "h"}', b'{"reason": 3}', b'{"timeout": 1e309}']
+    ),
 )
 def test_fuzzed_bodies_behind_a_valid_header_raise_only_protocol_error(
     kind: int, task_id: int, body: list[bytes], meta: bytes

@@ -10,11 +10,14 @@ from hypothesis import strategies as st
 
 from batchcrew.scheduling import (
     Abandon,
+    Alarm,
     Assign,
     Broken,
     Complete,
     Decision,
+    End,
     Fail,
+    Interrupt,
     Launch,
     Retire,
     Scheduler,
@@ -270,12 +273,96 @@ def test_cancel_resolves_a_queued_task_and_drops_a_running_ones_result() -> None
     identity = launched(scheduler.push(1, 0.0))[0]
     scheduler.push(2, 0.0)
     scheduler.connected_worker(identity, 0.0)
-    assert of(Fail, scheduler.cancel(2, 0.0)) == [Fail(2, "cancel", "cancelled", None)]
-    assert of(Fail, scheduler.cancel(1, 0.0)) == [Fail(1, "cancel", "cancelled", identity)]
+    assert scheduler.cancel(2, 0.0) == [Fail(2, "cancel", "cancelled", None)]
+    decisions = scheduler.cancel(1, 0.0)
+    assert of(Fail, decisions) == [Fail(1, "cancel", "cancelled", identity)]
+    assert of(Interrupt, decisions) == [Interrupt(identity, 1, "cancelled")]
     assert scheduler.cancel(1, 0.0) == []
     decisions = scheduler.result(identity, 1, 0.1, 0.0)
     assert decisions is not None
     assert not of(Complete, decisions)
+    assert not of(End, scheduler.tick(100.0))  # it reported in time: nothing to end
+
+
+def test_a_worker_that_does_not_report_its_cancelled_task_is_ended() -> None:
+    scheduler = Scheduler(Settings(workers=1, seconds_interrupt=5.0))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    scheduler.push(2, 0.0)
+    scheduler.connected_worker(identity, 0.0)
+    decisions = scheduler.cancel(1, 10.0)
+    (alarm,) = of(Alarm, decisions)
+    assert alarm.at > 15.0
+    assert scheduler.next_deadline() == alarm.at
+    assert not scheduler.tick(alarm.at - 0.01)
+    decisions = scheduler.tick(alarm.at)
+    (end,) = of(End, decisions)
+    assert end.worker == identity
+    assert "seconds_interrupt=5" in end.reason
+    assert not of(Fail, decisions)  # the cancelled task resolved already; none other fails
+    assert not scheduler.knows(identity)
+    assert launched(decisions)  # task 2 is still wanted: a replacement launches
+    assert scheduler.unresolved == 1
+
+
+def test_a_cancelled_task_sent_ahead_is_interrupted_and_timed_once_it_runs() -> None:
+    scheduler = Scheduler(Settings(workers=1, pipeline=4))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(identity, 0.0)
+    scheduler.result(identity, 1, 0.0001, 0.0)  # short tasks: the worker gets several
+    for task in (2, 3):
+        scheduler.push(task, 0.0)
+    decisions = scheduler.cancel(3, 1.0)
+    assert of(Interrupt, decisions) == [Interrupt(identity, 3, "cancelled")]
+    assert not of(Alarm, decisions)  # not running yet: no clock
+    assert of(Alarm, scheduler.result(identity, 2, 0.0001, 2.0))  # now it is the one running
+
+
+def test_a_timed_out_task_whose_worker_stays_silent_resolves_as_a_timeout() -> None:
+    scheduler = Scheduler(Settings(workers=1, seconds_interrupt=2.0))
+    identity = launched(scheduler.push(1, 0.0, timeout=3.0))[0]
+    decisions = scheduler.connected_worker(identity, 10.0)
+    (alarm,) = of(Alarm, decisions)
+    assert alarm.at >= 10.0 + 3.0 + 2.0
+    decisions = scheduler.tick(alarm.at)
+    (fail,) = of(Fail, decisions)
+    assert fail.status == "error"
+    assert fail.message.startswith("TimeoutError")
+    assert "seconds_timeout=3" in fail.message
+    assert of(End, decisions)
+    assert scheduler.unresolved == 0
+    assert scheduler.result(identity, 1, 5.0, alarm.at + 1) is None  # too late: dropped
+
+
+def test_a_timed_out_task_reported_in_time_resolves_from_its_report() -> None:
+    scheduler = Scheduler(Settings(workers=1, seconds_interrupt=2.0))
+    identity = launched(scheduler.push(1, 0.0, timeout=3.0))[0]
+    scheduler.connected_worker(identity, 0.0)
+    assert of(Complete, scheduler.result(identity, 1, 3.0, 3.1)) == [Complete(1, identity)]
+    assert not scheduler.tick(100.0)
+
+
+def test_a_worker_lost_past_its_tasks_timeout_resolves_it_as_a_timeout_not_a_crash() -> None:
+    scheduler = Scheduler(Settings(workers=1, crashes_max=5))
+    identity = launched(scheduler.push(1, 0.0, timeout=3.0))[0]
+    scheduler.connected_worker(identity, 0.0)
+    decisions = scheduler.lost(identity, 4.0, clean=False, reason="killed by signal 9")
+    (fail,) = of(Fail, decisions)
+    assert fail.status == "error"
+    assert fail.message.startswith("TimeoutError")
+    assert not launched(decisions)  # nothing is retried
+    early = Scheduler(Settings(workers=1, crashes_max=5))
+    identity = launched(early.push(1, 0.0, timeout=3.0))[0]
+    early.connected_worker(identity, 0.0)
+    assert not of(Fail, early.lost(identity, 1.0, clean=False, reason="killed"))  # a crash
+
+
+def test_a_goodbye_that_asks_to_be_ended_is_ended() -> None:
+    scheduler = Scheduler(Settings(workers=1))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(identity, 0.0)
+    scheduler.cancel(1, 0.0)
+    decisions = scheduler.lost(identity, 1.0, clean=True, reason="stuck", end=True)
+    assert of(End, decisions) == [End(identity, "stuck")]
 
 
 def test_a_worker_dying_on_a_cancelled_task_retries_nothing() -> None:
@@ -383,6 +470,10 @@ def test_every_task_resolves_at_most_once_and_the_cap_holds(
                 for identity in decision.identities:
                     if identity in waiting:
                         waiting.remove(identity)
+            elif isinstance(decision, Interrupt):
+                assert decision.task in running[decision.worker]
+            elif isinstance(decision, End):
+                running.pop(decision.worker, None)
         live = sum(1 for identity in running if scheduler.knows(identity))
         assert live + scheduler.launching <= workers
 
@@ -390,7 +481,7 @@ def test_every_task_resolves_at_most_once_and_the_cap_holds(
         now += 1.0
         if kind == "push":
             pushed += 1
-            apply(scheduler.push(pushed, now))
+            apply(scheduler.push(pushed, now, timeout=2.0 if pick % 3 == 0 else None))
         elif kind == "connect" and waiting:
             identity = waiting.pop(pick % len(waiting))
             if scheduler.knows(identity):

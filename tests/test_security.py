@@ -185,9 +185,9 @@ async def test_malformed_and_forged_frames_change_nothing(
     header = struct.Struct(">2sBBQ")
     junk = [
         [b"garbage"],
-        [header.pack(b"bc", 1, protocol.Kind.RESULT, task.task_id)],  # truncated
+        [header.pack(b"bc", protocol.VERSION, protocol.Kind.RESULT, task.task_id)],  # truncated
         [header.pack(b"bc", 9, protocol.Kind.RESULT, task.task_id), b"\0" * 9, b""],  # v9
-        [header.pack(b"bc", 1, 77, 0), b"{}"],  # unknown kind
+        [header.pack(b"bc", protocol.VERSION, 77, 0), b"{}"],  # unknown kind
         reply(protocol.Task(task.task_id + 1000, b"", b""), "forged"),  # never assigned
         hello(),  # a second hello
         [bytes(f) for f in protocol.encode(protocol.Task(5, b"x", b"y"))],  # wrong direction
@@ -226,6 +226,7 @@ async def test_a_result_for_a_cancelled_task_is_dropped(
     task = await receive(worker)
     assert crew.cancel(names=["doomed"]) == 1
     assert (await doomed).status == "cancel"
+    assert await receive(worker) == protocol.Cancel(task.task_id, "cancelled")
     worker.send_multipart(reply(task, "too late"))
     after = crew.push(add, 5, 5)
     task = await receive(worker)  # the worker is free again once its result came

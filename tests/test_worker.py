@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 import zmq
 
 from batchcrew import protocol
-from batchcrew.worker import EXIT_LOST, WorkerSettings
+from batchcrew.worker import EXIT_LOST, EXIT_STUCK, WorkerSettings
 
 
 @pytest.fixture
@@ -218,3 +220,136 @@ async def test_no_worker_outlives_a_killed_controller(tmp_path: Path) -> None:
     finally:
         controller.kill()
         controller.wait(timeout=10)
+
+
+# -- interrupting a running task -------------------------------------------------------------
+
+
+def sleep_long() -> None:
+    time.sleep(600)
+
+
+async def sleep_long_async() -> None:
+    await asyncio.sleep(600)
+
+
+def ignore_interrupts() -> None:
+    while True:
+        try:
+            time.sleep(600)
+        except KeyboardInterrupt:
+            continue
+
+
+def triple(x: int) -> int:
+    return 3 * x
+
+
+def task(task_id: int, function: object, *args: object, timeout: float | None = None) -> list:
+    arguments, buffers = protocol.dump_arguments(args, {})
+    message = protocol.Task(
+        task_id, protocol.dump_function(function), arguments, tuple(buffers), timeout
+    )
+    return [bytes(frame) for frame in protocol.encode(message)]
+
+
+def cancel(task_id: int) -> list[bytes]:
+    return [bytes(frame) for frame in protocol.encode(protocol.Cancel(task_id, "cancelled"))]
+
+
+def outcome(sock: zmq.Socket[bytes]) -> protocol.Outcome:
+    _, message = receive(sock)
+    assert isinstance(message, protocol.Outcome), message
+    return message
+
+
+@pytest.mark.parametrize("function", [sleep_long, sleep_long_async])
+def test_a_cancel_interrupts_the_running_task_and_the_worker_goes_on(
+    router: tuple[zmq.Socket[bytes], str], function: object
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L")
+    identity, _ = receive(sock)
+    sock.send_multipart([identity, *task(1, function)])
+    sock.send_multipart([identity, *cancel(1)])
+    interrupted = outcome(sock)
+    assert interrupted.task_id == 1
+    assert interrupted.status == "error"
+    assert interrupted.error == "the task was cancelled and interrupted"
+    expected = "TaskInterrupted" if function is sleep_long else "CancelledError"
+    assert interrupted.trace is not None
+    assert expected in interrupted.trace
+    sock.send_multipart([identity, *task(2, triple, 5)])
+    assert protocol.load(outcome(sock).value) == 15  # the same process, still serving
+    sock.send_multipart([identity, *protocol.encode(protocol.Stop("done"))])
+    assert finish(process)[0] == 0
+
+
+def test_a_task_past_its_timeout_is_interrupted_and_reported_as_a_timeout(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L")
+    identity, _ = receive(sock)
+    sock.send_multipart([identity, *task(1, sleep_long, timeout=0.2)])
+    timed_out = outcome(sock)
+    assert timed_out.status == "error"
+    assert timed_out.error is not None
+    assert timed_out.error.startswith("TimeoutError")
+    assert "seconds_timeout=0.2" in timed_out.error
+    assert 0.2 <= timed_out.seconds < 600
+    sock.send_multipart([identity, *task(2, triple, 2)])
+    assert protocol.load(outcome(sock).value) == 6
+    sock.send_multipart([identity, *protocol.encode(protocol.Stop("done"))])
+    assert finish(process)[0] == 0
+
+
+def test_a_task_cancelled_before_it_starts_is_skipped(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L")
+    identity, _ = receive(sock)
+    sock.send_multipart([identity, *task(1, sleep_long)])
+    sock.send_multipart([identity, *task(2, triple, 1)])  # sent ahead, behind task 1
+    sock.send_multipart([identity, *cancel(2)])
+    sock.send_multipart([identity, *cancel(1)])
+    first, second = outcome(sock), outcome(sock)
+    assert (first.task_id, first.error) == (1, "the task was cancelled and interrupted")
+    assert (second.task_id, second.error) == (2, "the task was cancelled before it started")
+    sock.send_multipart([identity, *protocol.encode(protocol.Stop("done"))])
+    assert finish(process)[0] == 0
+
+
+def test_a_task_that_ignores_its_interruption_ends_its_worker(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L", seconds_interrupt=0.5)
+    identity, _ = receive(sock)
+    sock.send_multipart([identity, *task(1, ignore_interrupts, timeout=0.2)])
+    timed_out = outcome(sock)
+    assert timed_out.error is not None
+    assert timed_out.error.startswith("TimeoutError")
+    assert "its worker was ended" in timed_out.error
+    _, goodbye = receive(sock)
+    assert isinstance(goodbye, protocol.Bye)
+    assert goodbye.end
+    assert "did not stop within seconds_interrupt=0.5" in goodbye.reason
+    code, errors = finish(process)
+    assert code == EXIT_STUCK
+    assert "did not stop" in errors
+
+
+def test_wall_time_is_soft_a_running_task_finishes_and_no_new_one_starts(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L", seconds_wall=0.2)
+    identity, _ = receive(sock)
+    sock.send_multipart([identity, *task(1, time.sleep, 0.4)])  # runs past the wall
+    sock.send_multipart([identity, *task(2, triple, 1)])
+    assert outcome(sock).status == "success"
+    _, goodbye = receive(sock)
+    assert goodbye == protocol.Bye("seconds_wall=0.2 reached")  # task 2 goes back unstarted
+    assert finish(process)[0] == 0

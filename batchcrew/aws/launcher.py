@@ -234,6 +234,12 @@ class BatchLauncher(Launcher):
                     self._end, job_id, "batchcrew: the worker did not connect within seconds_launch"
                 )
 
+    async def end_worker(self, launch: str, index: int, reason: str) -> None:
+        """Cancel then terminate the job, or the array child, that runs worker `index`."""
+        for job in self._jobs.get(launch, []):
+            if job.offset <= index < job.offset + job.size:
+                await self._end(job.child_id(index - job.offset), reason)
+
     async def _end(self, job_id: str, reason: str) -> None:
         # CancelJob ends a job not yet started; TerminateJob one already running. A job can
         # move between the two calls, so both are sent, as crew.aws.batch does.

@@ -58,9 +58,10 @@ class Launcher(ABC):
     """Starts and ends workers for a controller. Subclass it to add a backend.
 
     Override `launch` and `terminate`; override `open` and `close` to hold resources (a client,
-    a session) for the launcher's life. `levels` says how many resource levels the backend offers
-    for retries after a crash; `remote` says whether workers run on other machines (then the
-    controller listens on a non-loopback address by default).
+    a session) for the launcher's life, and `end_worker` to end one worker with a reason.
+    `levels` says how many resource levels the backend offers for retries after a crash;
+    `remote` says whether workers run on other machines (then the controller listens on a
+    non-loopback address by default).
     """
 
     name: str = "launcher"
@@ -83,6 +84,14 @@ class Launcher(ABC):
     @abstractmethod
     async def terminate(self, launch: str, indexes: Sequence[int] | None = None) -> None:
         """End the workers `indexes` (None: all) of `launch` that are still running."""
+
+    async def end_worker(self, launch: str, index: int, reason: str) -> None:
+        """End one worker that will not stop by itself (a task on it ignored an interrupt).
+
+        `reason` says why, for backends that record one. The default calls `terminate`;
+        override it where one worker can be ended more precisely or with its reason.
+        """
+        await self.terminate(launch, [index])
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire what the launcher needs for its life (called once, at controller start)."""

@@ -5,8 +5,9 @@
 
 The controller starts in the app's lifespan and closes with it (every worker with it).
 POST /jobs pushes a task and returns its name; GET /jobs/{name} returns its status and, once
-resolved, its result; DELETE /jobs/{name} cancels it or forgets its result; GET /workers
-returns the controller's summary.
+resolved, its result; DELETE /jobs/{name} cancels it (a running job is interrupted on its
+worker, which goes on to the next job) or forgets its result; GET /workers returns the
+controller's summary. No job runs longer than `seconds_timeout` (ten minutes here).
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ def estimate_pi(draws: int, seed: int) -> float:
 
 
 class JobRequest(BaseModel):
-    draws: int = Field(default=10_000, ge=1, le=10_000_000)
+    draws: int = Field(default=10_000, ge=1, le=1_000_000_000)
     seed: int = 0
     name: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 def create_app(**controller_options: Any) -> FastAPI:
     """The app, with its controller's options (workers, launcher, ...) as given."""
-    options = {"name": "api", "workers": 2, **controller_options}
+    options = {"name": "api", "workers": 2, "seconds_timeout": 600, **controller_options}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,10 +79,9 @@ def create_app(**controller_options: Any) -> FastAPI:
         task = crew.task(name)
         if task is None:
             raise HTTPException(status_code=404, detail=f"no job named {name!r}")
-        if task.peek() is None:
-            crew.cancel([name])
+        task.cancel()  # if it is still running, its worker interrupts it
         result = await task  # takes it: the controller holds it no more
-        return {"name": name, "status": result.status}
+        return {"name": name, "status": result.status, "worker": result.worker}
 
     @app.get("/workers")
     async def workers() -> dict[str, Any]:
