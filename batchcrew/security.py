@@ -18,6 +18,7 @@ from zmq.utils import z85
 logger = logging.getLogger("batchcrew")
 
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+_REFUSALS_LOGGED = 20  # refused handshakes logged at WARNING; the rest at DEBUG
 
 
 @dataclass
@@ -65,6 +66,8 @@ class ZapHandler:
         self._socket = context.socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.bind(_ZAP_ENDPOINT)
+        self.refused = 0
+        """Handshakes refused because the client's key was not admitted."""
 
     def fileno(self) -> int:
         """The descriptor that signals when requests may be waiting."""
@@ -88,11 +91,19 @@ class ZapHandler:
             launch = self._keys.admit(z85.encode(credentials[0]))
             if launch is not None:
                 return [version, request_id, b"200", b"OK", launch.encode(), b""]
-        logger.warning(
+        # Counted, and logged at WARNING only for the first few: a flood of refused
+        # handshakes neither fills the log nor grows any state.
+        self.refused += 1
+        level = logging.WARNING if self.refused <= _REFUSALS_LOGGED else logging.DEBUG
+        logger.log(
+            level,
             "refused a %s connection from %s: its key was not issued by this controller, "
-            "or it was retired",
+            "or it was retired%s",
             mechanism.decode(errors="replace") or "plain",
             address.decode(errors="replace"),
+            f" (refusal {_REFUSALS_LOGGED}: further ones are counted and logged at DEBUG)"
+            if self.refused == _REFUSALS_LOGGED
+            else "",
         )
         return [version, request_id, b"400", b"key not admitted", b"", b""]
 

@@ -360,3 +360,42 @@ async def test_a_flood_from_an_unknown_peer_changes_nothing(
     assert (await crew.push(add, 2, 2)).result == 4
     assert crew.counts()["workers"] == 1
     assert not stranger.poll(0)
+
+
+async def test_refused_handshakes_are_counted_and_only_the_first_are_warnings(
+    controller: MakeController,
+    context: zmq.Context[zmq.Socket[bytes]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="batchcrew")
+    launcher = RecordingLauncher()
+    crew = await controller(workers=1, launcher=launcher)
+    assert (await crew.push(add, 1, 1)).result == 2
+    server_key = launcher.requests[0].environment["BATCHCREW_SERVER_KEY"]
+    strangers = []
+    for index in range(60):
+        stranger = context.socket(zmq.DEALER)
+        stranger.setsockopt(zmq.LINGER, 0)
+        stranger.setsockopt(zmq.RECONNECT_IVL, -1)  # one handshake each: the count is exact
+        keys = stranger_keys(server_key)
+        stranger.setsockopt(zmq.CURVE_SERVERKEY, keys["BATCHCREW_SERVER_KEY"].encode())
+        stranger.setsockopt(zmq.CURVE_PUBLICKEY, keys["BATCHCREW_PUBLIC_KEY"].encode())
+        stranger.setsockopt(zmq.CURVE_SECRETKEY, keys["BATCHCREW_SECRET_KEY"].encode())
+        stranger.setsockopt(zmq.IDENTITY, f"stranger:{index}".encode())
+        stranger.connect(crew.address)
+        stranger.send_multipart(hello())
+        strangers.append(stranger)
+    assert crew._dispatcher is not None
+    zap = crew._dispatcher._zap
+    assert zap is not None
+    with anyio.fail_after(20):
+        while zap.refused < 60:
+            await anyio.sleep(0.01)
+    refusals = [r for r in caplog.records if r.getMessage().startswith("refused a CURVE")]
+    assert len(refusals) == zap.refused == 60
+    levels = [record.levelno for record in refusals]
+    assert levels == [logging.WARNING] * 20 + [logging.DEBUG] * 40
+    assert "further ones are counted and logged at DEBUG" in refusals[19].getMessage()
+    assert (await crew.push(add, 2, 2)).result == 4  # the real worker lost nothing
+    assert crew.counts()["workers"] == 1
+    assert not any(stranger.poll(0) for stranger in strangers)
