@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--index", type=int, help="worker number within its launch")
 
     emulator = commands.add_parser(
-        "emulator", help="run a local AWS Batch + CloudWatch Logs emulator until Ctrl-C"
+        "emulator",
+        help="run a local AWS Batch + CloudWatch Logs emulator until Ctrl-C (on loopback only, "
+        "unless --allow-remote)",
     )
     from batchcrew.testing import _command
 

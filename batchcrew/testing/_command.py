@@ -12,7 +12,7 @@ import shlex
 import signal
 import sys
 
-from batchcrew.testing._localbatch import LocalBatch
+from batchcrew.testing._localbatch import LocalBatch, is_loopback
 from batchcrew.testing._options import LocalBatchOptions, PerOperation
 
 
@@ -34,7 +34,17 @@ def _per_operation(values: list[str] | None, flag: str) -> PerOperation:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the emulator's options to `parser`."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; another than loopback needs --allow-remote)",
+    )
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host beyond loopback: anyone who can reach the port and holds the "
+        "printed credentials can run any command here, as you; only signed requests are answered",
+    )
     parser.add_argument("--port", type=int, default=4566, help="port to listen on (0: any free)")
     parser.add_argument(
         "--queue",
@@ -102,9 +112,15 @@ async def _serve(args: argparse.Namespace, options: LocalBatchOptions) -> None:
         options=options,
         host=args.host,
         port=args.port,
+        allow_remote=args.allow_remote,
     )
     async with batch:
         print(f"LocalBatch (AWS Batch + CloudWatch Logs) listening on {batch.endpoint_url}")
+        if args.allow_remote:
+            print(
+                "Remote access allowed: only requests signed with the credentials below are "
+                "answered. From another machine, use this machine's address in AWS_ENDPOINT_URL."
+            )
         print(
             f"queues: {', '.join(queues)}; capacity: {options.vcpus:g} vCPUs, "
             f"{options.memory_mib} MiB"
@@ -119,7 +135,17 @@ async def _serve(args: argparse.Namespace, options: LocalBatchOptions) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the emulator until SIGINT or SIGTERM; return the exit status (0 after a clean stop,
-    1 if it cannot listen, 2 for invalid options)."""
+    1 if it cannot listen, 2 for invalid options or a --host beyond loopback without
+    --allow-remote)."""
+    if not args.allow_remote and not is_loopback(args.host):
+        print(
+            f"batchcrew emulator: --host {args.host} is not a loopback address, and the "
+            "emulator runs any command a caller submits, as you. Use --host 127.0.0.1, or add "
+            "--allow-remote if every machine that can reach the port may run commands here "
+            "(requests must then be signed with the credentials it prints).",
+            file=sys.stderr,
+        )
+        return 2
     try:
         options = _options(args)
         asyncio.run(_serve(args, options))

@@ -6,6 +6,10 @@ and owns their life cycle.
 from __future__ import annotations
 
 import asyncio
+import getpass
+import ipaddress
+import logging
+import secrets
 import time
 from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
@@ -13,6 +17,7 @@ from typing import Any, Self
 
 import anyio
 from aiohttp import web
+from botocore.credentials import Credentials
 
 from batchcrew.testing._batch import BatchState
 from batchcrew.testing._logs import LogsState
@@ -21,7 +26,10 @@ from batchcrew.testing._runner import JobRunner
 from batchcrew.testing._server import ApiRequest, ApiServer
 from batchcrew.testing._wire import ApiError, service_model, shape_output
 
-#: Dummy credentials: the emulator accepts any, but botocore refuses to sign without some.
+logger = logging.getLogger("batchcrew.testing")
+
+#: Dummy credentials: on loopback the emulator accepts any, but botocore refuses to sign
+#: without some. With `allow_remote`, the secret is a fresh random one instead.
 DUMMY_ACCESS_KEY_ID = "localbatch"
 DUMMY_SECRET_ACCESS_KEY = "localbatch"
 #: The compute environment behind the queues LocalBatch creates itself.
@@ -30,6 +38,17 @@ COMPUTE_ENVIRONMENT = "localbatch"
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is "localhost" or a loopback address (127.0.0.0/8, ::1). Other names
+    are not resolved: a name that points at loopback today may not tomorrow."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class LocalBatch:
@@ -47,9 +66,14 @@ class LocalBatch:
       (1 vCPU, 2048 MiB, command `python -c "print('hello from LocalBatch')"`), as
       `job_definition`; submit with `containerOverrides.command` to run something else.
     - `options`: capacity, delays and injected failures (`LocalBatchOptions`).
-    - `host`, `port`: where the server listens; port 0 picks a free port.
+    - `host`, `port`: where the server listens; port 0 picks a free port. `host` must be a
+      loopback address ("127.0.0.1", "::1", "localhost") unless `allow_remote` is True:
+      whoever can reach the server can run any command as this user.
+    - `allow_remote`: listen on any `host`, and answer only requests signed (SigV4) with the
+      credentials of `environment()` and `client_kwargs()`, whose secret is drawn at random.
+      Logs a WARNING at start when `host` is not a loopback address.
 
-    Attributes and helpers: `endpoint_url`, `region`, `options`, `job_queue`,
+    Attributes and helpers: `endpoint_url`, `region`, `options`, `allow_remote`, `job_queue`,
     `job_definition`, `environment()`, `client_kwargs()`, `requests` (every `ApiRequest`
     received), `requests_for(operation)`, `describe_job(id)`, `await wait_for_job(id)`,
     `log_messages(id)`, `process_ids()`, `create_queue(name)`, `register_job_definition(...)`.
@@ -68,17 +92,37 @@ class LocalBatch:
         options: LocalBatchOptions | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        allow_remote: bool = False,
     ) -> None:
         if isinstance(queues, str):
             raise TypeError(f"queues must be a sequence of queue names, got the string {queues!r}")
+        if not allow_remote and not is_loopback(host):
+            raise ValueError(
+                f"LocalBatch will not listen on host={host!r}, which is not a loopback address: "
+                "it runs any command a caller submits, as your user. Use host='127.0.0.1', or "
+                "pass allow_remote=True (batchcrew emulator --allow-remote) if every machine "
+                "that can reach it may run commands here; requests must then be signed with "
+                "its credentials (environment(), client_kwargs())"
+            )
         self.options = options if options is not None else LocalBatchOptions()
         self.requests: list[ApiRequest] = []
+        self.allow_remote = allow_remote
         self._host, self._port = host, port
+        self._credentials = Credentials(
+            DUMMY_ACCESS_KEY_ID,
+            secrets.token_urlsafe(30) if allow_remote else DUMMY_SECRET_ACCESS_KEY,
+        )
         self._batch = BatchState(
             vcpus=self.options.vcpus, memory_mib=self.options.memory_mib, clock=_now_ms
         )
         self._logs = LogsState(clock=_now_ms)
-        self._server = ApiServer(self._batch, self._logs, self.options, self.requests)
+        self._server = ApiServer(
+            self._batch,
+            self._logs,
+            self.options,
+            self.requests,
+            self._credentials if allow_remote else None,
+        )
         self._runner = JobRunner(
             self._batch, self._logs, self.options, lambda: self.endpoint_url, _now_ms
         )
@@ -128,6 +172,15 @@ class LocalBatch:
         host, port = web_runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in host else host
         self._endpoint_url = f"http://{shown}:{port}"
+        if not is_loopback(self._host):
+            logger.warning(
+                "LocalBatch listens on %s, beyond loopback (allow_remote=True): anyone who can "
+                "reach port %s and holds its credentials can run any command on this machine "
+                "as %s. Requests and job output travel unencrypted (plain HTTP).",
+                self._host or "every interface",
+                port,
+                _user(),
+            )
         # The runner lives in a task of its own, so that start and close may be called from
         # different tasks (as pytest-asyncio does with fixtures); close() cancels and awaits it.
         self._runner_task = asyncio.create_task(self._runner.run(), name="LocalBatch jobs")
@@ -170,8 +223,8 @@ class LocalBatch:
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_DEFAULT_REGION": self.region,
-            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+            "AWS_ACCESS_KEY_ID": self._credentials.access_key,
+            "AWS_SECRET_ACCESS_KEY": self._credentials.secret_key,
         }
 
     def client_kwargs(self) -> dict[str, Any]:
@@ -179,8 +232,8 @@ class LocalBatch:
         return {
             "endpoint_url": self.endpoint_url,
             "region_name": self.region,
-            "aws_access_key_id": DUMMY_ACCESS_KEY_ID,
-            "aws_secret_access_key": DUMMY_SECRET_ACCESS_KEY,
+            "aws_access_key_id": self._credentials.access_key,
+            "aws_secret_access_key": self._credentials.secret_key,
         }
 
     # -- what tests look at -----------------------------------------------------------------
@@ -300,3 +353,10 @@ class LocalBatch:
         except ApiError as error:
             raise ValueError(error.message) from None
         return result
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return "this user"

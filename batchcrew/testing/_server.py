@@ -1,23 +1,30 @@
 """The HTTP face of the emulator: one aiohttp application answering AWS Batch (REST-JSON) and
 CloudWatch Logs (JSON 1.1) as botocore sends and parses them, with the emulated latency,
-throttling and faults, and a record of every request.
+throttling and faults, a record of every request and, when it may be reached from other
+machines, a check of each request's SigV4 signature.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import hashlib
+import hmac
 import json
 import logging
 import random
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import botocore
 import botocore.model
 from aiohttp import web
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from batchcrew.testing._batch import BatchState
 from batchcrew.testing._logs import LogsState
@@ -39,6 +46,15 @@ from batchcrew.testing._wire import (
 logger = logging.getLogger("batchcrew.testing")
 
 _CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]*/\d{8}/([^/,\s]+)/")
+_AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/,\s]+)/(?P<date>\d{8})/(?P<region>[^/,\s]+)/"
+    r"(?P<service>[^/,\s]+)/aws4_request,\s*SignedHeaders=(?P<headers>[a-z0-9;-]+),"
+    r"\s*Signature=(?P<signature>[0-9a-f]{64})"
+)
+_TIMESTAMP = "%Y%m%dT%H%M%SZ"
+_WHERE = "(printed by `batchcrew emulator` at start; LocalBatch.environment() in Python)"
+#: How far a request's X-Amz-Date may be from the emulator's clock, as on AWS.
+SIGNATURE_SKEW = datetime.timedelta(minutes=15)
 _CONTENT_TYPE = {"batch": "application/json", "logs": "application/x-amz-json-1.1"}
 #: The error each service answers when it is throttled or broken, with its HTTP status.
 _THROTTLED = {
@@ -75,8 +91,90 @@ def region_of(authorization: str, default: str) -> str:
     return match.group(1) if match else default
 
 
+def _refused(code: str, message: str) -> ApiError:
+    return ApiError(code, message, 403)
+
+
+def check_signature(
+    method: str,
+    raw_path: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    credentials: Credentials,
+    now: datetime.datetime,
+) -> None:
+    """Raise `ApiError` (HTTP 403, with the code AWS answers) unless the request carries a
+    SigV4 signature made with `credentials` less than `SIGNATURE_SKEW` from `now`.
+
+    botocore's own signer recomputes the signature over the headers the request says it signed.
+    """
+    authorization = headers.get("Authorization", "")
+    if not authorization:
+        raise _refused(
+            "MissingAuthenticationTokenException",
+            "Missing Authentication Token: this LocalBatch answers only requests signed with "
+            f"its credentials {_WHERE}",
+        )
+    match = _AUTHORIZATION.fullmatch(authorization.strip())
+    if match is None:
+        raise _refused(
+            "IncompleteSignatureException",
+            "The Authorization header is not an AWS4-HMAC-SHA256 signature",
+        )
+    if not hmac.compare_digest(match["key"], credentials.access_key):
+        raise _refused(
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid: use the access key "
+            f"of this LocalBatch {_WHERE}",
+        )
+    stamp = headers.get("X-Amz-Date", "")
+    try:
+        signed_at = datetime.datetime.strptime(stamp, _TIMESTAMP).replace(tzinfo=datetime.UTC)
+    except ValueError:
+        raise _refused(
+            "IncompleteSignatureException", f"X-Amz-Date must be a time such as {_TIMESTAMP}"
+        ) from None
+    if abs(now - signed_at) > SIGNATURE_SKEW or stamp[:8] != match["date"]:
+        raise _refused(
+            "InvalidSignatureException",
+            f"Signature expired: {stamp} is more than {SIGNATURE_SKEW} from the emulator's "
+            f"time {now.strftime(_TIMESTAMP)}; check the clocks",
+        )
+    names = match["headers"].split(";")
+    if "host" not in names or any(name not in headers for name in names):
+        raise _refused(
+            "IncompleteSignatureException",
+            "SignedHeaders must include host, and every header it names must be present",
+        )
+    declared = headers.get("X-Amz-Content-SHA256")
+    if declared is not None and declared != hashlib.sha256(body).hexdigest():
+        # The signature covers this header instead of the body: a body that does not match
+        # it would otherwise pass with another request's signature.
+        raise _refused("InvalidSignatureException", "X-Amz-Content-SHA256 does not match the body")
+    request = AWSRequest(
+        method=method,
+        url=f"http://{headers['host']}{raw_path}",
+        headers={name: headers[name] for name in names},
+        data=body,
+    )
+    request.context["timestamp"] = stamp
+    signer = SigV4Auth(credentials, match["service"], match["region"])
+    expected = signer.signature(
+        signer.string_to_sign(request, signer.canonical_request(request)), request
+    )
+    if not hmac.compare_digest(expected, match["signature"]):
+        raise _refused(
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided. "
+            f"Check your AWS Secret Access Key: use the one of this LocalBatch {_WHERE}",
+        )
+
+
 class ApiServer:
-    """Routes each request to the `BatchState` or `LogsState` method of its operation."""
+    """Routes each request to the `BatchState` or `LogsState` method of its operation.
+
+    With `credentials`, only requests signed with them are answered; without, any are.
+    """
 
     def __init__(
         self,
@@ -84,8 +182,10 @@ class ApiServer:
         logs: LogsState,
         options: LocalBatchOptions,
         requests: list[ApiRequest],
+        credentials: Credentials | None = None,
     ) -> None:
         self._options = options
+        self._credentials = credentials
         self._random = random.Random(options.seed)
         self._requests = requests
         self._handlers: dict[tuple[Service, str], Handler] = {}
@@ -113,6 +213,15 @@ class ApiServer:
         params: Params = {}
         try:
             body = await request.read()
+            if self._credentials is not None:
+                check_signature(
+                    request.method,
+                    request.raw_path,
+                    request.headers,
+                    body,
+                    self._credentials,
+                    datetime.datetime.now(datetime.UTC),
+                )
             if target:
                 operation = route_json("logs", target)
                 if operation is None:
