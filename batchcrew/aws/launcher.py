@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import shlex
 from collections import deque
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -58,7 +59,9 @@ class BatchLauncher(Launcher):
 
     `options` says where and how (queue, definition, resources, escalation lists).
     `max_concurrent_requests` bounds the Batch calls under way at once. `seconds_poll` is how
-    often the status of jobs whose workers have not connected is checked.
+    often the status of jobs whose workers have not connected is checked. `seconds_close`
+    bounds how long closing spends ending the jobs still running: after it, close gives up
+    and logs an ERROR naming the jobs it could not end.
     """
 
     name = "aws_batch"
@@ -70,6 +73,7 @@ class BatchLauncher(Launcher):
         *,
         max_concurrent_requests: int = 8,
         seconds_poll: float = 10.0,
+        seconds_close: float = 60.0,
     ) -> None:
         super().__init__()
         if not isinstance(options, BatchOptions):
@@ -83,10 +87,17 @@ class BatchLauncher(Launcher):
             )
         if not (isinstance(seconds_poll, int | float) and seconds_poll > 0):
             raise ValueError(f"seconds_poll must be a positive number, not {seconds_poll!r}")
+        if isinstance(seconds_close, bool) or not (
+            isinstance(seconds_close, int | float) and seconds_close > 0
+        ):
+            raise ValueError(
+                f"seconds_close must be a positive number of seconds, not {seconds_close!r}"
+            )
         self.options = options
         self.levels = options.levels
         self.max_concurrent_requests = max_concurrent_requests
         self.seconds_poll = seconds_poll
+        self.seconds_close = seconds_close
         self._limiter = anyio.CapacityLimiter(max_concurrent_requests)
         self._client: Any = None
         self._stack: AsyncExitStack | None = None
@@ -105,7 +116,11 @@ class BatchLauncher(Launcher):
 
     async def close(self) -> None:
         """Cancel and terminate every job of this launcher not known to have finished,
-        concurrently (bounded); then close the client."""
+        concurrently (bounded), giving up after `seconds_close`; then close the client.
+
+        Logs a WARNING naming the jobs it is ending, and an ERROR naming those it could not
+        end (AWS unreachable, refusing, or too slow), so that they can be ended by hand.
+        """
         try:
             targets: list[str] = []
             for jobs in self._jobs.values():
@@ -115,15 +130,59 @@ class BatchLauncher(Launcher):
                     else:
                         targets += [job.child_id(child) for child in sorted(job.unfinished)]
             if targets:
-                logger.info("ending %d AWS Batch job(s) at close", len(targets))
-            async with anyio.create_task_group() as group:
-                for job_id in targets:
-                    group.start_soon(self._end, job_id, "the batchcrew controller closed")
+                await self._end_at_close(targets)
             self._jobs.clear()
         finally:
             if self._stack is not None:
                 await self._stack.aclose()
             self._client = None
+
+    async def _end_at_close(self, targets: list[str]) -> None:
+        # Said at once, so that a close that waits on AWS says what it waits for.
+        logger.warning(
+            "closing: ending %d AWS Batch job(s) not known to have finished (CancelJob, "
+            "TerminateJob; giving up after seconds_close=%g): %s",
+            len(targets),
+            self.seconds_close,
+            " ".join(targets),
+        )
+        failures: dict[str, str] = {
+            job_id: f"no answer within seconds_close={self.seconds_close:g} (AWS slow or "
+            "unreachable: botocore was still retrying)"
+            for job_id in targets
+        }
+
+        async def end(job_id: str) -> None:
+            error = await self._end(job_id, "the batchcrew controller closed")
+            if error is None:
+                del failures[job_id]
+            else:
+                failures[job_id] = error
+
+        with anyio.move_on_after(self.seconds_close):
+            async with anyio.create_task_group() as group:
+                for job_id in targets:
+                    group.start_soon(end, job_id)
+        if failures:
+            logger.error(
+                "could not end %d AWS Batch job(s) at close; they may still be running, and "
+                "costing. End them by hand: %s\n%s",
+                len(failures),
+                self._terminate_command(list(failures)),
+                "\n".join(f"  {job_id}: {error}" for job_id, error in failures.items()),
+            )
+
+    def _terminate_command(self, job_ids: list[str]) -> str:
+        """The `batchcrew terminate` command line that ends `job_ids` where this launcher does."""
+        words = ["batchcrew", "terminate", *job_ids]
+        for flag, value in (
+            ("--region", self.options.region),
+            ("--endpoint-url", self.options.endpoint_url),
+            ("--profile", self.options.profile),
+        ):
+            if value is not None:
+                words += [flag, value]
+        return shlex.join(words)
 
     # -- launching ------------------------------------------------------------------------
 
@@ -240,9 +299,11 @@ class BatchLauncher(Launcher):
             if job.offset <= index < job.offset + job.size:
                 await self._end(job.child_id(index - job.offset), reason)
 
-    async def _end(self, job_id: str, reason: str) -> None:
+    async def _end(self, job_id: str, reason: str) -> str | None:
+        """Cancel, then terminate `job_id`; return None if TerminateJob succeeded, else why not."""
         # CancelJob ends a job not yet started; TerminateJob one already running. A job can
         # move between the two calls, so both are sent, as crew.aws.batch does.
+        failure: str | None = None
         for action in ("CancelJob", "TerminateJob"):
             try:
                 async with self._limiter:
@@ -253,9 +314,12 @@ class BatchLauncher(Launcher):
                             else self._client.terminate_job
                         )
                         await method(jobId=job_id, reason=reason)
+                failure = None
             except BatchError as error:
                 self._record(action, job_id, error)
                 logger.warning("%s", error)
+                failure = str(error)
+        return failure
 
     # -- watching -------------------------------------------------------------------------
 
@@ -334,6 +398,7 @@ def batch_controller(
     *,
     options: BatchOptions,
     max_concurrent_requests: int = 8,
+    seconds_close: float = 60.0,
     seconds_launch: float = 600.0,
     seconds_idle: float = 60.0,
     **controller_options: Any,
@@ -341,10 +406,13 @@ def batch_controller(
     """A controller whose workers are AWS Batch jobs: the same as
     `bc.Controller(name, workers, launcher=aws.BatchLauncher(options, ...), ...)`.
 
-    `seconds_launch` defaults to 600: a Batch job may wait minutes for an instance.
-    Other keyword arguments are the controller's (tasks_max, seconds_wall, host, port, ...).
+    `max_concurrent_requests` and `seconds_close` are the launcher's. `seconds_launch`
+    defaults to 600: a Batch job may wait minutes for an instance. Other keyword arguments are
+    the controller's (tasks_max, seconds_wall, host, port, ...).
     """
-    launcher = BatchLauncher(options, max_concurrent_requests=max_concurrent_requests)
+    launcher = BatchLauncher(
+        options, max_concurrent_requests=max_concurrent_requests, seconds_close=seconds_close
+    )
     return Controller(
         name,
         workers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import time
@@ -315,6 +316,105 @@ async def test_a_job_that_never_starts_is_ended_before_it_is_replaced(
     assert submits[0] < first_cancel < submits[1]  # ended, then replaced
 
 
+# -- closing when AWS cannot end the jobs ----------------------------------------------------
+
+
+def close_records(caplog: pytest.LogCaptureFixture) -> tuple[str, str | None]:
+    """The message of the WARNING that close logs before ending jobs, and of its ERROR (None
+    when every job was ended)."""
+    (warning,) = [r for r in caplog.records if r.getMessage().startswith("closing: ending")]
+    assert warning.levelno == logging.WARNING
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) <= 1
+    if errors:
+        assert caplog.records.index(warning) < caplog.records.index(errors[0])
+    return warning.getMessage(), errors[0].getMessage() if errors else None
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "reason"),
+    [
+        (10, "no answer within seconds_close=2"),  # botocore still retrying at the bound
+        (1, "cannot reach AWS"),  # no retries: the connection error itself
+    ],
+)
+async def test_close_with_aws_unreachable_gives_up_within_seconds_close_and_names_the_jobs(
+    local_batch: LocalBatch,
+    batch_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    max_attempts: int,
+    reason: str,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="batchcrew")
+    options = options_for(local_batch, max_attempts=max_attempts)
+    controller = aws.batch_controller(workers=2, options=options, seconds_close=2)
+    async with controller:
+        assert [await task for task in controller.walk(double, range(2))]
+        submitted = {job["jobId"] for job in await all_jobs(batch_client, local_batch.job_queue)}
+        assert submitted
+        await local_batch.close()  # AWS is gone: every call now fails to connect
+        with anyio.fail_after(20):  # seconds_grace (5) + seconds_close (2), with room
+            await controller.aclose()
+    warning, error = close_records(caplog)
+    assert set(warning.split(": ")[-1].split()) == submitted
+    assert "giving up after seconds_close=2" in warning
+    assert error is not None
+    assert f"could not end {len(submitted)} AWS Batch job(s) at close" in error
+    command = error.split("End them by hand: ", 1)[1].splitlines()[0]
+    assert command.split()[:2] == ["batchcrew", "terminate"]
+    assert set(command.split()[2:]) == submitted
+    for job_id in submitted:
+        assert f"  {job_id}: " in error
+    assert reason in error
+
+
+@pytest.mark.parametrize(
+    "local_batch_options",
+    [LocalBatchOptions(fault_rate={"CancelJob": 1.0, "TerminateJob": 1.0})],
+)
+async def test_close_names_the_jobs_batch_refused_to_end_with_its_error(
+    local_batch: LocalBatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="batchcrew")
+    options = options_for(local_batch, max_attempts=1, region="us-east-1")
+    controller = aws.batch_controller(workers=1, options=options)  # seconds_close=60
+    with anyio.fail_after(30):  # well within seconds_close: the errors came at once
+        async with controller:
+            assert (await controller.push(double, 1)).result == 2
+    warning, error = close_records(caplog)
+    (job_id,) = warning.split(": ")[-1].split()
+    assert error is not None
+    assert "could not end 1 AWS Batch job(s) at close" in error
+    assert f"  {job_id}: TerminateJob {job_id}: ServerException" in error
+    assert f"batchcrew terminate {job_id} --region us-east-1" in error  # where the jobs are
+    terminates = [r for r in local_batch.requests if r.operation == "TerminateJob"]
+    assert [(r.params["jobId"], r.error) for r in terminates] == [(job_id, "ServerException")]
+
+
+@pytest.mark.parametrize(
+    "local_batch_options",
+    [LocalBatchOptions(fault_rate={"CancelJob": 0.5, "TerminateJob": 0.5}, seed=3)],
+)
+async def test_close_ends_every_job_through_injected_faults(
+    local_batch: LocalBatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="batchcrew")
+    options = options_for(local_batch, retry_mode="standard")
+    async with aws.batch_controller(workers=3, options=options) as controller:
+        assert [(await task).result for task in controller.walk(double, range(3))] == [0, 2, 4]
+    warning, error = close_records(caplog)
+    assert error is None  # botocore's retries got through the faults
+    targets = set(warning.split(": ")[-1].split())
+    ended = {
+        r.params["jobId"]
+        for r in local_batch.requests
+        if r.operation == "TerminateJob" and r.error is None
+    }
+    assert ended == targets
+    faults = [r for r in local_batch.requests if r.error == "ServerException"]
+    assert faults, "the seed makes some calls fail"
+
+
 def test_bad_options_are_rejected_before_any_request() -> None:
     with pytest.raises(ValueError, match="job_queue must be a non-empty string"):
         aws.BatchOptions(job_definition="d", job_queue="")
@@ -326,6 +426,8 @@ def test_bad_options_are_rejected_before_any_request() -> None:
         aws.BatchLauncher(
             aws.BatchOptions(job_definition="d", job_queue="q"), max_concurrent_requests=0
         )
+    with pytest.raises(ValueError, match="seconds_close must be a positive number of seconds"):
+        aws.BatchLauncher(aws.BatchOptions(job_definition="d", job_queue="q"), seconds_close=0)
 
 
 def test_resource_requirements_convert_gigabytes_as_crew_does() -> None:
