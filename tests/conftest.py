@@ -14,6 +14,9 @@ from batchcrew.testing.pytest_plugin import MakeController
 
 __all__ = ["MakeController", "RecordingLauncher", "children"]
 
+# The `pytester` fixture, for tests of the pytest plugin that run a test file of their own.
+pytest_plugins = ["pytester"]
+
 
 class RecordingLauncher(bc.LocalLauncher):
     """A launcher plugin written against the public contract: it records each request."""

@@ -11,6 +11,9 @@ emulator only when a test asks for a fixture. Fixtures:
 - `controller`: a factory, `await controller(**options)`, of started controllers (local
   launcher, two workers, a short heartbeat unless told otherwise), every one closed after the
   test, its workers with it.
+
+Whatever order a test names them in, the test's controllers are closed before its
+`local_batch`: a controller on emulated Batch ends its jobs through the emulator as it closes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,21 @@ MakeController = Callable[..., Awaitable["Controller"]]
 #: The names `local_batch` gives its pre-created queue and job definition.
 TEST_JOB_QUEUE = "batchcrew-test"
 TEST_JOB_DEFINITION = "batchcrew-test"
+
+#: The controllers the `controller` fixture made for a test, in its item's stash: whichever of
+#: `controller` and `local_batch` pytest tears down first closes them.
+CONTROLLERS = pytest.StashKey["list[Controller]"]()
+
+
+def _made_controllers(request: pytest.FixtureRequest) -> list[Controller]:
+    made: list[Controller] = request.node.stash.setdefault(CONTROLLERS, [])
+    return made
+
+
+async def _close_controllers(request: pytest.FixtureRequest) -> None:
+    """Close the test's controllers, newest first (closing twice does nothing)."""
+    for made in reversed(_made_controllers(request)):
+        await made.aclose()
 
 
 def _async_fixture() -> Callable[[Any], Any]:
@@ -51,8 +69,11 @@ def local_batch_options() -> LocalBatchOptions:
 
 
 @_async_fixture()
-async def local_batch(local_batch_options: LocalBatchOptions) -> AsyncIterator[LocalBatch]:
-    """A running `LocalBatch` with a queue and a job definition, closed after the test."""
+async def local_batch(
+    local_batch_options: LocalBatchOptions, request: pytest.FixtureRequest
+) -> AsyncIterator[LocalBatch]:
+    """A running `LocalBatch` with a queue and a job definition, closed after the test, once
+    the test's controllers are closed."""
     from batchcrew.testing import LocalBatch
 
     async with LocalBatch(
@@ -60,7 +81,13 @@ async def local_batch(local_batch_options: LocalBatchOptions) -> AsyncIterator[L
         job_definition=TEST_JOB_DEFINITION,
         options=local_batch_options,
     ) as batch:
-        yield batch
+        try:
+            yield batch
+        finally:
+            # pytest ends fixtures in the reverse order of their setup, so with
+            # `test(controller, local_batch)` this runs first: a controller closed after the
+            # emulator would spend minutes retrying to end its jobs against nothing.
+            await _close_controllers(request)
 
 
 @_async_fixture()
@@ -72,17 +99,18 @@ async def controller(request: pytest.FixtureRequest) -> AsyncIterator[MakeContro
     """
     from batchcrew.controller import Controller
 
-    made: list[Controller] = []
+    made = _made_controllers(request)
 
     async def make(**options: Any) -> Controller:
         options.setdefault("name", request.node.name[:60])
         options.setdefault("workers", 2)
         options.setdefault("seconds_heartbeat", 5.0)
         started = Controller(**options)
+        made.append(started)  # before start: a start that fails half-way is closed too
         await started.start()
-        made.append(started)
         return started
 
-    yield make
-    for started in made:
-        await started.aclose()
+    try:
+        yield make
+    finally:
+        await _close_controllers(request)
