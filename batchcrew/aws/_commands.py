@@ -29,6 +29,7 @@ _GROUPS = {"active": _STATUSES[:5], "inactive": _STATUSES[5:]}
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+_UNLIMITED = 100_000  # a width no table reaches: to measure one's natural width
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -213,7 +214,11 @@ def _definition(args: argparse.Namespace) -> JobDefinition:
 
 async def _jobs(args: argparse.Namespace) -> int:
     statuses = [s for given in args.status or _STATUSES for s in _GROUPS.get(given, (given,))]
-    _show(await _monitor(args).jobs(statuses), args)
+    frame = await _monitor(args).jobs(statuses)
+    if args.json:
+        _print_json(frame.to_dicts())
+    else:
+        _show_jobs(frame)
     return 0
 
 
@@ -221,7 +226,10 @@ async def _status(args: argparse.Namespace) -> int:
     frame = await _monitor(args).status(args.id)
     if frame.height == 0:
         return _fail(f"no job {args.id}: check the id and --region", EXIT_FAILED)
-    _show(frame, args)
+    if args.json:
+        _print_json(frame.to_dicts())
+    else:
+        _show_job(frame.row(0, named=True))
     return 0
 
 
@@ -332,6 +340,99 @@ def _show(frame: pl.DataFrame, args: argparse.Namespace) -> None:
         # Text, not str: AWS values may hold [brackets] that rich would read as markup.
         table.add_row(*(Text(_cell(value)) for value in row))
     Console().print(table)
+
+
+def _show_jobs(frame: pl.DataFrame) -> None:
+    """One line per job, what a person scans (name, short id, status, reason, start, run time),
+    as wide as the terminal: names and reasons are cut with an ellipsis, never wrapped."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    now = datetime.datetime.now(datetime.UTC)
+    table = Table(
+        box=None,
+        pad_edge=False,
+        header_style="bold underline",
+        caption="ids shortened; times UTC; full ids and every field: --json",
+    )
+    table.add_column("name", ratio=2, min_width=8, no_wrap=True, overflow="ellipsis")
+    table.add_column("id", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("reason", ratio=3, min_width=8, no_wrap=True, overflow="ellipsis")
+    table.add_column("started", no_wrap=True)
+    table.add_column("run time", no_wrap=True, justify="right")
+    for job in frame.iter_rows(named=True):
+        started: datetime.datetime | None = job["started"]
+        cells = (
+            job["name"] or "",
+            _short_id(job["id"] or ""),
+            job["status"] or "",
+            job["reason"] or "",
+            started.strftime("%m-%d %H:%M") if started is not None else "",
+            _run_time(started, job["stopped"], job["status"], now),
+        )
+        # Text, not str: AWS values may hold [brackets] that rich would read as markup.
+        table.add_row(*(Text(cell) for cell in cells))
+    console = Console()
+    # Ratios share out the width only in an expanded table; expand it only when its natural
+    # width (measured without the terminal's limit) is too much, so a short list stays narrow.
+    natural = console.measure(table, options=console.options.update_width(_UNLIMITED)).maximum
+    table.expand = natural > console.width
+    console.print(table)
+
+
+def _show_job(job: dict[str, Any]) -> None:
+    """One job, a field per line, long values folded within the terminal's width."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    now = datetime.datetime.now(datetime.UTC)
+    fields = {
+        **job,
+        "run time": _run_time(job["started"], job["stopped"], job["status"], now),
+    }
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for name, value in fields.items():
+        text = _cell(value) + (" UTC" if isinstance(value, datetime.datetime) else "")
+        table.add_row(name, Text(text))
+    Console().print(table)
+
+
+def _short_id(job_id: str) -> str:
+    """The first 8 characters of a job id, as git shortens commits (an array child keeps its
+    ":index")."""
+    parent, colon, index = job_id.partition(":")
+    return parent[:8] + colon + index
+
+
+def _run_time(
+    started: datetime.datetime | None,
+    stopped: datetime.datetime | None,
+    status: str | None,
+    now: datetime.datetime,
+) -> str:
+    """How long the job ran ("42s", "3m05s", "2h07m", "1d04h"), or runs so far; "" if it never
+    started."""
+    if started is None:
+        return ""
+    end = stopped if stopped is not None else (now if status == "running" else None)
+    if end is None:
+        return ""
+    seconds = max(0, int((end - started).total_seconds()))
+    minutes, second = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    days, hour = divmod(hours, 24)
+    if days:
+        return f"{days}d{hour:02d}h"
+    if hours:
+        return f"{hours}h{minute:02d}m"
+    if minutes:
+        return f"{minutes}m{second:02d}s"
+    return f"{second}s"
 
 
 def _cell(value: object) -> str:

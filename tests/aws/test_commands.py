@@ -267,3 +267,117 @@ async def test_as_a_process(local_aws: LocalBatch, monitor: BatchMonitor) -> Non
     assert code == 1
     assert "Traceback" in err
     assert "BatchError" in err
+
+
+# -- tables a person reads -------------------------------------------------------------------
+
+
+async def test_jobs_table_fits_80_columns_with_one_line_per_job(
+    cli: Any,
+    monitor: BatchMonitor,
+    local_aws: LocalBatch,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    wait = (
+        f"import os, time\nwhile not os.path.exists({str(tmp_path / 'never')!r}): time.sleep(0.01)"
+    )
+    jobs = {
+        "ok": await monitor.submit("controller-" + "0123456789abcdef" * 4, ["true"]),
+        "failed": await monitor.submit("failed", [sys.executable, "-c", "raise SystemExit(3)"]),
+        "running": await monitor.submit("running", [sys.executable, "-c", wait]),
+        "queued": await monitor.submit("queued", ["true"], cpus=100_000),
+    }
+    ids = {key: frame["id"][0] for key, frame in jobs.items()}
+    await wait_for_status(monitor, ids["ok"], ["succeeded"])
+    await wait_for_status(monitor, ids["failed"], ["failed"])
+    await wait_for_status(monitor, ids["running"], ["running"])
+    queue = ("--queue", local_aws.job_queue, "--definition", local_aws.job_definition)
+
+    tables = {}
+    for columns in ("80", "250"):
+        monkeypatch.setenv("COLUMNS", columns)
+        code, tables[columns], err = await cli("jobs", *queue)
+        assert (code, err) == (0, "")
+    narrow = tables["80"].splitlines()
+    assert max(len(line) for line in narrow) <= 80
+    rows = {key: [line for line in narrow if job_id[:8] in line] for key, job_id in ids.items()}
+    assert all(len(lines) == 1 for lines in rows.values()), rows  # one line per job
+    assert narrow[0].split() == ["name", "id", "status", "reason", "started", "run", "time"]
+    assert len(narrow) == 1 + len(ids) + 1  # header, the jobs, the caption
+    assert ids["ok"] not in tables["80"]  # short ids: the full ones are in --json
+    assert "full ids and every field: --json" in narrow[-1]
+    (ok,) = rows["ok"]
+    assert ok.startswith("controller-")
+    assert "…" in ok  # the long name is cut, not wrapped
+    assert " succeeded " in ok
+    assert " failed " in rows["failed"][0]
+    assert rows["running"][0].startswith("running ")
+    assert rows["running"][0].rstrip().endswith("s")  # running so far
+    assert rows["queued"][0].split()[1:4] == [ids["queued"][:8], "runnable", "no"]
+
+    wide = tables["250"]  # room enough: every name and reason whole
+    assert "controller-" + "0123456789abcdef" * 4 in wide
+    assert "Essential container in task exited" in wide
+    assert "…" not in wide
+
+    code, out, _ = await cli("jobs", *queue, "--json")  # every field, full ids
+    listed = {row["id"]: row for row in json.loads(out)}
+    assert set(listed) == set(ids.values())
+    assert set(listed[ids["ok"]]) == {
+        "name",
+        "id",
+        "arn",
+        "queue",
+        "status",
+        "reason",
+        "created",
+        "started",
+        "stopped",
+    }
+
+
+async def test_status_shows_one_field_a_line_within_80_columns(
+    cli: Any, monitor: BatchMonitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = (await monitor.submit("x" * 120, [sys.executable, "-c", "raise SystemExit(3)"]))["id"][0]
+    await wait_for_status(monitor, job, ["failed"])
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = await cli("status", job)
+    assert code == 0
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    fields = [line.split()[0] for line in lines if line[:1].strip()]
+    assert fields == [
+        "name",
+        "id",
+        "arn",
+        "queue",
+        "status",
+        "reason",
+        "created",
+        "started",
+        "stopped",
+        "run",
+    ]
+    assert f"id        {job}" in out  # the full id, whole on its line
+    assert "Essential container in task exited" in out
+    assert "UTC" in out
+    text = "".join(line[10:].strip() for line in lines)  # long values fold, nothing is lost
+    assert "x" * 120 in text
+    assert f"job/{job}" in text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s"), (59, "59s"), (60, "1m00s"), (3599, "59m59s"), (3600, "1h00m"), (90061, "1d01h")],
+)
+def test_run_times_read_at_a_glance(seconds: int, shown: str) -> None:
+    from batchcrew.aws._commands import _run_time
+
+    start = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    end = start + datetime.timedelta(seconds=seconds)
+    assert _run_time(start, end, "succeeded", start) == shown
+    assert _run_time(start, None, "running", end) == shown  # running: so far
+    assert _run_time(start, None, "starting", end) == ""
+    assert _run_time(None, None, "runnable", end) == ""
