@@ -36,6 +36,7 @@ TAG = "batchcrew:controller"
 """The tag on every job a launcher submits: "<controller name>/<instance token>"."""
 
 _DESCRIBE_MAX = 100  # job ids per DescribeJobs call
+_SECONDS_CLOSE_QUIET = 5.0  # at close, how long ending jobs may take before a WARNING says so
 _ERRORS_KEPT = 1000
 _FINISHED = ("SUCCEEDED", "FAILED")
 
@@ -118,8 +119,9 @@ class BatchLauncher(Launcher):
         """Cancel and terminate every job of this launcher not known to have finished,
         concurrently (bounded), giving up after `seconds_close`; then close the client.
 
-        Logs a WARNING naming the jobs it is ending, and an ERROR naming those it could not
-        end (AWS unreachable, refusing, or too slow), so that they can be ended by hand.
+        Names the jobs it ends at INFO, and at WARNING if ending them takes more than a few
+        seconds; logs an ERROR naming those it could not end (AWS unreachable, refusing, or too
+        slow), so that they can be ended by hand.
         """
         try:
             targets: list[str] = []
@@ -138,12 +140,10 @@ class BatchLauncher(Launcher):
             self._client = None
 
     async def _end_at_close(self, targets: list[str]) -> None:
-        # Said at once, so that a close that waits on AWS says what it waits for.
-        logger.warning(
+        logger.info(
             "closing: ending %d AWS Batch job(s) not known to have finished (CancelJob, "
-            "TerminateJob; giving up after seconds_close=%g): %s",
+            "TerminateJob): %s",
             len(targets),
-            self.seconds_close,
             " ".join(targets),
         )
         failures: dict[str, str] = {
@@ -159,10 +159,27 @@ class BatchLauncher(Launcher):
             else:
                 failures[job_id] = error
 
+        async def warn_if_slow() -> None:
+            # A healthy close ends its jobs in a second or two and says so at INFO; one that
+            # waits on AWS says at WARNING what it waits for, long before it gives up.
+            seconds = min(_SECONDS_CLOSE_QUIET, self.seconds_close / 2)
+            await anyio.sleep(seconds)
+            logger.warning(
+                "closing: still ending %d AWS Batch job(s) after %g s (AWS slow or "
+                "unreachable?); giving up after seconds_close=%g: %s",
+                len(failures),
+                seconds,
+                self.seconds_close,
+                " ".join(failures),
+            )
+
         with anyio.move_on_after(self.seconds_close):
             async with anyio.create_task_group() as group:
-                for job_id in targets:
-                    group.start_soon(end, job_id)
+                group.start_soon(warn_if_slow)
+                async with anyio.create_task_group() as ends:
+                    for job_id in targets:
+                        ends.start_soon(end, job_id)
+                group.cancel_scope.cancel()
         if failures:
             logger.error(
                 "could not end %d AWS Batch job(s) at close; they may still be running, and "

@@ -7,6 +7,7 @@ import os
 import statistics
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -319,16 +320,39 @@ async def test_a_job_that_never_starts_is_ended_before_it_is_replaced(
 # -- closing when AWS cannot end the jobs ----------------------------------------------------
 
 
-def close_records(caplog: pytest.LogCaptureFixture) -> tuple[str, str | None]:
-    """The message of the WARNING that close logs before ending jobs, and of its ERROR (None
-    when every job was ended)."""
-    (warning,) = [r for r in caplog.records if r.getMessage().startswith("closing: ending")]
-    assert warning.levelno == logging.WARNING
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+@dataclass
+class CloseLog:
+    """What the launcher logged at close: the jobs it set out to end (INFO, at once), its
+    WARNINGs, and its ERROR naming the jobs left (None when it ended them all)."""
+
+    ending: list[str]
+    warnings: list[str]
+    error: str | None
+
+
+def close_log(caplog: pytest.LogCaptureFixture) -> CloseLog:
+    records = [r for r in caplog.records if r.pathname.endswith(os.path.join("aws", "launcher.py"))]
+    (ending,) = [r for r in records if r.getMessage().startswith("closing: ending")]
+    assert ending.levelno == logging.INFO
+    records = records[records.index(ending) :]  # what close logged
+    errors = [r.getMessage() for r in records if r.levelno == logging.ERROR]
     assert len(errors) <= 1
     if errors:
-        assert caplog.records.index(warning) < caplog.records.index(errors[0])
-    return warning.getMessage(), errors[0].getMessage() if errors else None
+        assert records[-1].levelno == logging.ERROR  # the last word
+    return CloseLog(
+        ending.getMessage().split(": ")[-1].split(),
+        [r.getMessage() for r in records if r.levelno == logging.WARNING],
+        errors[0] if errors else None,
+    )
+
+
+def ended(local_batch: LocalBatch) -> set[str]:
+    """The jobs the emulator terminated on request."""
+    return {
+        r.params["jobId"]
+        for r in local_batch.requests
+        if r.operation == "TerminateJob" and r.error is None
+    }
 
 
 @pytest.mark.parametrize(
@@ -345,7 +369,7 @@ async def test_close_with_aws_unreachable_gives_up_within_seconds_close_and_name
     max_attempts: int,
     reason: str,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="batchcrew")
+    caplog.set_level(logging.INFO, logger="batchcrew")
     options = options_for(local_batch, max_attempts=max_attempts)
     controller = aws.batch_controller(workers=2, options=options, seconds_close=2)
     async with controller:
@@ -355,17 +379,24 @@ async def test_close_with_aws_unreachable_gives_up_within_seconds_close_and_name
         await local_batch.close()  # AWS is gone: every call now fails to connect
         with anyio.fail_after(20):  # seconds_grace (5) + seconds_close (2), with room
             await controller.aclose()
-    warning, error = close_records(caplog)
-    assert set(warning.split(": ")[-1].split()) == submitted
-    assert "giving up after seconds_close=2" in warning
-    assert error is not None
-    assert f"could not end {len(submitted)} AWS Batch job(s) at close" in error
-    command = error.split("End them by hand: ", 1)[1].splitlines()[0]
+    log = close_log(caplog)
+    assert set(log.ending) == submitted
+    if max_attempts > 1:  # still waiting at half of seconds_close: a WARNING says so
+        (slow,) = log.warnings
+        assert "still ending" in slow
+        assert "giving up after seconds_close=2" in slow
+        assert set(slow.split(": ")[-1].split()) == submitted
+    else:  # each call failed at once, and said why
+        assert all("cannot reach AWS" in warning for warning in log.warnings)
+        assert len(log.warnings) == 2 * len(submitted)  # CancelJob and TerminateJob
+    assert log.error is not None
+    assert f"could not end {len(submitted)} AWS Batch job(s) at close" in log.error
+    command = log.error.split("End them by hand: ", 1)[1].splitlines()[0]
     assert command.split()[:2] == ["batchcrew", "terminate"]
     assert set(command.split()[2:]) == submitted
     for job_id in submitted:
-        assert f"  {job_id}: " in error
-    assert reason in error
+        assert f"  {job_id}: " in log.error
+    assert reason in log.error
 
 
 @pytest.mark.parametrize(
@@ -375,18 +406,18 @@ async def test_close_with_aws_unreachable_gives_up_within_seconds_close_and_name
 async def test_close_names_the_jobs_batch_refused_to_end_with_its_error(
     local_batch: LocalBatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="batchcrew")
+    caplog.set_level(logging.INFO, logger="batchcrew")
     options = options_for(local_batch, max_attempts=1, region="us-east-1")
     controller = aws.batch_controller(workers=1, options=options)  # seconds_close=60
     with anyio.fail_after(30):  # well within seconds_close: the errors came at once
         async with controller:
             assert (await controller.push(double, 1)).result == 2
-    warning, error = close_records(caplog)
-    (job_id,) = warning.split(": ")[-1].split()
-    assert error is not None
-    assert "could not end 1 AWS Batch job(s) at close" in error
-    assert f"  {job_id}: TerminateJob {job_id}: ServerException" in error
-    assert f"batchcrew terminate {job_id} --region us-east-1" in error  # where the jobs are
+    log = close_log(caplog)
+    (job_id,) = log.ending
+    assert log.error is not None
+    assert "could not end 1 AWS Batch job(s) at close" in log.error
+    assert f"  {job_id}: TerminateJob {job_id}: ServerException" in log.error
+    assert f"batchcrew terminate {job_id} --region us-east-1" in log.error  # where the jobs are
     terminates = [r for r in local_batch.requests if r.operation == "TerminateJob"]
     assert [(r.params["jobId"], r.error) for r in terminates] == [(job_id, "ServerException")]
 
@@ -395,22 +426,16 @@ async def test_close_names_the_jobs_batch_refused_to_end_with_its_error(
     "local_batch_options",
     [LocalBatchOptions(fault_rate={"CancelJob": 0.5, "TerminateJob": 0.5}, seed=3)],
 )
-async def test_close_ends_every_job_through_injected_faults(
+async def test_close_ends_every_job_through_injected_faults_without_a_warning(
     local_batch: LocalBatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="batchcrew")
+    caplog.set_level(logging.INFO, logger="batchcrew")
     options = options_for(local_batch, retry_mode="standard")
     async with aws.batch_controller(workers=3, options=options) as controller:
         assert [(await task).result for task in controller.walk(double, range(3))] == [0, 2, 4]
-    warning, error = close_records(caplog)
-    assert error is None  # botocore's retries got through the faults
-    targets = set(warning.split(": ")[-1].split())
-    ended = {
-        r.params["jobId"]
-        for r in local_batch.requests
-        if r.operation == "TerminateJob" and r.error is None
-    }
-    assert ended == targets
+    log = close_log(caplog)
+    assert (log.warnings, log.error) == ([], None)  # botocore's retries got through the faults
+    assert ended(local_batch) == set(log.ending)
     faults = [r for r in local_batch.requests if r.error == "ServerException"]
     assert faults, "the seed makes some calls fail"
 
