@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; another than loopback needs --allow-remote)",
+        help="address to listen on (default 127.0.0.1; any but loopback needs --allow-remote)",
     )
     parser.add_argument(
         "--allow-remote",

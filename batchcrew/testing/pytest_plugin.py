@@ -106,8 +106,8 @@ async def controller(request: pytest.FixtureRequest) -> AsyncIterator[MakeContro
         options.setdefault("workers", 2)
         options.setdefault("seconds_heartbeat", 5.0)
         started = Controller(**options)
-        made.append(started)  # before start: a start that fails half-way is closed too
         await started.start()
+        made.append(started)
         return started
 
     try:
