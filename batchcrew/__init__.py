@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from batchcrew.executor import Executor
     from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
     from batchcrew.launchers.local import LocalLauncher
+    from batchcrew.seeding import task_seed
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BatchcrewError",
@@ -45,6 +46,7 @@ __all__ = [
     "TaskTooLargeError",
     "WorkerExit",
     "results_frame",
+    "task_seed",
 ]
 
 _HOMES = {
@@ -65,6 +67,7 @@ _HOMES = {
     "WorkerExit": "batchcrew.launchers.base",
     "LocalLauncher": "batchcrew.launchers.local",
     "Executor": "batchcrew.executor",
+    "task_seed": "batchcrew.seeding",
 }
 
 

@@ -34,6 +34,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--launch", help="launch id issued by the controller")
     worker.add_argument("--index", type=int, help="worker number within its launch")
 
+    dockerfile = commands.add_parser(
+        "dockerfile",
+        help="print a Dockerfile for worker images that match this Python and batchcrew",
+        description="Print a Dockerfile for AWS Batch worker images: this Python minor "
+        "version, this batchcrew version, and the packages you name at their versions here.",
+    )
+    dockerfile.add_argument(
+        "--package",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a package the tasks need, pinned to its version here (repeatable; "
+        "'name>=1.2' is kept as given)",
+    )
+    dockerfile.add_argument("--base", help="base image (default: python:<this version>-slim)")
+
     emulator = commands.add_parser(
         "emulator",
         help="run a local AWS Batch + CloudWatch Logs emulator until Ctrl-C (on loopback only, "
@@ -55,6 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return aws_commands.run(args)
     if args.command == "demo":
         return asyncio.run(_demo(args))
+    if args.command == "dockerfile":
+        from batchcrew.aws.image import worker_dockerfile
+
+        try:
+            print(worker_dockerfile(args.package, base=args.base), end="")
+        except ValueError as error:
+            Console(stderr=True).print(f"[red]{error}")
+            return 2
+        return 0
     if args.command == "worker":
         from batchcrew import worker as worker_module
 

@@ -17,13 +17,13 @@ import socket
 import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, Literal, Self
 
 import anyio
 import polars as pl
 
-from batchcrew import protocol, scheduling
+from batchcrew import protocol, scheduling, seeding
 from batchcrew.dispatcher import Dispatcher, Network, Payload, Resolution
 from batchcrew.errors import (
     ControllerClosedError,
@@ -221,6 +221,14 @@ class Controller:
     worker connection; `seconds_heartbeat` bounds how long a worker outlives a lost controller
     and how long a silent connection counts as alive. `max_message_size` (bytes) bounds a
     task's pickled size and a result's.
+
+    The workers' environment: `initializer(*initargs)` runs once on each worker before its
+    first task (as in `ProcessPoolExecutor`); if it raises, the worker counts as a failed
+    launch. `modules` (your own modules or packages) travel by value with every task, for
+    workers where they are not installed. `seed` gives every task its own reproducible random
+    seed, derived from `seed` and the task's name: see `bc.task_seed()`. Workers must run the
+    controller's Python minor version and batchcrew version; others are refused as failed
+    launches.
     """
 
     def __init__(
@@ -242,6 +250,10 @@ class Controller:
         security: Literal["curve", "none"] = "curve",
         seconds_heartbeat: float = 10.0,
         max_message_size: int = 1 << 30,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        modules: Iterable[ModuleType] = (),
+        seed: int | None = None,
     ) -> None:
         _check_name("name", name)
         _check_count("workers", workers, minimum=1)
@@ -263,6 +275,11 @@ class Controller:
         if security not in ("curve", "none"):
             raise ValueError(f'security must be "curve" or "none", not {security!r}')
         _check_count("max_message_size", max_message_size, minimum=1)
+        if seed is not None:
+            _check_seed(seed)
+        self._seed = seed
+        self._modules = _check_modules(modules)
+        self._setup = self._pickle_setup(initializer, initargs)
         self.name = name
         self.launcher = launcher if launcher is not None else LocalLauncher()
         if not isinstance(self.launcher, Launcher):
@@ -330,6 +347,7 @@ class Controller:
             self._on_resolved,
             self._on_broken,
             self.name,
+            self._setup,
         )
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run(ready), name=f"batchcrew-{self.name}")
@@ -409,22 +427,25 @@ class Controller:
         *args: Any,
         name: str | None = None,
         seconds_timeout: float | None = None,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> Task:
         """Queue `function(*args, **kwargs)` on a worker; return its `Task` at once.
 
         `name` names the task (default: generated). `seconds_timeout` limits its run time on
         the worker (None: the controller's `seconds_timeout`; `math.inf`: no limit): past it,
-        the task is interrupted and resolves "error" with a `TimeoutError` message. Both are
-        keywords of `push` itself: to pass a keyword called `name` or `seconds_timeout` to
-        `function`, bind it first, `push(functools.partial(function, name="x"))`.
+        the task is interrupted and resolves "error" with a `TimeoutError` message. `seed`
+        gives the task its own random seed (default: derived from the controller's `seed` and
+        the task's name). These are keywords of `push` itself: to pass a keyword called `name`,
+        `seconds_timeout` or `seed` to `function`, bind it first,
+        `push(functools.partial(function, name="x"))`.
 
         Raises TypeError if `function` is not callable, `SerializationError` if it or an
         argument cannot be pickled, `TaskTooLargeError` over `max_message_size`, ValueError
         for a name already in use or a bad timeout, `ControllerClosedError` before start or
         after close, and `LaunchError` once launching has failed too often.
         """
-        return self._push_all(function, [(args, kwargs)], [name], seconds_timeout)[0]
+        return self._push_all(function, [(args, kwargs)], [name], seconds_timeout, seed)[0]
 
     def walk(
         self,
@@ -453,6 +474,7 @@ class Controller:
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         names: list[str | None],
         seconds_timeout: float | None,
+        seed: int | None = None,
     ) -> list[Task]:
         dispatcher = self._check_running()
         _callable(function)
@@ -463,6 +485,20 @@ class Controller:
         timeout = (
             None if seconds_timeout is None or seconds_timeout == math.inf else seconds_timeout
         )
+        if seed is not None:
+            _check_seed(seed)
+        with protocol.pickling_by_value(self._modules):
+            return self._push_pickled(dispatcher, function, calls, names, timeout, seed)
+
+    def _push_pickled(
+        self,
+        dispatcher: Dispatcher,
+        function: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        names: list[str | None],
+        timeout: float | None,
+        seed: int | None,
+    ) -> list[Task]:
         try:
             pickled = protocol.dump_function(function)
         except Exception as error:
@@ -470,8 +506,9 @@ class Controller:
                 f"cannot pickle the function {function!r:.80}: {type(error).__name__}: {error}"
             ) from error
         limit = self._network.max_message_size
+        by_value = bool(self._modules)
         taken: set[str] = set()
-        prepared: list[tuple[str | None, Payload]] = []
+        prepared: list[tuple[str | None, bytes, tuple[memoryview, ...]]] = []
         for (args, kwargs), name in zip(calls, names, strict=True):
             label = "" if name is None else f" {name!r}"
             if name is not None:
@@ -483,7 +520,7 @@ class Controller:
                     )
                 taken.add(name)
             try:
-                arguments, buffers = protocol.dump_arguments(args, kwargs)
+                arguments, buffers = protocol.dump_arguments(args, kwargs, by_value=by_value)
             except Exception as error:
                 raise SerializationError(
                     f"cannot pickle the arguments of task{label} ({_culprit(args, kwargs)}): "
@@ -495,10 +532,10 @@ class Controller:
                     f"task{label} is {size} bytes pickled, over max_message_size={limit}; pass "
                     "large data by reference (a path, a URL) or raise max_message_size"
                 )
-            prepared.append((name, Payload(pickled, arguments, tuple(buffers), timeout)))
+            prepared.append((name, arguments, tuple(buffers)))
         tasks: list[Task] = []
         payloads: dict[int, Payload] = {}
-        for name, payload in prepared:
+        for name, arguments, out_of_band in prepared:
             task_id = next(self._ids)
             if name is None:
                 name = f"task-{task_id}"
@@ -508,12 +545,36 @@ class Controller:
             self._tasks[task_id] = task
             self._names[task.name] = task_id
             self._held[task.name] = task
-            payloads[task_id] = payload
+            if seed is None and self._seed is not None:
+                task_seed: int | None = seeding.derive(self._seed, name)
+            else:
+                task_seed = seed
+            payloads[task_id] = Payload(pickled, arguments, out_of_band, timeout, task_seed)
             tasks.append(task)
         self._counts["tasks"] += len(tasks)
         if payloads:
             dispatcher.push(payloads, timeout)
         return tasks
+
+    def _pickle_setup(
+        self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+    ) -> protocol.Setup:
+        if initializer is None:
+            if initargs:
+                raise ValueError("initargs were given without an initializer")
+            return protocol.Setup()
+        if not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+        if not isinstance(initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+        with protocol.pickling_by_value(self._modules):
+            try:
+                return protocol.dump_setup(initializer, initargs)
+            except Exception as error:
+                raise SerializationError(
+                    f"cannot pickle the initializer or its initargs: {type(error).__name__}: "
+                    f"{error}"
+                ) from error
 
     def _check_running(self) -> Dispatcher:
         if self._state == "new":
@@ -859,6 +920,24 @@ def _check_name(what: str, value: object) -> None:
 def _check_count(what: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{what} must be a whole number >= {minimum}, not {value!r}")
+
+
+def _check_modules(modules: Iterable[ModuleType]) -> tuple[ModuleType, ...]:
+    if isinstance(modules, ModuleType):
+        modules = [modules]
+    checked = tuple(modules)
+    for module in checked:
+        if not isinstance(module, ModuleType):
+            raise TypeError(
+                f"modules must hold modules (import analysis; modules=[analysis]), not "
+                f"{type(module).__name__}: {module!r:.60}"
+            )
+    return checked
+
+
+def _check_seed(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"seed must be a whole number >= 0, or None, not {value!r}")
 
 
 def _check_timeout(value: object) -> None:

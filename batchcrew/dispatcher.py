@@ -12,6 +12,7 @@ import asyncio
 import errno
 import logging
 import math
+import platform
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ from typing import Any, Literal, cast
 
 import anyio
 import anyio.abc
+import cloudpickle
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from batchcrew import protocol, scheduling
+from batchcrew import __version__, protocol, scheduling
 from batchcrew.errors import ProtocolError
 from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
 from batchcrew.security import Keys, ZapHandler
@@ -47,6 +49,7 @@ class Payload:
     arguments: bytes
     buffers: tuple[memoryview, ...]
     timeout: float | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +87,12 @@ class Dispatcher:
         resolve: Callable[[Resolution], None],
         broken: Callable[[scheduling.Broken], None],
         controller: str = "controller",
+        setup: protocol.Setup | None = None,
     ) -> None:
         self.network = network
         self.controller = controller
+        self._setup = protocol.encode(setup or protocol.Setup())
+        self._mismatches: set[str] = set()  # cloudpickle versions already warned about
         self.scheduler = scheduling.Scheduler(settings)
         self.launcher = launcher
         self.address = ""
@@ -266,7 +272,12 @@ class Dispatcher:
         payload = self._payloads[task]
         frames = protocol.encode(
             protocol.Task(
-                task, payload.function, payload.arguments, payload.buffers, payload.timeout
+                task,
+                payload.function,
+                payload.arguments,
+                payload.buffers,
+                payload.timeout,
+                payload.seed,
             )
         )
         self._send(worker, frames)
@@ -441,13 +452,24 @@ class Dispatcher:
         try:
             message = protocol.decode([frame.buffer for frame in frames[1:]])
         except ProtocolError as error:
+            if self.scheduler.awaits(identity):
+                # A worker still being let in that cannot even say hello in this protocol.
+                self._refuse(
+                    identity,
+                    f"its hello did not parse ({error}); it runs another batchcrew version, "
+                    f"or is no batchcrew worker: build the worker image with batchcrew "
+                    f"{__version__}",
+                )
+                return
             logger.warning("dropped a malformed message from worker %s: %s", _name(identity), error)
             return
         now = time.monotonic()
         if isinstance(message, protocol.Outcome):
             self._on_result(identity, message, now)
+        elif isinstance(message, protocol.Hello):
+            self._on_hello(identity, message, frames[1])
         elif isinstance(message, protocol.Ready):
-            self._on_ready(identity, message, frames[1], now)
+            self._on_ready(identity, message, now)
         elif isinstance(message, protocol.Bye):
             log = logger.warning if message.end else logger.info
             log("worker %s left: %s", _name(identity), message.reason)
@@ -461,9 +483,7 @@ class Dispatcher:
         else:
             logger.warning("dropped a %s message from worker %s", type(message).__name__, identity)
 
-    def _on_ready(
-        self, identity: bytes, ready: protocol.Ready, frame: zmq.Frame, now: float
-    ) -> None:
+    def _on_hello(self, identity: bytes, hello: protocol.Hello, frame: zmq.Frame) -> None:
         if self._keys is not None and frame.get("User-Id") != self.scheduler.launch_of(identity):
             # ZAP named the launch whose key this connection holds: it must be the launch the
             # worker claims, so that one launch's key cannot pose as another launch's worker.
@@ -471,10 +491,64 @@ class Dispatcher:
                 "dropped a hello from %s: its key was issued to another launch", _name(identity)
             )
             return
-        decisions = self.scheduler.connected_worker(identity, now)
-        if decisions is None:
+        if not self.scheduler.greeted(identity):
             logger.warning("dropped a second hello from worker %s", _name(identity))
             return
+        refusal = _version_refusal(hello)
+        if refusal is not None:
+            self._refuse(identity, refusal)
+            return
+        if (
+            hello.cloudpickle != cloudpickle.__version__
+            and hello.cloudpickle not in self._mismatches
+        ):
+            self._mismatches.add(hello.cloudpickle)
+            logger.warning(
+                "worker %s runs cloudpickle %s, this controller %s: tasks usually still travel, "
+                "but pin the same version in the worker image to be sure",
+                _name(identity),
+                hello.cloudpickle,
+                cloudpickle.__version__,
+            )
+        self._watch_fd(identity, frame, time.monotonic())
+        logger.info(
+            "worker %s connected (pid %d on %s, Python %s)",
+            _name(identity),
+            hello.pid,
+            hello.host,
+            hello.python,
+        )
+        self._send(identity, self._setup)
+
+    def _refuse(self, identity: bytes, reason: str) -> None:
+        """Turn away a worker that cannot work with this controller: it counts as a failed
+        launch (so a wrong image ends in LaunchError), and the launcher ends it."""
+        logger.error("refused worker %s: %s", _name(identity), reason)
+        self._send(identity, protocol.encode(protocol.Stop(reason)))
+        self._forget_fd(identity)
+        self._apply(
+            self.scheduler.lost(identity, time.monotonic(), clean=False, reason=reason, end=True)
+        )
+        self._notify()
+
+    def _on_ready(self, identity: bytes, ready: protocol.Ready, now: float) -> None:
+        if ready.error is not None:
+            reason = f"its initializer raised {ready.error}"
+            logger.error("worker %s: %s\n%s", _name(identity), reason, ready.trace or "")
+            self._forget_fd(identity)
+            self._apply(self.scheduler.lost(identity, now, clean=False, reason=reason))
+            self._notify()
+            return
+        decisions = self.scheduler.connected_worker(identity, now)
+        if decisions is None:
+            logger.warning("dropped a ready from worker %s, which is not awaited", _name(identity))
+            return
+        logger.debug("worker %s is set up and ready", _name(identity))
+        self._apply(decisions)
+        self._notify()
+
+    def _watch_fd(self, identity: bytes, frame: zmq.Frame, now: float) -> None:
+        """Map the connection's descriptor to the worker, so that its disconnect is noticed."""
         fd = frame.get(zmq.SRCFD)
         previous = self._fds.get(fd)
         if previous is not None and previous != identity:
@@ -485,9 +559,6 @@ class Dispatcher:
                 self.scheduler.lost(previous, now, clean=False, reason="its connection closed")
             )
         self._fds[fd] = identity
-        logger.info("worker %s connected (pid %d on %s)", _name(identity), ready.pid, ready.host)
-        self._apply(decisions)
-        self._notify()
 
     def _on_result(self, identity: bytes, outcome: protocol.Outcome, now: float) -> None:
         decisions = self.scheduler.result(identity, outcome.task_id, outcome.seconds, now)
@@ -550,6 +621,21 @@ class Dispatcher:
                     continue
             self._clock_at = -math.inf  # ticking now: alarms raised meanwhile need no wake-up
             self._apply(self.scheduler.tick(time.monotonic()))
+
+
+def _version_refusal(hello: protocol.Hello) -> str | None:
+    """Why a worker with these versions cannot run this controller's tasks, if it cannot:
+    pickled code is only sure to load on the same Python minor version and batchcrew."""
+    python = ".".join(platform.python_version_tuple()[:2])
+    theirs = ".".join(hello.python.split(".")[:2])
+    if theirs == python and hello.batchcrew == __version__:
+        return None
+    return (
+        f"the worker runs Python {hello.python} with batchcrew {hello.batchcrew}, but this "
+        f"controller runs Python {platform.python_version()} with batchcrew {__version__}: "
+        f"build the worker image (or environment) with Python {python} and batchcrew "
+        f"{__version__}"
+    )
 
 
 def _option(sock: zmq.Socket[bytes], option: int) -> int:

@@ -9,13 +9,16 @@ large array crosses the wire without a copy into one giant bytes object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pickle
 import struct
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from types import ModuleType
 from typing import Any, Final, Literal
 
 import cloudpickle
@@ -34,20 +37,41 @@ Buffer = bytes | memoryview
 class Kind(IntEnum):
     """What a message is. Values below 10 go from worker to controller, the rest the other way."""
 
-    READY = 1
+    HELLO = 1
     RESULT = 2
     BYE = 3
+    READY = 4
     TASK = 10
     STOP = 11
     CANCEL = 12
+    SETUP = 13
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A worker has connected: who it is, and the versions it runs (checked before any task)."""
+
+    pid: int
+    host: str
+    python: str = ""
+    batchcrew: str = ""
+    cloudpickle: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """The controller accepts a worker: run `initializer(*initargs)` (pickled; empty: none)."""
+
+    initializer: Buffer = b""
+    initargs: Buffer = b""
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """A worker has connected and is ready for tasks."""
+    """A worker ran its setup: it is ready for tasks; or, with `error`, it failed and exits."""
 
-    pid: int
-    host: str
+    error: str | None = None
+    trace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +106,7 @@ class Task:
     """A task as the worker receives it: pickled function, pickled arguments, their buffers.
 
     `timeout`: seconds the task may run on the worker before it is interrupted (None: no limit).
+    `seed`: the task's own random seed (None: leave the generators alone).
     """
 
     task_id: int
@@ -89,6 +114,7 @@ class Task:
     arguments: Buffer
     buffers: Sequence[Buffer] = ()
     timeout: float | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +131,7 @@ class Outcome:
     buffers: Sequence[Buffer] = field(default=())
 
 
-Message = Ready | Bye | Stop | Cancel | Task | Outcome
+Message = Hello | Ready | Bye | Stop | Cancel | Setup | Task | Outcome
 
 _KINDS: Final = {kind.value: kind for kind in Kind}
 
@@ -129,7 +155,14 @@ def _header(kind: Kind, task_id: int = 0) -> bytes:
 def encode(message: Message) -> list[Buffer]:
     """Turn a message into the frames that carry it."""
     if isinstance(message, Task):
-        meta = b"" if message.timeout is None else json.dumps({"timeout": message.timeout}).encode()
+        meta = b""
+        if message.timeout is not None or message.seed is not None:
+            options: dict[str, Any] = {}
+            if message.timeout is not None:
+                options["timeout"] = message.timeout
+            if message.seed is not None:
+                options["seed"] = message.seed
+            meta = json.dumps(options).encode()
         return [
             _header(Kind.TASK, message.task_id),
             meta,
@@ -143,11 +176,20 @@ def encode(message: Message) -> list[Buffer]:
             extra = {"error": message.error, "trace": message.trace, "warnings": message.warnings}
             meta += json.dumps(extra).encode()
         return [_header(Kind.RESULT, message.task_id), meta, message.value, *message.buffers]
+    if isinstance(message, Hello):
+        hello = {
+            "pid": message.pid,
+            "host": message.host,
+            "python": message.python,
+            "batchcrew": message.batchcrew,
+            "cloudpickle": message.cloudpickle,
+        }
+        return [_header(Kind.HELLO), json.dumps(hello).encode()]
     if isinstance(message, Ready):
-        return [
-            _header(Kind.READY),
-            json.dumps({"pid": message.pid, "host": message.host}).encode(),
-        ]
+        ready = {"error": message.error, "trace": message.trace}
+        return [_header(Kind.READY), json.dumps(ready).encode()]
+    if isinstance(message, Setup):
+        return [_header(Kind.SETUP), message.initializer, message.initargs]
     if isinstance(message, Bye):
         data: dict[str, Any] = {"reason": message.reason}
         if message.end:
@@ -210,12 +252,18 @@ def decode(frames: Sequence[Buffer]) -> Message:
             raise ProtocolError(
                 "task message needs a metadata frame, a function frame and an arguments frame"
             )
-        timeout = None
+        timeout = seed = None
         if len(body[0]):
-            timeout = _field(_json_object(body[0]), "timeout", (int, float))
-            if isinstance(timeout, bool) or not 0 < timeout < math.inf:
-                raise ProtocolError(f"task timeout {timeout!r} is not a positive number")
-        return Task(task_id, body[1], body[2], tuple(body[3:]), timeout)
+            options = _json_object(body[0])
+            if "timeout" in options:
+                timeout = _field(options, "timeout", (int, float))
+                if isinstance(timeout, bool) or not 0 < timeout < math.inf:
+                    raise ProtocolError(f"task timeout {timeout!r} is not a positive number")
+            if "seed" in options:
+                seed = _field(options, "seed", int)
+                if isinstance(seed, bool) or seed < 0:
+                    raise ProtocolError(f"task seed {seed!r} is not a whole number >= 0")
+        return Task(task_id, body[1], body[2], tuple(body[3:]), timeout, seed)
     if kind is Kind.RESULT:
         if len(body) < 2:
             raise ProtocolError("result message needs a metadata frame and a value frame")
@@ -237,11 +285,25 @@ def decode(frames: Sequence[Buffer]) -> Message:
                 raise ProtocolError("result warnings must be strings")
             warnings = tuple(listed)
         return Outcome(task_id, status, seconds, error, trace, warnings, body[1], tuple(body[2:]))
+    if kind is Kind.SETUP:
+        if len(body) != 2:
+            raise ProtocolError("setup message needs an initializer frame and an initargs frame")
+        return Setup(body[0], body[1])
     if len(body) != 1:
         raise ProtocolError(f"{kind.name} message needs exactly one metadata frame")
     data = _json_object(body[0])
+    if kind is Kind.HELLO:
+        return Hello(
+            _field(data, "pid", int),
+            _field(data, "host", str),
+            _field(data, "python", str),
+            _field(data, "batchcrew", str),
+            _field(data, "cloudpickle", str),
+        )
     if kind is Kind.READY:
-        return Ready(_field(data, "pid", int), _field(data, "host", str))
+        return Ready(
+            _field(data, "error", (str, type(None))), _field(data, "trace", (str, type(None)))
+        )
     if kind is Kind.BYE:
         end = data.get("end", False)
         if not isinstance(end, bool):
@@ -252,28 +314,68 @@ def decode(frames: Sequence[Buffer]) -> Message:
     return Stop(_field(data, "reason", str))
 
 
+_BY_VALUE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def pickling_by_value(modules: Sequence[ModuleType]) -> Iterator[None]:
+    """While inside, cloudpickle pickles what `modules` define by value, not by reference, so
+    it unpickles on workers where they are not installed.
+
+    cloudpickle keeps that choice in one process-wide registry: the lock keeps two controllers
+    (on two threads) from seeing each other's modules, and a module registered before is left
+    registered.
+    """
+    if not modules:
+        yield
+        return
+    with _BY_VALUE_LOCK:
+        registered = set(cloudpickle.list_registry_pickle_by_value())
+        added = [module for module in modules if module.__name__ not in registered]
+        for module in added:
+            cloudpickle.register_pickle_by_value(module)
+        try:
+            yield
+        finally:
+            for module in added:
+                cloudpickle.unregister_pickle_by_value(module)
+
+
+def dump_setup(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> Setup:
+    """Pickle a controller's worker initializer and its arguments (cloudpickle, in one frame
+    each: they travel once per worker)."""
+    return Setup(
+        cloudpickle.dumps(initializer, protocol=5), cloudpickle.dumps(initargs, protocol=5)
+    )
+
+
 def dump_function(function: Callable[..., Any]) -> bytes:
     """Pickle a task's function with cloudpickle, so lambdas and closures travel too."""
     return cloudpickle.dumps(function, protocol=5)  # type: ignore[no-any-return]
 
 
-def dump_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, list[memoryview]]:
+def dump_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, by_value: bool = False
+) -> tuple[bytes, list[memoryview]]:
     """Pickle a task's arguments; large contiguous buffers come back separately, uncopied.
 
     Plain pickle first (several times faster for small values), cloudpickle for what it cannot
-    do (lambdas, local classes among the arguments).
+    do (lambdas, local classes among the arguments). `by_value`: cloudpickle only, so that
+    objects of modules registered by `pickling_by_value` travel by value too.
     """
-    return dump_value((args, kwargs))
+    return dump_value((args, kwargs), by_value=by_value)
 
 
-def dump_value(value: Any) -> tuple[bytes, list[memoryview]]:
+def dump_value(value: Any, *, by_value: bool = False) -> tuple[bytes, list[memoryview]]:
     """Pickle a task's return value: plain pickle first (fast), cloudpickle for the rest."""
     buffers: list[pickle.PickleBuffer] = []
-    try:
-        data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        buffers = []
-        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    if not by_value:
+        try:
+            data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+            return data, [buffer.raw() for buffer in buffers]
+        except (pickle.PicklingError, TypeError, AttributeError):
+            buffers = []
+    data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     return data, [buffer.raw() for buffer in buffers]
 
 

@@ -145,7 +145,8 @@ class _Launch:
 class _Worker:
     identity: bytes
     launch: _Launch
-    connected: bool = False
+    greeted: bool = False  # said hello: being set up
+    connected: bool = False  # set up and ready for tasks
     leaving: bool = False
     assigned: deque[int] = field(default_factory=deque)
     sent: int = 0
@@ -257,6 +258,11 @@ class Scheduler:
         """Whether `identity` is a worker this scheduler launched and has not written off."""
         return identity in self._workers
 
+    def awaits(self, identity: bytes) -> bool:
+        """Whether `identity` is a launched worker this scheduler still waits to be ready."""
+        worker = self._workers.get(identity)
+        return worker is not None and not worker.connected
+
     def launch_of(self, identity: bytes) -> str | None:
         """The launch a known worker belongs to."""
         worker = self._workers.get(identity)
@@ -318,8 +324,18 @@ class Scheduler:
             self._expect(worker, task, now + self._grace(), "cancel", decisions)
         return decisions
 
+    def greeted(self, identity: bytes) -> bool:
+        """A worker said hello (its setup follows). False if it is not awaited, or said it
+        before. It counts as launched until it is ready: `seconds_launch` covers its setup."""
+        worker = self._workers.get(identity)
+        if worker is None or worker.greeted or worker.connected:
+            return False
+        worker.greeted = True
+        return True
+
     def connected_worker(self, identity: bytes, now: float) -> list[Decision] | None:
-        """A worker said hello. None if it is not one this scheduler is waiting for."""
+        """A worker is set up and ready for tasks. None if it is not one this scheduler is
+        waiting for."""
         worker = self._workers.get(identity)
         if worker is None or worker.connected:
             return None
@@ -458,7 +474,8 @@ class Scheduler:
                 continue
             reason = (
                 "launched workers did not connect within "
-                f"seconds_launch={self.settings.seconds_launch:g}"
+                f"seconds_launch={self.settings.seconds_launch:g} (or did not finish their "
+                "setup: the controller's initializer)"
             )
             for identity in launch.waiting:
                 del self._workers[identity]

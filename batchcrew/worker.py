@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import math
 import os
+import platform
 import signal
 import socket
 import sys
@@ -29,7 +30,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from batchcrew import protocol
+from batchcrew import protocol, seeding
 from batchcrew.errors import ProtocolError, TaskInterrupted
 
 EXIT_LOST = 3
@@ -37,6 +38,9 @@ EXIT_LOST = 3
 
 EXIT_STUCK = 4
 """Exit code of a worker whose task did not stop within `seconds_interrupt` of its interruption."""
+
+EXIT_SETUP = 5
+"""Exit code of a worker whose initializer raised, or that its controller refused."""
 
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -279,6 +283,20 @@ class Runner:
         running.raised = True
         raise TaskInterrupted(_interrupt_message(running))
 
+    def set_up(self, setup: protocol.Setup) -> protocol.Ready:
+        """Run the controller's initializer, if any, once, before any task."""
+        if not len(setup.initializer):
+            return protocol.Ready()
+        try:
+            initializer = protocol.load(setup.initializer)
+            initargs = protocol.load(setup.initargs)
+            value = initializer(*initargs)
+            if inspect.isawaitable(value):
+                self._await(value, None)
+        except BaseException as error:
+            return protocol.Ready(_describe(error), "".join(traceback.format_exception(error)))
+        return protocol.Ready()
+
     def run(self, task: protocol.Task) -> protocol.Outcome:
         start = time.perf_counter()
         try:
@@ -299,6 +317,7 @@ class Runner:
             self.running = running
             if self._channel is not None:
                 self._channel.lend()
+            seeding.begin(task.seed)
             try:
                 # The SIGINT handler raises only between these two flags: an interruption
                 # that lands in the worker's own bookkeeping is dropped, not raised there.
@@ -310,6 +329,7 @@ class Runner:
             except BaseException as error:
                 self._interruptible = False
                 value, failure = None, error
+            seeding.end()
             self.running = None
             if self._channel is not None:
                 self._channel.reclaim()
@@ -351,7 +371,7 @@ class Runner:
             task.task_id, "success", seconds, warnings=messages, value=data, buffers=buffers
         )
 
-    def _await(self, awaitable: Any, running: _Running) -> Any:
+    def _await(self, awaitable: Any, running: _Running | None) -> Any:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
 
@@ -359,10 +379,11 @@ class Runner:
             return await awaitable
 
         coroutine = self._loop.create_task(wrap())
-        running.loop = self._loop
-        running.coroutine = coroutine
-        if running.interrupt is not None:  # interrupted before the watcher could see this task
-            coroutine.cancel()
+        if running is not None:
+            running.loop = self._loop
+            running.coroutine = coroutine
+            if running.interrupt is not None:  # interrupted before the watcher saw this task
+                coroutine.cancel()
         return self._loop.run_until_complete(coroutine)
 
     def close(self) -> None:
@@ -584,10 +605,16 @@ def _socket(context: zmq.Context[zmq.Socket[bytes]], settings: WorkerSettings) -
     return sock
 
 
-def serve(settings: WorkerSettings) -> str:
-    """Connect, run tasks until it is time to go, and return why the worker exits.
+class SetupError(Exception):
+    """The controller refused this worker, or its initializer raised: it must exit."""
 
-    Call it on the main thread: a plain-function task is interrupted by SIGINT there.
+
+def serve(settings: WorkerSettings) -> str:
+    """Connect, set up, run tasks until it is time to go, and return why the worker exits.
+
+    Raises `SetupError` if the controller refuses this worker (another Python or batchcrew
+    version) or the initializer raises. Call it on the main thread: a plain-function task is
+    interrupted by SIGINT there.
     """
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = _socket(context, settings)
@@ -602,7 +629,7 @@ def serve(settings: WorkerSettings) -> str:
     watcher.start()
     try:
         sock.connect(settings.controller)
-        sock.send_multipart(protocol.encode(protocol.Ready(os.getpid(), socket.gethostname())))
+        _set_up(channel, runner, settings)
         reason = _loop(channel, runner, settings)
         sock.send_multipart(protocol.encode(protocol.Bye(reason)))
         return reason
@@ -617,6 +644,38 @@ def serve(settings: WorkerSettings) -> str:
         sock.close()  # lingers so that the goodbye reaches the controller
         monitor.close(0)
         context.term()
+
+
+def _set_up(channel: _Channel, runner: Runner, settings: WorkerSettings) -> None:
+    """Say hello with this worker's versions; run the setup the controller answers with."""
+    import cloudpickle
+
+    from batchcrew import __version__
+
+    hello = protocol.Hello(
+        os.getpid(),
+        socket.gethostname(),
+        platform.python_version(),
+        __version__,
+        cloudpickle.__version__,
+    )
+    channel.send(protocol.encode(hello))
+    deadline = time.monotonic() + settings.seconds_connect
+    while True:
+        message = channel.receive(max(0.0, deadline - time.monotonic()))
+        if message is None:
+            raise SetupError(
+                f"the controller at {settings.controller} did not answer its hello within "
+                f"{settings.seconds_connect:g} s"
+            )
+        if isinstance(message, protocol.Stop):
+            raise SetupError(f"the controller refused this worker: {message.reason}")
+        if isinstance(message, protocol.Setup):
+            break
+    ready = runner.set_up(message)
+    channel.send(protocol.encode(ready))
+    if ready.error is not None:
+        raise SetupError(f"its initializer raised {ready.error}\n{ready.trace or ''}")
 
 
 def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
@@ -698,7 +757,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"batchcrew worker: {error}", file=sys.stderr)
         return 2
-    serve(settings)
+    try:
+        serve(settings)
+    except SetupError as error:
+        print(f"batchcrew worker {settings.identity.decode()}: {error}", file=sys.stderr)
+        return EXIT_SETUP
     return 0
 
 

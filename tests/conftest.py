@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+import zmq
 
 import batchcrew as bc
 from batchcrew.testing.pytest_plugin import MakeController
@@ -28,6 +29,14 @@ class RecordingLauncher(bc.LocalLauncher):
     async def launch(self, request: bc.LaunchRequest) -> None:
         self.requests.append(request)
         await super().launch(request)
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A ZeroMQ context for sockets that play workers by hand, destroyed after the test."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
 
 
 @pytest.fixture(scope="session")

@@ -40,3 +40,23 @@ def test_a_worker_started_by_hand_without_settings_explains() -> None:
     done = batchcrew("worker")
     assert done.returncode == 2
     assert "BATCHCREW_CONTROLLER is not set" in done.stderr
+
+
+def test_dockerfile_pins_this_python_batchcrew_and_the_packages_named() -> None:
+    import platform
+
+    import numpy
+
+    import batchcrew as bc
+
+    done = batchcrew("dockerfile", "--package", "numpy", "--package", "scikit-learn>=1.5")
+    assert done.returncode == 0, done.stderr
+    python = ".".join(platform.python_version_tuple()[:2])
+    assert f"FROM python:{python}-slim" in done.stdout
+    assert f'"batchcrew=={bc.__version__}"' in done.stdout
+    assert f'"numpy=={numpy.__version__}"' in done.stdout
+    assert '"scikit-learn>=1.5"' in done.stdout
+    assert 'CMD ["python", "-m", "batchcrew.worker"]' in done.stdout
+    missing = batchcrew("dockerfile", "--package", "no-such-package-here")
+    assert missing.returncode == 2
+    assert "is not installed here" in missing.stderr

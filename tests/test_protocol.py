@@ -20,13 +20,17 @@ def roundtrip(message: protocol.Message) -> protocol.Message:
 
 def test_every_message_kind_round_trips() -> None:
     messages: list[protocol.Message] = [
-        protocol.Ready(pid=42, host="node-1"),
+        protocol.Hello(pid=42, host="node-1", python="3.11.7", batchcrew="0.2.0", cloudpickle="3"),
+        protocol.Ready(),
+        protocol.Ready(error="ValueError: no", trace="Traceback..."),
+        protocol.Setup(b"initializer", b"initargs"),
         protocol.Bye(reason="idle"),
         protocol.Bye(reason="a task would not stop", end=True),
         protocol.Stop(reason="closing"),
         protocol.Cancel(12, reason="cancelled"),
         protocol.Task(7, b"fn", b"args", (b"buffer",)),
         protocol.Task(7, b"fn", b"args", timeout=2.5),
+        protocol.Task(7, b"fn", b"args", seed=2**127),
         protocol.Outcome(8, "success", 0.25, value=b"value", buffers=(b"b1", b"b2")),
         protocol.Outcome(9, "error", 1.5, "ValueError: no", "Traceback...", ("UserWarning: w",)),
     ]
@@ -79,6 +83,11 @@ def header(kind: int, version: int = protocol.VERSION, magic: bytes = b"bc") -> 
         ([header(1), b"not json"], "not JSON"),
         ([header(1), b"[1]"], "not a JSON object"),
         ([header(1), b'{"pid": "x", "host": "h"}'], "'pid'"),
+        ([header(1), b'{"pid": 1, "host": "h", "python": 3}'], "'python'"),
+        ([header(4), b'{"error": 1, "trace": null}'], "'error'"),
+        ([header(13), b"initializer"], "setup message needs"),
+        ([header(10), b'{"seed": -1}', b"fn", b"args"], "seed -1 is not a whole number"),
+        ([header(10), b'{"seed": 1.5}', b"fn", b"args"], "'seed'"),
         ([header(3)], "exactly one metadata frame"),
         ([header(3), b'{"reason": "r", "end": 1}'], "'end' is not a boolean"),
         ([header(12), b'{"why": "r"}'], "'reason'"),
@@ -112,7 +121,15 @@ def test_fuzzed_frames_raise_only_protocol_error(frames: list[bytes]) -> None:
     st.integers(min_value=0, max_value=2**64 - 1),
     st.lists(st.binary(max_size=48), max_size=5),
     st.sampled_from(
-        [b"", b"{}", b'{"pid": 1, "host": "h"}', b'{"reason": 3}', b'{"timeout": 1e309}']
+        [
+            b"",
+            b"{}",
+            b'{"pid": 1, "host": "h"}',
+            b'{"reason": 3}',
+            b'{"timeout": 1e309}',
+            b'{"seed": 18446744073709551616, "timeout": 1}',
+            b'{"error": null, "trace": null}',
+        ]
     ),
 )
 def test_fuzzed_bodies_behind_a_valid_header_raise_only_protocol_error(

@@ -7,13 +7,11 @@ keys a real launch would carry.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -24,84 +22,20 @@ import batchcrew as bc
 from batchcrew import protocol
 from batchcrew.worker import EXIT_LOST
 from tests.conftest import MakeController, RecordingLauncher
+from tests.playing import (
+    HandLauncher,
+    dealer,
+    hello,
+    join,
+    receive,
+    reply,
+    run_task,
+    stranger_keys,
+)
 
 
 def add(x: int, y: int) -> int:
     return x + y
-
-
-class HandLauncher(bc.Launcher):
-    """Starts nothing: each request waits in `requests` for the test to play its workers."""
-
-    name = "hand"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: asyncio.Queue[bc.LaunchRequest] = asyncio.Queue()
-
-    async def launch(self, request: bc.LaunchRequest) -> None:
-        await self.requests.put(request)
-
-    async def terminate(self, launch: str, indexes: object = None) -> None:
-        return None
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-def dealer(
-    context: zmq.Context[zmq.Socket[bytes]],
-    address: str,
-    identity: bytes,
-    keys: dict[str, str] | None = None,
-) -> zmq.Socket[bytes]:
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, identity)
-    sock.setsockopt(zmq.LINGER, 0)
-    if keys:
-        sock.setsockopt(zmq.CURVE_SERVERKEY, keys["BATCHCREW_SERVER_KEY"].encode())
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys["BATCHCREW_PUBLIC_KEY"].encode())
-        sock.setsockopt(zmq.CURVE_SECRETKEY, keys["BATCHCREW_SECRET_KEY"].encode())
-    sock.connect(address)
-    return sock
-
-
-def stranger_keys(server_key: str) -> dict[str, str]:
-    public, secret = zmq.curve_keypair()
-    return {
-        "BATCHCREW_SERVER_KEY": server_key,
-        "BATCHCREW_PUBLIC_KEY": public.decode(),
-        "BATCHCREW_SECRET_KEY": secret.decode(),
-    }
-
-
-def hello() -> list[bytes]:
-    return [bytes(f) for f in protocol.encode(protocol.Ready(os.getpid(), "test"))]
-
-
-async def receive(sock: zmq.Socket[bytes], within: float = 10.0) -> protocol.Message:
-    with anyio.fail_after(within):
-        while not sock.poll(0):
-            await anyio.sleep(0.005)
-    return protocol.decode(sock.recv_multipart())
-
-
-def reply(task: protocol.Message, value: object) -> list[bytes]:
-    assert isinstance(task, protocol.Task)
-    data, buffers = protocol.dump_value(value)
-    outcome = protocol.Outcome(task.task_id, "success", 0.001, value=data, buffers=buffers)
-    return [bytes(f) for f in protocol.encode(outcome)]
-
-
-def run_task(task: protocol.Message) -> object:
-    assert isinstance(task, protocol.Task)
-    function = protocol.load(task.function)
-    args, kwargs = protocol.load(task.arguments, task.buffers)
-    return function(*args, **kwargs)
 
 
 # -- rogue peers -----------------------------------------------------------------------------
@@ -179,7 +113,7 @@ async def test_malformed_and_forged_frames_change_nothing(
     request = await launcher.requests.get()
     identity = f"{request.launch}:0".encode()
     worker = dealer(context, crew.address, identity, dict(request.environment))
-    worker.send_multipart(hello())
+    await join(worker)
     task = await receive(worker)
     assert isinstance(task, protocol.Task)
     header = struct.Struct(">2sBBQ")
@@ -222,7 +156,7 @@ async def test_a_result_for_a_cancelled_task_is_dropped(
     worker = dealer(
         context, crew.address, f"{request.launch}:0".encode(), dict(request.environment)
     )
-    worker.send_multipart(hello())
+    await join(worker)
     task = await receive(worker)
     assert crew.cancel(names=["doomed"]) == 1
     assert (await doomed).status == "cancel"

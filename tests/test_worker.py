@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -17,8 +18,9 @@ import psutil
 import pytest
 import zmq
 
+import batchcrew as bc
 from batchcrew import protocol
-from batchcrew.worker import EXIT_LOST, EXIT_STUCK, WorkerSettings
+from batchcrew.worker import EXIT_LOST, EXIT_SETUP, EXIT_STUCK, WorkerSettings
 
 
 @pytest.fixture
@@ -52,6 +54,16 @@ def receive(sock: zmq.Socket[bytes], within: float = 20.0) -> tuple[bytes, proto
     assert sock.poll(int(within * 1000)), "no message from the worker in time"
     identity, *frames = sock.recv_multipart()
     return identity, protocol.decode(frames)
+
+
+def greet(sock: zmq.Socket[bytes], setup: protocol.Setup | None = None) -> bytes:
+    """Play the controller's side of the handshake: hello in, setup out, ready in."""
+    identity, hello = receive(sock)
+    assert isinstance(hello, protocol.Hello)
+    sock.send_multipart([identity, *protocol.encode(setup or protocol.Setup())])
+    _, ready = receive(sock)
+    assert ready == protocol.Ready()
+    return identity
 
 
 def finish(process: subprocess.Popen[str], within: float = 30.0) -> tuple[int, str]:
@@ -91,8 +103,12 @@ def test_an_idle_worker_says_goodbye_and_exits(router: tuple[zmq.Socket[bytes], 
     process = start_worker(controller=address, launch="L", seconds_idle=0.3)
     identity, message = receive(sock)
     assert identity == b"L:0"
-    assert isinstance(message, protocol.Ready)
+    assert isinstance(message, protocol.Hello)
     assert message.pid == process.pid
+    assert message.batchcrew == bc.__version__
+    assert message.python == platform.python_version()
+    sock.send_multipart([identity, *protocol.encode(protocol.Setup())])
+    assert receive(sock)[1] == protocol.Ready()
     _, message = receive(sock)
     assert message == protocol.Bye("idle for seconds_idle=0.3")
     assert finish(process)[0] == 0
@@ -103,7 +119,7 @@ def test_a_worker_leaves_once_its_wall_time_is_spent(
 ) -> None:
     sock, address = router
     process = start_worker(controller=address, launch="L", seconds_wall=0.3)
-    receive(sock)
+    greet(sock)
     _, message = receive(sock)
     assert message == protocol.Bye("seconds_wall=0.3 reached")
     assert finish(process)[0] == 0
@@ -114,7 +130,7 @@ def test_a_worker_runs_tasks_in_order_and_stops_when_told(
 ) -> None:
     sock, address = router
     process = start_worker(controller=address, launch="L", index=2)
-    identity, _ = receive(sock)
+    identity = greet(sock)
     assert identity == b"L:2"
     function = protocol.dump_function(lambda x: x * 10)
     for task_id in (5, 6):
@@ -137,7 +153,7 @@ def test_a_malformed_task_is_dropped_and_the_worker_carries_on(
 ) -> None:
     sock, address = router
     process = start_worker(controller=address, launch="L", seconds_idle=5.0)
-    identity, _ = receive(sock)
+    identity = greet(sock)
     sock.send_multipart([identity, b"garbage"])
     function = protocol.dump_function(len)
     arguments, _ = protocol.dump_arguments(("abc",), {})
@@ -269,7 +285,7 @@ def test_a_cancel_interrupts_the_running_task_and_the_worker_goes_on(
 ) -> None:
     sock, address = router
     process = start_worker(controller=address, launch="L")
-    identity, _ = receive(sock)
+    identity = greet(sock)
     sock.send_multipart([identity, *task(1, function)])
     sock.send_multipart([identity, *cancel(1)])
     interrupted = outcome(sock)
@@ -290,7 +306,7 @@ def test_a_task_past_its_timeout_is_interrupted_and_reported_as_a_timeout(
 ) -> None:
     sock, address = router
     process = start_worker(controller=address, launch="L")
-    identity, _ = receive(sock)
+    identity = greet(sock)
     sock.send_multipart([identity, *task(1, sleep_long, timeout=0.2)])
     timed_out = outcome(sock)
     assert timed_out.status == "error"
@@ -309,7 +325,7 @@ def test_a_task_cancelled_before_it_starts_is_skipped(
 ) -> None:
     sock, address = router
     process = start_worker(controller=address, launch="L")
-    identity, _ = receive(sock)
+    identity = greet(sock)
     sock.send_multipart([identity, *task(1, sleep_long)])
     sock.send_multipart([identity, *task(2, triple, 1)])  # sent ahead, behind task 1
     sock.send_multipart([identity, *cancel(2)])
@@ -326,7 +342,7 @@ def test_a_task_that_ignores_its_interruption_ends_its_worker(
 ) -> None:
     sock, address = router
     process = start_worker(controller=address, launch="L", seconds_interrupt=0.5)
-    identity, _ = receive(sock)
+    identity = greet(sock)
     sock.send_multipart([identity, *task(1, ignore_interrupts, timeout=0.2)])
     timed_out = outcome(sock)
     assert timed_out.error is not None
@@ -346,10 +362,113 @@ def test_wall_time_is_soft_a_running_task_finishes_and_no_new_one_starts(
 ) -> None:
     sock, address = router
     process = start_worker(controller=address, launch="L", seconds_wall=0.2)
-    identity, _ = receive(sock)
+    identity = greet(sock)
     sock.send_multipart([identity, *task(1, time.sleep, 0.4)])  # runs past the wall
     sock.send_multipart([identity, *task(2, triple, 1)])
     assert outcome(sock).status == "success"
     _, goodbye = receive(sock)
     assert goodbye == protocol.Bye("seconds_wall=0.2 reached")  # task 2 goes back unstarted
     assert finish(process)[0] == 0
+
+
+# -- setting up: the handshake and the initializer -------------------------------------------
+
+LOADED: list[str] = []
+
+
+def load(value: str) -> None:
+    LOADED.append(value)
+
+
+def loaded() -> list[str]:
+    return LOADED
+
+
+def broken_initializer() -> None:
+    raise RuntimeError("no model file")
+
+
+def test_the_initializer_runs_once_before_any_task_and_tasks_see_what_it_set(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L")
+    identity = greet(sock, protocol.dump_setup(load, ("model",)))
+    for task_id in (1, 2):
+        sock.send_multipart([identity, *task(task_id, loaded)])
+        assert protocol.load(outcome(sock).value) == ["model"]  # once, not once per task
+    sock.send_multipart([identity, *protocol.encode(protocol.Stop("done"))])
+    assert finish(process)[0] == 0
+
+
+def test_an_initializer_that_raises_is_reported_and_the_worker_exits(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L")
+    identity, _ = receive(sock)
+    setup = protocol.dump_setup(broken_initializer, ())
+    sock.send_multipart([identity, *protocol.encode(setup)])
+    _, ready = receive(sock)
+    assert isinstance(ready, protocol.Ready)
+    assert ready.error == "RuntimeError: no model file"
+    assert ready.trace is not None
+    assert "broken_initializer" in ready.trace
+    code, errors = finish(process)
+    assert code == EXIT_SETUP
+    assert "its initializer raised RuntimeError: no model file" in errors
+
+
+def test_a_worker_the_controller_refuses_exits_and_says_why(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L")
+    identity, _ = receive(sock)
+    sock.send_multipart([identity, *protocol.encode(protocol.Stop("wrong Python"))])
+    code, errors = finish(process)
+    assert code == EXIT_SETUP
+    assert "the controller refused this worker: wrong Python" in errors
+
+
+# -- seeds -----------------------------------------------------------------------------------
+
+
+def draws() -> tuple[float, float, int | None]:
+    import random
+
+    import numpy as np
+
+    return random.random(), float(np.random.random()), bc.task_seed()
+
+
+def test_a_seeded_task_seeds_random_and_numpy_and_sees_its_seed(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    import random
+
+    import numpy as np
+
+    sock, address = router
+    process = start_worker(controller=address, launch="L")
+    identity = greet(sock)
+    seed = 2**100 + 7
+    arguments, _ = protocol.dump_arguments((), {})
+    function = protocol.dump_function(draws)
+    for task_id in (1, 2):
+        message = protocol.Task(task_id, function, arguments, seed=seed)
+        sock.send_multipart([identity, *protocol.encode(message)])
+        first, second, seen = protocol.load(outcome(sock).value)
+        assert seen == seed
+        assert first == random.Random(seed).random()
+        np.random.seed([(seed >> shift) & 0xFFFFFFFF for shift in range(0, 128, 32)])
+        assert second == np.random.random()
+    sock.send_multipart([identity, *task(3, draws)])  # no seed: left alone, and none to see
+    assert protocol.load(outcome(sock).value)[2] is None
+    sock.send_multipart([identity, *protocol.encode(protocol.Stop("done"))])
+    assert finish(process)[0] == 0
+
+
+def test_task_seed_outside_a_task_says_where_it_works() -> None:
+    with pytest.raises(bc.BatchcrewError, match="only inside a task running on a batchcrew"):
+        bc.task_seed()
