@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batchcrew.controller import Controller, Result, Task, results_frame
+    from batchcrew.controller import Controller, Task
     from batchcrew.errors import (
         BatchcrewError,
         ControllerClosedError,
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from batchcrew.executor import Executor
     from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
     from batchcrew.launchers.local import LocalLauncher
+    from batchcrew.results import Result, results_frame
     from batchcrew.seeding import task_seed
 
 __version__ = "0.2.0"
@@ -51,9 +52,9 @@ __all__ = [
 
 _HOMES = {
     "Controller": "batchcrew.controller",
-    "Result": "batchcrew.controller",
+    "Result": "batchcrew.results",
     "Task": "batchcrew.controller",
-    "results_frame": "batchcrew.controller",
+    "results_frame": "batchcrew.results",
     "BatchcrewError": "batchcrew.errors",
     "ControllerClosedError": "batchcrew.errors",
     "LaunchError": "batchcrew.errors",

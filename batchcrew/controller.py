@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import math
 import socket
 import warnings
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
 from typing import Any, Literal, Self
@@ -35,64 +35,25 @@ from batchcrew.errors import (
 from batchcrew.launchers.base import Launcher
 from batchcrew.launchers.local import LocalLauncher
 from batchcrew.progress import progress_bar
+from batchcrew.results import ErrorMode, Result, handle_failures, results_frame
 
 logger = logging.getLogger("batchcrew")
 
-Status = Literal["success", "error", "crash", "cancel"]
-ErrorMode = Literal["raise", "warn", "ignore"]
 _ERROR_MODES = ("raise", "warn", "ignore")
+_FUNCTIONS_CACHED = 64  # pickled functions kept by each controller, for those pushed again
 
-RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
-    "name": pl.String,
-    "result": pl.Object,
-    "status": pl.String,
-    "error": pl.String,
-    "trace": pl.String,
-    "warnings": pl.List(pl.String),
-    "seconds": pl.Float64,
-    "worker": pl.String,
-    "launcher": pl.String,
-    "controller": pl.String,
-}
+_Arguments = tuple[bytes, tuple[memoryview, ...]]
+"""A task's pickled arguments and their out-of-band buffers (only when it has some)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Result:
-    """The outcome of one task.
+class _Batch:
+    """What the tasks of one `push`, `walk` or `map` share: one copy for all of them."""
 
-    status is "success", "error" (the task raised, or its result could not be pickled),
-    "crash" (its worker died under it more than `crashes_max` times) or "cancel". `error` and
-    `trace` say why it failed; `warnings` lists the warnings it issued; `seconds` is its run
-    time on the worker; `worker` names the worker that ran it last.
-    """
-
-    name: str
-    result: Any
-    status: Status
-    error: str | None
-    trace: str | None
-    warnings: tuple[str, ...]
-    seconds: float | None
-    worker: str | None
-    launcher: str
-    controller: str
-
-    def to_dict(self, *, jsonable: bool = False) -> dict[str, Any]:
-        """The fields as a plain dict. With `jsonable=True`, ready for `json.dumps` (a web
-        response): a result JSON cannot hold becomes a list if it has `tolist()` (NumPy,
-        polars), else its `repr`."""
-        return {
-            "name": self.name,
-            "result": _jsonable(self.result) if jsonable else self.result,
-            "status": self.status,
-            "error": self.error,
-            "trace": self.trace,
-            "warnings": list(self.warnings),
-            "seconds": self.seconds,
-            "worker": self.worker,
-            "launcher": self.launcher,
-            "controller": self.controller,
-        }
+    controller: Controller
+    function: bytes  # pickled
+    timeout: float | None
+    seed: int | None  # push(seed=): this task's own; else derived from the controller's
 
 
 class Task:
@@ -102,15 +63,25 @@ class Task:
     cancelled, the task runs on (cancel it with `cancel()`).
     """
 
-    __slots__ = ("_controller", "_future", "_result", "_watch", "id", "name")
+    # Kept small: a million queued tasks are a million of these. The name of an unnamed task,
+    # the future and the pickled arguments exist only while needed.
+    __slots__ = ("_batch", "_future", "_name", "_payload", "_result", "_watch", "id")
 
-    def __init__(self, controller: Controller, task_id: int, name: str) -> None:
-        self._controller = controller
-        self._future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+    def __init__(
+        self, batch: _Batch, task_id: int, name: str | None, payload: bytes | _Arguments
+    ) -> None:
+        self._batch = batch
+        self._future: asyncio.Future[Result] | None = None
         self._result: Result | None = None
         self._watch: _Watch | None = None
+        self._payload: bytes | _Arguments | None = payload
+        self._name = name
         self.id = task_id
-        self.name = name
+
+    @property
+    def name(self) -> str:
+        """The task's name: given at push, or generated ("task-<id>")."""
+        return f"task-{self.id}" if self._name is None else self._name
 
     def done(self) -> bool:
         """Whether the task has resolved."""
@@ -119,22 +90,24 @@ class Task:
     def cancel(self) -> bool:
         """Cancel the task: it resolves "cancel" at once, and if a worker is running it, the
         worker interrupts it. Returns False if it had already resolved."""
-        return self._controller._cancel_ids([self.id]) == 1
+        return self._batch.controller._cancel_ids([self.id]) == 1
 
     def __await__(self) -> Generator[Any, None, Result]:
         return self._wait().__await__()
 
     async def _wait(self) -> Result:
+        controller = self._batch.controller
         if self._result is None:
-            self._controller._raise_if_broken()
-            if self._future.done():  # an earlier waiter was cancelled, or launching broke
-                self._future = asyncio.get_running_loop().create_future()
+            controller._raise_if_broken()
+            future = self._future
+            if future is None or future.done():  # first waiter, or an earlier one cancelled
+                future = self._future = asyncio.get_running_loop().create_future()
             # Awaited directly, the future wakes this task in one turn of the loop; a
             # cancelled waiter cancels only this future, which the next waiter replaces.
-            await self._future
+            await future
         result = self._result
         assert result is not None
-        self._controller._take(self)
+        controller._take(self)
         return result
 
     def peek(self) -> Result | None:
@@ -143,21 +116,46 @@ class Task:
 
     def _resolve(self, result: Result) -> None:
         self._result = result
-        if not self._future.done():
-            self._future.set_result(result)
+        self._payload = None
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(result)
         if self._watch is not None:
             self._watch.resolved(result)
 
     def _fail(self, error: BaseException) -> None:
-        if not self._future.done():
-            self._future.set_exception(error)
-            self._future.exception()  # nobody may be waiting: do not log it as unretrieved
+        future = self._future
+        if future is not None and not future.done():
+            future.set_exception(error)
+            future.exception()  # nobody may be waiting: do not log it as unretrieved
         if self._watch is not None:
             self._watch.fail(error)
 
     def __repr__(self) -> str:
         state = "resolved" if self._result is not None else "unresolved"
         return f"<Task {self.name!r} {state}>"
+
+
+class _Signal:
+    """Coroutines waiting for something to happen. Telling them costs nothing when none waits,
+    so a million resolutions with nobody waiting cost a million checks, not wake-ups."""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def wait(self) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        await future
+
+    def notify(self) -> None:
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
 
 
 class _Watch:
@@ -311,12 +309,15 @@ class Controller:
         self._error: BaseException | None = None
         self._ids = itertools.count(1)
         self._tasks: dict[int, Task] = {}  # unresolved
-        self._names: dict[str, int] = {}  # unresolved, by name
-        self._resolved: dict[int, Task] = {}  # resolved and not yet taken
-        self._held: dict[str, Task] = {}  # unresolved or not yet taken, newest by name
-        self._changed = asyncio.Event()
+        self._resolved: OrderedDict[int, Task] = OrderedDict()  # resolved, not yet taken
+        # Tasks named at push, unresolved or not yet taken, the newest by name. Unnamed tasks
+        # are found by the id in their generated name, so a million of them need no entry.
+        self._named: dict[str, Task] = {}
+        self._resolutions = _Signal()  # a task resolved
+        self._settled = _Signal()  # nothing is left unresolved
         self._counts = dict.fromkeys(("tasks", "success", "error", "crash", "cancel", "warning"), 0)
         self._seconds = 0.0
+        self._functions: dict[Callable[..., Any], bytes] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -339,13 +340,13 @@ class Controller:
                 f"controller {self.name!r} was already started; make a new Controller"
             )
         self._state = "running"
-        self._changed = asyncio.Event()
         self._dispatcher = Dispatcher(
             self._network,
             self._settings,
             self.launcher,
             self._on_resolved,
             self._on_broken,
+            self._payload,
             self.name,
             self._setup,
         )
@@ -499,21 +500,16 @@ class Controller:
         timeout: float | None,
         seed: int | None,
     ) -> list[Task]:
-        try:
-            pickled = protocol.dump_function(function)
-        except Exception as error:
-            raise SerializationError(
-                f"cannot pickle the function {function!r:.80}: {type(error).__name__}: {error}"
-            ) from error
+        pickled = self._pickled_function(function)
         limit = self._network.max_message_size
         by_value = bool(self._modules)
         taken: set[str] = set()
-        prepared: list[tuple[str | None, bytes, tuple[memoryview, ...]]] = []
+        prepared: list[tuple[str | None, bytes | _Arguments]] = []
         for (args, kwargs), name in zip(calls, names, strict=True):
             label = "" if name is None else f" {name!r}"
             if name is not None:
                 _check_name("name", name)
-                if name in self._names or name in taken:
+                if self._unresolved_named(name) is not None or name in taken:
                     raise ValueError(
                         f"a task named {name!r} is already unresolved; names must be unique "
                         "among unresolved tasks"
@@ -532,29 +528,77 @@ class Controller:
                     f"task{label} is {size} bytes pickled, over max_message_size={limit}; pass "
                     "large data by reference (a path, a URL) or raise max_message_size"
                 )
-            prepared.append((name, arguments, tuple(buffers)))
+            prepared.append((name, (arguments, tuple(buffers)) if buffers else arguments))
+        batch = _Batch(self, pickled, timeout, seed)
         tasks: list[Task] = []
-        payloads: dict[int, Payload] = {}
-        for name, arguments, out_of_band in prepared:
+        named, unresolved = self._named, self._tasks
+        for name, payload in prepared:
             task_id = next(self._ids)
-            if name is None:
-                name = f"task-{task_id}"
-                while name in self._names:  # a user named a task like a generated name
-                    name += "-"
-            task = Task(self, task_id, name)
-            self._tasks[task_id] = task
-            self._names[task.name] = task_id
-            self._held[task.name] = task
-            if seed is None and self._seed is not None:
-                task_seed: int | None = seeding.derive(self._seed, name)
-            else:
-                task_seed = seed
-            payloads[task_id] = Payload(pickled, arguments, out_of_band, timeout, task_seed)
+            if name is None and named:
+                generated = f"task-{task_id}"
+                if generated in named:  # a user named a task like a generated name
+                    while generated in named:
+                        generated += "-"
+                    name = generated
+            task = Task(batch, task_id, name, payload)
+            unresolved[task_id] = task
+            if name is not None:
+                named[name] = task
             tasks.append(task)
         self._counts["tasks"] += len(tasks)
-        if payloads:
-            dispatcher.push(payloads, timeout)
+        if tasks:
+            dispatcher.push([task.id for task in tasks], timeout)
         return tasks
+
+    def _pickled_function(self, function: Callable[..., Any]) -> bytes:
+        """The function's pickle. One found by its module and name pickles to a reference
+        that never changes, so it is pickled once; others (closures, lambdas, functions of
+        `__main__` or of `modules`) travel by value and are pickled at every push."""
+        by_reference = self._modules == () and protocol.pickles_by_reference(function)
+        if by_reference:
+            with contextlib.suppress(TypeError):  # an unhashable callable
+                cached = self._functions.get(function)
+                if cached is not None:
+                    return cached
+        try:
+            pickled = protocol.dump_function(function)
+        except Exception as error:
+            raise SerializationError(
+                f"cannot pickle the function {function!r:.80}: {type(error).__name__}: {error}"
+            ) from error
+        if by_reference:
+            with contextlib.suppress(TypeError):
+                if len(self._functions) >= _FUNCTIONS_CACHED:
+                    del self._functions[next(iter(self._functions))]
+                self._functions[function] = pickled
+        return pickled
+
+    def _payload(self, task_id: int) -> Payload:
+        """What the dispatcher sends for an unresolved task (at each try)."""
+        task = self._tasks[task_id]
+        batch, payload = task._batch, task._payload
+        arguments, buffers = (payload, ()) if isinstance(payload, bytes) else payload  # type: ignore[misc]
+        seed = batch.seed
+        if seed is None and self._seed is not None:
+            seed = seeding.derive(self._seed, task.name)
+        return Payload(batch.function, arguments, buffers, batch.timeout, seed)
+
+    def _unresolved_named(self, name: str) -> Task | None:
+        """The unresolved task called `name`, if any."""
+        task = self._held_named(name)
+        return task if task is not None and task._result is None else None
+
+    def _held_named(self, name: str) -> Task | None:
+        """The task called `name` that the controller still holds (the newest), if any."""
+        task = self._named.get(name)
+        if task is not None:
+            return task
+        if name.startswith("task-") and name[5:].isdigit():
+            task_id = int(name[5:])
+            task = self._tasks.get(task_id) or self._resolved.get(task_id)
+            if task is not None and task._name is None:
+                return task
+        return None
 
     def _pickle_setup(
         self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
@@ -628,7 +672,7 @@ class Controller:
                 message += f"; its other {cancelled} unresolved task(s) were cancelled"
             raise TaskError(message, failure)
         results = [self._take(task) for task in tasks]
-        _handle_failures(results, error)
+        handle_failures(results, error)
         return results_frame(results)
 
     def _abandon(self, tasks: list[Task]) -> int:
@@ -665,7 +709,7 @@ class Controller:
                 self._raise_if_broken()
                 if self._state != "running":
                     break
-                await self._changed_wait()
+                await (self._settled if mode == "all" else self._resolutions).wait()
         return met()
 
     def pop(self, error: ErrorMode = "ignore") -> Result | None:
@@ -673,15 +717,15 @@ class Controller:
         _check_error_mode(error)
         if not self._resolved:
             return None
-        result = self._take(next(iter(self._resolved.values())))
-        _handle_failures([result], error)
+        result = self._take(next(iter(self._resolved.values())))  # O(1): an OrderedDict
+        handle_failures([result], error)
         return result
 
     def collect(self, error: ErrorMode = "ignore") -> pl.DataFrame:
         """Every resolved result nobody has taken yet, as a DataFrame, taken off the controller."""
         _check_error_mode(error)
         results = [self._take(task) for task in list(self._resolved.values())]
-        _handle_failures(results, error)
+        handle_failures(results, error)
         return results_frame(results)
 
     async def results(self) -> AsyncIterator[Result]:
@@ -694,12 +738,12 @@ class Controller:
             if not self._tasks or self._state != "running":
                 return
             self._raise_if_broken()
-            await self._changed_wait()
+            await self._resolutions.wait()
 
     def task(self, name: str) -> Task | None:
         """The task called `name` that the controller still holds: unresolved, or resolved
         and not yet taken (by `await`, `pop`, `collect` or `results`); the newest if several."""
-        return self._held.get(name)
+        return self._held_named(name)
 
     def cancel(self, names: Iterable[str] = (), *, all: bool = False) -> int:
         """Cancel unresolved tasks by name, or `all=True`; return how many were cancelled.
@@ -711,7 +755,9 @@ class Controller:
         """
         if isinstance(names, str):
             names = [names]
-        chosen = list(self._tasks) if all else [self._names[n] for n in names if n in self._names]
+        if all:
+            return self._cancel_ids(list(self._tasks))
+        chosen = [task.id for task in map(self._unresolved_named, names) if task is not None]
         return self._cancel_ids(chosen)
 
     def _cancel_ids(self, ids: Iterable[int]) -> int:
@@ -754,7 +800,6 @@ class Controller:
         task = self._tasks.pop(resolution.task, None)
         if task is None:
             return
-        del self._names[task.name]
         result = self._result(task.name, resolution)
         self._counts[result.status] += 1
         if result.warnings:
@@ -763,7 +808,9 @@ class Controller:
             self._seconds += result.seconds
         self._resolved[task.id] = task
         task._resolve(result)
-        self._wake()
+        self._resolutions.notify()
+        if not self._tasks:
+            self._settled.notify()
 
     def _result(self, name: str, resolution: Resolution) -> Result:
         outcome = resolution.outcome
@@ -802,15 +849,11 @@ class Controller:
     def _take(self, task: Task) -> Result:
         """Hand a resolved task's result out: the controller holds it no more."""
         self._resolved.pop(task.id, None)
-        if self._held.get(task.name) is task:
-            del self._held[task.name]
+        if task._name is not None and self._named.get(task._name) is task:
+            del self._named[task._name]
         result = task._result
         assert result is not None
         return result
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
 
     def _stop(self) -> None:
         # Waiters of unresolved tasks must not hang: a broken launcher or a dead runner
@@ -818,72 +861,11 @@ class Controller:
         if self._error is not None:
             for task in self._tasks.values():
                 task._fail(self._error)
-        self._wake()
-
-    async def _changed_wait(self) -> None:
-        await self._changed.wait()
+        self._resolutions.notify()
+        self._settled.notify()
 
     def __repr__(self) -> str:
         return f"<Controller {self.name!r} {self._state}, {len(self._tasks)} unresolved>"
-
-
-def results_frame(results: Iterable[Result]) -> pl.DataFrame:
-    """Results as a DataFrame with the columns of `Result`; `result` keeps a plain dtype when
-    polars can infer one (numbers, strings), else holds the Python objects."""
-    rows = list(results)
-    columns: dict[str, pl.Series] = {}
-    for column, dtype in RESULT_SCHEMA.items():
-        values = [
-            list(getattr(row, column)) if column == "warnings" else getattr(row, column)
-            for row in rows
-        ]
-        if column == "result":
-            columns[column] = _result_series(values)
-        else:
-            columns[column] = pl.Series(column, values, dtype=dtype)
-    return pl.DataFrame(columns)
-
-
-def _result_series(values: list[Any]) -> pl.Series:
-    plain = (bool, int, float, str, type(None))
-    if values and all(isinstance(value, plain) for value in values):
-        try:
-            return pl.Series("result", values, strict=True)
-        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
-            pass
-    return pl.Series("result", values, dtype=pl.Object)
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value, allow_nan=False)
-        return value
-    except (TypeError, ValueError):
-        pass
-    tolist = getattr(value, "tolist", None)
-    if callable(tolist):
-        try:
-            converted = tolist()
-            json.dumps(converted, allow_nan=False)
-            return converted
-        except (TypeError, ValueError):
-            pass
-    return repr(value)
-
-
-def _handle_failures(results: Iterable[Result], error: ErrorMode) -> None:
-    if error == "ignore":
-        return
-    failed = [result for result in results if result.status != "success"]
-    if not failed:
-        return
-    first = failed[0]
-    message = f"{len(failed)} task(s) failed; the first, {first.name!r}, with status {first.status}"
-    if first.error:
-        message += f": {first.error}"
-    if error == "raise":
-        raise TaskError(message, first)
-    warnings.warn(message, stacklevel=3)
 
 
 def _check_error_mode(error: str) -> None:

@@ -14,7 +14,8 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -43,7 +44,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 
 @dataclass(frozen=True, slots=True)
 class Payload:
-    """A task's frames as pushed: kept until it resolves, so that a retry can resend them."""
+    """What goes out for a task: its pickled function and arguments, and its options."""
 
     function: bytes
     arguments: bytes
@@ -86,6 +87,7 @@ class Dispatcher:
         launcher: Launcher,
         resolve: Callable[[Resolution], None],
         broken: Callable[[scheduling.Broken], None],
+        payload: Callable[[int], Payload],
         controller: str = "controller",
         setup: protocol.Setup | None = None,
     ) -> None:
@@ -98,7 +100,7 @@ class Dispatcher:
         self.address = ""
         self._resolve = resolve
         self._broken = broken
-        self._payloads: dict[int, Payload] = {}
+        self._payload = payload
         self._fds: dict[int, bytes] = {}  # socket descriptor -> the worker connected on it
         self._owed: dict[int, int] = {}  # disconnects still to come for descriptors reused
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -106,11 +108,20 @@ class Dispatcher:
         self._monitor: zmq.Socket[bytes] | None = None
         self._keys: Keys | None = None
         self._zap: ZapHandler | None = None
-        self._wake = asyncio.Event()  # the sockets may have something to read
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._read_scheduled = False  # a drain is due on the loop's next turn
         self._side_ready = False  # the monitor or ZAP socket signalled
+        self._fault: asyncio.Future[None] | None = None  # a drain that failed: the run fails
+        # Frames for each worker, sent together when the batch of events that made them ends:
+        # several tasks for one worker go out as one message.
+        self._outbox: dict[bytes, list[protocol.Buffer]] = {}
+        self._draining = False
         self._changed = asyncio.Event()  # workers, launches or deadlines changed
         self._group: anyio.abc.TaskGroup | None = None
         self._launch_calls: anyio.abc.TaskGroup | None = None
+        self._pending_calls: deque[tuple[Callable[..., Coroutine[Any, Any, None]], tuple[Any, ...]]]
+        self._pending_calls = deque()
+        self._calls_ready = asyncio.Event()
         self._in_flight = 0
         self._clock_at = math.inf  # when the clock task next calls tick
         self.dropped = 0
@@ -120,7 +131,8 @@ class Dispatcher:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Bind, start the launcher, and serve until cancelled; then close everything."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        self._fault = loop.create_future()
         self._bind()
         router, monitor = self._router, self._monitor
         assert router is not None
@@ -129,7 +141,7 @@ class Dispatcher:
         if self._zap is not None:
             fds.append(self._zap.fileno())
         try:
-            loop.add_reader(fds[0], self._wake.set)
+            loop.add_reader(fds[0], self._on_readable)
             for fd in fds[1:]:
                 loop.add_reader(fd, self._on_side_readable)
             async with anyio.create_task_group() as group:
@@ -137,10 +149,14 @@ class Dispatcher:
                 await group.start(self.launcher.serve, self._on_exit)
                 async with anyio.create_task_group() as calls:
                     self._launch_calls = calls
-                    group.start_soon(self._receive)
+                    group.start_soon(self._watch_faults)
                     group.start_soon(self._clock)
                     task_status.started()
-                    await anyio.sleep_forever()
+                    while True:  # start the calls that loop callbacks asked for
+                        await self._calls_ready.wait()
+                        self._calls_ready.clear()
+                        while self._pending_calls:
+                            calls.start_soon(self._call, *self._pending_calls.popleft())
         finally:
             for fd in fds:
                 loop.remove_reader(fd)
@@ -210,10 +226,10 @@ class Dispatcher:
 
     # -- pushing and cancelling ---------------------------------------------------------------
 
-    def push(self, tasks: dict[int, Payload], timeout: float | None = None) -> None:
+    def push(self, tasks: Iterable[int], timeout: float | None = None) -> None:
         """Queue tasks; they go out at once to workers with room, and launches cover the rest.
-        `timeout`: seconds each may run on a worker (None: no limit)."""
-        self._payloads.update(tasks)
+        `timeout`: seconds each may run on a worker (None: no limit). What a task sends is
+        asked of `payload` each time it goes out."""
         self._apply(self.scheduler.push_many(tasks, time.monotonic(), timeout))
 
     def cancel(self, task: int, why: str = "cancelled") -> None:
@@ -226,15 +242,14 @@ class Dispatcher:
         abandoned: list[tuple[str, list[int]]] = []  # ended before any launch that replaces them
         for decision in decisions:
             if isinstance(decision, scheduling.Assign):
-                self._send_task(decision.worker, decision.task)
+                self._post(decision.worker, self._task_frames(decision.task))
             elif isinstance(decision, scheduling.Fail):
-                self._payloads.pop(decision.task, None)
                 message = why if why and decision.status == "cancel" else decision.message
                 self._resolve(
                     Resolution(decision.task, decision.status, None, message, decision.worker)
                 )
             elif isinstance(decision, scheduling.Interrupt):
-                self._send(
+                self._post(
                     decision.worker,
                     protocol.encode(protocol.Cancel(decision.task, why or decision.reason)),
                 )
@@ -248,7 +263,7 @@ class Dispatcher:
                 self._start_launch(decision, abandoned)
                 abandoned = []
             elif isinstance(decision, scheduling.Stop):
-                self._send(decision.worker, protocol.encode(protocol.Stop(decision.reason)))
+                self._post(decision.worker, protocol.encode(protocol.Stop(decision.reason)))
             elif isinstance(decision, scheduling.Abandon):
                 logger.warning("launch %s: %s", decision.launch, decision.reason)
                 abandoned.append(
@@ -267,10 +282,12 @@ class Dispatcher:
             # Complete is handled where the outcome is in hand: see _on_result.
         if abandoned:
             self._background(self._terminate, abandoned)
+        if not self._draining:
+            self._flush()
 
-    def _send_task(self, worker: bytes, task: int) -> None:
-        payload = self._payloads[task]
-        frames = protocol.encode(
+    def _task_frames(self, task: int) -> list[protocol.Buffer]:
+        payload = self._payload(task)
+        return protocol.encode(
             protocol.Task(
                 task,
                 payload.function,
@@ -280,7 +297,21 @@ class Dispatcher:
                 payload.seed,
             )
         )
-        self._send(worker, frames)
+
+    def _post(self, worker: bytes, frames: list[protocol.Buffer]) -> None:
+        """Queue frames for a worker, to go out with the others made by the same events."""
+        box = self._outbox.get(worker)
+        if box is None:
+            self._outbox[worker] = frames
+        else:
+            box.extend(frames)
+
+    def _flush(self) -> None:
+        """Send what the outbox holds: one message per worker."""
+        while self._outbox:
+            outbox, self._outbox = self._outbox, {}
+            for worker, frames in outbox.items():
+                self._send(worker, frames)
 
     def _send(self, worker: bytes, frames: list[protocol.Buffer]) -> None:
         router = self._router
@@ -302,9 +333,9 @@ class Dispatcher:
                     worker, time.monotonic(), clean=False, reason="its connection was gone"
                 )
             )
-        # A send may consume the descriptor's edge: if a message waits, wake the receive loop.
+        # A send may consume the descriptor's edge: if a message waits, read it soon.
         if _option(router, zmq.EVENTS) & zmq.POLLIN:
-            self._wake.set()
+            self._schedule_read()
 
     def _start_launch(
         self, decision: scheduling.Launch, abandoned: list[tuple[str, list[int]]]
@@ -342,10 +373,13 @@ class Dispatcher:
         self._notify()
 
     def _background(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        # Decisions are carried out in loop callbacks too, where no task can be started: the
+        # serving task starts the call on the loop's next turn.
         if self._launch_calls is None:
             return
         self._in_flight += 1
-        self._launch_calls.start_soon(self._call, function, args)
+        self._pending_calls.append((function, args))
+        self._calls_ready.set()
 
     async def _call(
         self, function: Callable[..., Coroutine[Any, Any, None]], args: tuple[Any, ...]
@@ -389,42 +423,61 @@ class Dispatcher:
 
     # -- events in ----------------------------------------------------------------------------
 
-    async def _receive(self) -> None:
+    async def _watch_faults(self) -> None:
+        # Messages are read in loop callbacks (one turn of the loop sooner than a task could):
+        # a fault there must still fail the run, not vanish into the loop's log.
+        assert self._fault is not None
+        await self._fault
+
+    def _on_readable(self) -> None:
+        """The socket's descriptor signalled, or a read was scheduled: read what waits."""
+        self._read_scheduled = False
         router = self._router
-        assert router is not None
-        while True:
+        if router is None:
+            return
+        try:
             handled = self._drain(router)
             if self._side_ready:
                 self._side_ready = False
                 self._drain_side()
-            if handled >= _BATCH:
-                await anyio.lowlevel.checkpoint()
-                continue
-            self._wake.clear()
-            # ZeroMQ's descriptor is edge-triggered and a send can consume its edge: only
-            # the socket's own EVENTS says for sure whether a message waits.
-            if _option(router, zmq.EVENTS) & zmq.POLLIN or self._side_ready:
-                await anyio.lowlevel.checkpoint()
-                continue
-            await self._wake.wait()
+            # ZeroMQ's descriptor is edge-triggered and a send can consume its edge: only the
+            # socket's own EVENTS says for sure whether a message waits.
+            if handled >= _BATCH or _option(router, zmq.EVENTS) & zmq.POLLIN:
+                self._schedule_read()
+        except BaseException as error:
+            if self._fault is not None and not self._fault.done():
+                self._fault.set_exception(error)  # raised by _watch_faults, failing the run
+            else:
+                raise
+
+    def _schedule_read(self) -> None:
+        if not self._read_scheduled and self._loop is not None:
+            self._read_scheduled = True
+            self._loop.call_soon(self._on_readable)
 
     def _on_side_readable(self) -> None:
         self._side_ready = True
-        self._wake.set()
+        self._schedule_read()
 
     def _drain(self, router: zmq.Socket[bytes]) -> int:
+        """Handle up to _BATCH messages; what they make for workers goes out at the end."""
         handled = 0
-        while handled < _BATCH:
-            try:
-                frame = router.recv(_NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            frames = [frame]
-            while frame.more:
-                frame = router.recv(0, copy=False)
-                frames.append(frame)
-            handled += 1
-            self._on_frames(frames)
+        self._draining = True
+        try:
+            while handled < _BATCH:
+                try:
+                    frame = router.recv(_NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                frames = [frame]
+                while frame.more:
+                    frame = router.recv(0, copy=False)
+                    frames.append(frame)
+                handled += 1
+                self._on_frames(frames)
+        finally:
+            self._draining = False
+        self._flush()
         return handled
 
     def _drain_side(self) -> None:
@@ -450,7 +503,7 @@ class Dispatcher:
             logger.log(level, "dropped a message from unknown peer %r", identity[:64])
             return
         try:
-            message = protocol.decode([frame.buffer for frame in frames[1:]])
+            messages = protocol.decode_all([frame.buffer for frame in frames[1:]])
         except ProtocolError as error:
             if self.scheduler.awaits(identity):
                 # A worker still being let in that cannot even say hello in this protocol.
@@ -464,24 +517,27 @@ class Dispatcher:
             logger.warning("dropped a malformed message from worker %s: %s", _name(identity), error)
             return
         now = time.monotonic()
-        if isinstance(message, protocol.Outcome):
-            self._on_result(identity, message, now)
-        elif isinstance(message, protocol.Hello):
-            self._on_hello(identity, message, frames[1])
-        elif isinstance(message, protocol.Ready):
-            self._on_ready(identity, message, now)
-        elif isinstance(message, protocol.Bye):
-            log = logger.warning if message.end else logger.info
-            log("worker %s left: %s", _name(identity), message.reason)
-            self._forget_fd(identity)
-            self._apply(
-                self.scheduler.lost(
-                    identity, now, clean=True, reason=message.reason, end=message.end
+        for message in messages:
+            if isinstance(message, protocol.Outcome):
+                self._on_result(identity, message, now)
+            elif isinstance(message, protocol.Hello):
+                self._on_hello(identity, message, frames[1])
+            elif isinstance(message, protocol.Ready):
+                self._on_ready(identity, message, now)
+            elif isinstance(message, protocol.Bye):
+                log = logger.warning if message.end else logger.info
+                log("worker %s left: %s", _name(identity), message.reason)
+                self._forget_fd(identity)
+                self._apply(
+                    self.scheduler.lost(
+                        identity, now, clean=True, reason=message.reason, end=message.end
+                    )
                 )
-            )
-            self._notify()
-        else:
-            logger.warning("dropped a %s message from worker %s", type(message).__name__, identity)
+                self._notify()
+            else:
+                logger.warning(
+                    "dropped a %s message from worker %s", type(message).__name__, identity
+                )
 
     def _on_hello(self, identity: bytes, hello: protocol.Hello, frame: zmq.Frame) -> None:
         if self._keys is not None and frame.get("User-Id") != self.scheduler.launch_of(identity):
@@ -571,7 +627,6 @@ class Dispatcher:
             return
         for decision in decisions:
             if isinstance(decision, scheduling.Complete):
-                self._payloads.pop(decision.task, None)
                 self._resolve(Resolution(decision.task, outcome.status, outcome, None, identity))
             else:
                 self._apply((decision,))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from batchcrew.controller import Result
+    from batchcrew.results import Result
 
 
 class BatchcrewError(Exception):

@@ -1,10 +1,12 @@
 """The wire protocol between a controller and its workers: message types and their frames.
 
-No sockets and no asyncio here. A message is a list of ZeroMQ frames: a fixed 12-byte header
-(magic, version, kind, task id), then the kind's own frames. Metadata is parsed with `struct` and
-`json`, never with pickle, so a frame can be checked before anything in it is unpickled; task
-arguments and results travel as pickle protocol 5 with out-of-band buffers as extra frames, so a
-large array crosses the wire without a copy into one giant bytes object.
+No sockets and no asyncio here. A message is one frame, a 14-byte header (magic, version, kind,
+how many frames follow, task id) and the kind's body, followed by the parts too large to copy:
+task arguments and results travel as pickle protocol 5, and their out-of-band buffers (and any
+large pickle) as frames of their own, so a large array crosses the wire without a copy. One
+ZeroMQ message may carry several batchcrew messages in a row: tasks sent to a worker together,
+results returned together. Metadata is parsed with `struct` and `json`, never with pickle, so a
+message is checked before anything in it is unpickled.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import math
 import pickle
 import struct
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +30,11 @@ from batchcrew.errors import ProtocolError
 
 VERSION: Final = 2
 MAGIC: Final = b"bc"
-_HEADER = struct.Struct(">2sBBQ")
-_RESULT_META = struct.Struct(">Bd")
+_HEADER = struct.Struct(">2sBBHQ")  # magic, version, kind, frames that follow, task id
+_TASK_META = struct.Struct(">BI")  # layout, metadata length
+_RESULT_META = struct.Struct(">BdBI")  # status, seconds, layout, metadata length
+_LENGTH = struct.Struct(">I")
+_INLINE, _APART = 0, 1  # pickles in the first frame, or in frames of their own
 
 Buffer = bytes | memoryview
 """A frame's contents: `bytes`, or a zero-copy view (`zmq.Frame.buffer`, a pickle buffer)."""
@@ -148,12 +154,21 @@ def is_small(frame: Buffer) -> bool:
     return size < _ZERO_COPY_MIN
 
 
-def _header(kind: Kind, task_id: int = 0) -> bytes:
-    return _HEADER.pack(MAGIC, VERSION, kind, task_id)
+def _header(kind: Kind, task_id: int = 0, extra: int = 0) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, kind, extra, task_id)
+
+
+def _size(part: Buffer) -> int:
+    return len(part) if isinstance(part, bytes) else memoryview(part).nbytes
+
+
+def _json(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def encode(message: Message) -> list[Buffer]:
-    """Turn a message into the frames that carry it."""
+    """Turn a message into the frames that carry it: one frame (header and body), then the
+    parts too large to copy (pickle buffers, a large function, arguments or value)."""
     if isinstance(message, Task):
         meta = b""
         if message.timeout is not None or message.seed is not None:
@@ -162,52 +177,80 @@ def encode(message: Message) -> list[Buffer]:
                 options["timeout"] = message.timeout
             if message.seed is not None:
                 options["seed"] = message.seed
-            meta = json.dumps(options).encode()
-        return [
-            _header(Kind.TASK, message.task_id),
-            meta,
-            message.function,
-            message.arguments,
-            *message.buffers,
-        ]
+            meta = _json(options)
+        buffers = list(message.buffers)
+        if _size(message.function) + _size(message.arguments) < _ZERO_COPY_MIN:
+            first = b"".join(
+                (
+                    _header(Kind.TASK, message.task_id, len(buffers)),
+                    _TASK_META.pack(_INLINE, len(meta)),
+                    meta,
+                    _LENGTH.pack(_size(message.function)),
+                    message.function,
+                    message.arguments,
+                )
+            )
+            return [first, *buffers]
+        first = b"".join(
+            (
+                _header(Kind.TASK, message.task_id, 2 + len(buffers)),
+                _TASK_META.pack(_APART, len(meta)),
+                meta,
+            )
+        )
+        return [first, message.function, message.arguments, *buffers]
     if isinstance(message, Outcome):
-        meta = _RESULT_META.pack(_STATUS_CODES[message.status], message.seconds)
+        extra = b""
         if message.error is not None or message.trace is not None or message.warnings:
-            extra = {"error": message.error, "trace": message.trace, "warnings": message.warnings}
-            meta += json.dumps(extra).encode()
-        return [_header(Kind.RESULT, message.task_id), meta, message.value, *message.buffers]
+            extra = _json(
+                {"error": message.error, "trace": message.trace, "warnings": message.warnings}
+            )
+        buffers = list(message.buffers)
+        inline = _size(message.value) < _ZERO_COPY_MIN
+        head = b"".join(
+            (
+                _header(Kind.RESULT, message.task_id, len(buffers) + (0 if inline else 1)),
+                _RESULT_META.pack(
+                    _STATUS_CODES[message.status],
+                    message.seconds,
+                    _INLINE if inline else _APART,
+                    len(extra),
+                ),
+                extra,
+            )
+        )
+        if inline:
+            return [head + bytes(message.value), *buffers]
+        return [head, message.value, *buffers]
+    if isinstance(message, Setup):
+        return [_header(Kind.SETUP, 0, 2), message.initializer, message.initargs]
     if isinstance(message, Hello):
-        hello = {
+        data: dict[str, Any] = {
             "pid": message.pid,
             "host": message.host,
             "python": message.python,
             "batchcrew": message.batchcrew,
             "cloudpickle": message.cloudpickle,
         }
-        return [_header(Kind.HELLO), json.dumps(hello).encode()]
+        return [_header(Kind.HELLO) + _json(data)]
     if isinstance(message, Ready):
-        ready = {"error": message.error, "trace": message.trace}
-        return [_header(Kind.READY), json.dumps(ready).encode()]
-    if isinstance(message, Setup):
-        return [_header(Kind.SETUP), message.initializer, message.initargs]
+        return [_header(Kind.READY) + _json({"error": message.error, "trace": message.trace})]
     if isinstance(message, Bye):
-        data: dict[str, Any] = {"reason": message.reason}
+        data = {"reason": message.reason}
         if message.end:
             data["end"] = True
-        return [_header(Kind.BYE), json.dumps(data).encode()]
+        return [_header(Kind.BYE) + _json(data)]
     if isinstance(message, Cancel):
-        return [
-            _header(Kind.CANCEL, message.task_id),
-            json.dumps({"reason": message.reason}).encode(),
-        ]
-    return [_header(Kind.STOP), json.dumps({"reason": message.reason}).encode()]
+        return [_header(Kind.CANCEL, message.task_id) + _json({"reason": message.reason})]
+    return [_header(Kind.STOP) + _json({"reason": message.reason})]
 
 
-def decode_header(frame: Buffer) -> tuple[Kind, int]:
-    """Read a header frame: the message's kind and task id. Raises `ProtocolError`."""
-    if len(frame) != _HEADER.size:
-        raise ProtocolError(f"header frame of {len(frame)} bytes, expected {_HEADER.size}")
-    magic, version, kind, task_id = _HEADER.unpack(frame)
+def decode_header(frame: Buffer) -> tuple[Kind, int, int]:
+    """Read a message's first frame: its kind, task id and the number of frames that follow.
+    Raises `ProtocolError`."""
+    if len(frame) < _HEADER.size:
+        raise ProtocolError(f"first frame of {len(frame)} bytes, shorter than a header")
+    magic, version, kind, extra, task_id = _HEADER.unpack_from(frame)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}: not a batchcrew frame")
     if version != VERSION:
@@ -218,7 +261,7 @@ def decode_header(frame: Buffer) -> tuple[Kind, int]:
     known = _KINDS.get(kind)
     if known is None:
         raise ProtocolError(f"unknown message kind {kind}")
-    return known, task_id
+    return known, task_id, extra
 
 
 def _json_object(frame: Buffer) -> dict[str, Any]:
@@ -239,59 +282,99 @@ def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> An
 
 
 def decode(frames: Sequence[Buffer]) -> Message:
-    """Parse the frames of one message (without the ROUTER's identity frame).
+    """Parse the frames of exactly one message (without the ROUTER's identity frame).
 
     Nothing is unpickled here. Raises `ProtocolError`, and only that, for anything malformed.
     """
+    messages = decode_all(frames)
+    if len(messages) != 1:
+        raise ProtocolError(f"{len(messages)} messages where one was expected")
+    return messages[0]
+
+
+def decode_all(frames: Sequence[Buffer]) -> list[Message]:
+    """Parse the frames of one ZeroMQ message, which carries one batchcrew message or several
+    in a row (tasks sent together, results returned together).
+
+    Nothing is unpickled here. Raises `ProtocolError`, and only that, for anything malformed:
+    then none of the messages is taken.
+    """
     if not frames:
         raise ProtocolError("empty message")
-    kind, task_id = decode_header(frames[0])
-    body = frames[1:]
+    messages: list[Message] = []
+    position = 0
+    while position < len(frames):
+        first = frames[position]
+        kind, task_id, extra = decode_header(first)
+        following = frames[position + 1 : position + 1 + extra]
+        if len(following) != extra:
+            raise ProtocolError(f"{kind.name} message announces {extra} more frames than it has")
+        body = memoryview(first)[_HEADER.size :]
+        messages.append(_decode_body(kind, task_id, body, following))
+        position += 1 + extra
+    return messages
+
+
+def _decode_body(
+    kind: Kind, task_id: int, body: memoryview, following: Sequence[Buffer]
+) -> Message:
     if kind is Kind.TASK:
-        if len(body) < 3:
-            raise ProtocolError(
-                "task message needs a metadata frame, a function frame and an arguments frame"
-            )
-        timeout = seed = None
-        if len(body[0]):
-            options = _json_object(body[0])
-            if "timeout" in options:
-                timeout = _field(options, "timeout", (int, float))
-                if isinstance(timeout, bool) or not 0 < timeout < math.inf:
-                    raise ProtocolError(f"task timeout {timeout!r} is not a positive number")
-            if "seed" in options:
-                seed = _field(options, "seed", int)
-                if isinstance(seed, bool) or seed < 0:
-                    raise ProtocolError(f"task seed {seed!r} is not a whole number >= 0")
-        return Task(task_id, body[1], body[2], tuple(body[3:]), timeout, seed)
+        if len(body) < _TASK_META.size:
+            raise ProtocolError("task metadata is truncated")
+        layout, meta_length = _TASK_META.unpack_from(body)
+        meta = body[_TASK_META.size : _TASK_META.size + meta_length]
+        rest = body[_TASK_META.size + meta_length :]
+        if len(meta) != meta_length:
+            raise ProtocolError("task metadata is truncated")
+        timeout, seed = _task_options(meta)
+        if layout == _INLINE:
+            if len(rest) < _LENGTH.size:
+                raise ProtocolError("task function length is truncated")
+            (function_length,) = _LENGTH.unpack_from(rest)
+            function = rest[_LENGTH.size : _LENGTH.size + function_length]
+            if len(function) != function_length:
+                raise ProtocolError("task function is truncated")
+            arguments = rest[_LENGTH.size + function_length :]
+            return Task(task_id, function, arguments, tuple(following), timeout, seed)
+        if layout != _APART or len(rest) or len(following) < 2:
+            raise ProtocolError("task message has its parts neither inline nor apart")
+        return Task(task_id, following[0], following[1], tuple(following[2:]), timeout, seed)
     if kind is Kind.RESULT:
-        if len(body) < 2:
-            raise ProtocolError("result message needs a metadata frame and a value frame")
-        meta = body[0]
-        if len(meta) < _RESULT_META.size:
+        if len(body) < _RESULT_META.size:
             raise ProtocolError("result metadata is truncated")
-        code, seconds = _RESULT_META.unpack_from(meta)
+        code, seconds, layout, extra_length = _RESULT_META.unpack_from(body)
         status = _STATUS_NAMES.get(code)
         if status is None:
             raise ProtocolError(f"unknown result status code {code}")
+        extra = body[_RESULT_META.size : _RESULT_META.size + extra_length]
+        if len(extra) != extra_length:
+            raise ProtocolError("result metadata is truncated")
+        rest = body[_RESULT_META.size + extra_length :]
         error = trace = None
         warnings: tuple[str, ...] = ()
-        if len(meta) > _RESULT_META.size:
-            extra = _json_object(memoryview(meta)[_RESULT_META.size :])
-            error = _field(extra, "error", (str, type(None)))
-            trace = _field(extra, "trace", (str, type(None)))
-            listed = _field(extra, "warnings", list)
+        if extra_length:
+            details = _json_object(extra)
+            error = _field(details, "error", (str, type(None)))
+            trace = _field(details, "trace", (str, type(None)))
+            listed = _field(details, "warnings", list)
             if not all(isinstance(item, str) for item in listed):
                 raise ProtocolError("result warnings must be strings")
             warnings = tuple(listed)
-        return Outcome(task_id, status, seconds, error, trace, warnings, body[1], tuple(body[2:]))
+        if layout == _INLINE:
+            value: Buffer = rest
+            buffers = tuple(following)
+        elif layout == _APART and not len(rest) and following:
+            value, buffers = following[0], tuple(following[1:])
+        else:
+            raise ProtocolError("result message has its value neither inline nor apart")
+        return Outcome(task_id, status, seconds, error, trace, warnings, value, buffers)
     if kind is Kind.SETUP:
-        if len(body) != 2:
+        if len(body) or len(following) != 2:
             raise ProtocolError("setup message needs an initializer frame and an initargs frame")
-        return Setup(body[0], body[1])
-    if len(body) != 1:
-        raise ProtocolError(f"{kind.name} message needs exactly one metadata frame")
-    data = _json_object(body[0])
+        return Setup(following[0], following[1])
+    if following:
+        raise ProtocolError(f"{kind.name} message has frames it should not have")
+    data = _json_object(body)
     if kind is Kind.HELLO:
         return Hello(
             _field(data, "pid", int),
@@ -312,6 +395,22 @@ def decode(frames: Sequence[Buffer]) -> Message:
     if kind is Kind.CANCEL:
         return Cancel(task_id, _field(data, "reason", str))
     return Stop(_field(data, "reason", str))
+
+
+def _task_options(meta: memoryview) -> tuple[float | None, int | None]:
+    if not len(meta):
+        return None, None
+    options = _json_object(meta)
+    timeout = seed = None
+    if "timeout" in options:
+        timeout = _field(options, "timeout", (int, float))
+        if isinstance(timeout, bool) or not 0 < timeout < math.inf:
+            raise ProtocolError(f"task timeout {timeout!r} is not a positive number")
+    if "seed" in options:
+        seed = _field(options, "seed", int)
+        if isinstance(seed, bool) or seed < 0:
+            raise ProtocolError(f"task seed {seed!r} is not a whole number >= 0")
+    return timeout, seed
 
 
 _BY_VALUE_LOCK = threading.Lock()
@@ -347,6 +446,22 @@ def dump_setup(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> Se
     return Setup(
         cloudpickle.dumps(initializer, protocol=5), cloudpickle.dumps(initargs, protocol=5)
     )
+
+
+def pickles_by_reference(function: Callable[..., Any]) -> bool:
+    """Whether cloudpickle pickles `function` as a reference (module and name) that any
+    process importing that module resolves: a module-level function or class, not one of
+    `__main__`, nor of a module registered to travel by value."""
+    module_name = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None)
+    if not isinstance(module_name, str) or not isinstance(qualname, str):
+        return False
+    if module_name == "__main__" or module_name in cloudpickle.list_registry_pickle_by_value():
+        return False
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is function
 
 
 def dump_function(function: Callable[..., Any]) -> bytes:

@@ -122,6 +122,17 @@ Decision = (
 # Records
 
 
+@dataclass(frozen=True, slots=True)
+class _Push:
+    """What the tasks pushed together share: the record of each task still fresh in the queue.
+    A task gets a `_Task` of its own once a worker takes it; a million queued tasks cost one."""
+
+    timeout: float | None
+
+
+_FRESH = _Push(None)
+
+
 @dataclass(slots=True)
 class _Task:
     id: int
@@ -210,20 +221,35 @@ def plan_launches(
 
 
 class Scheduler:
-    """The controller's state machine. Every method is an event; each returns decisions."""
+    """The controller's state machine. Every method is an event; each returns decisions.
+
+    Every event costs the same however many workers, launches and queued tasks there are
+    (amortized; a heap's log where deadlines are involved): counts, idle workers and workers
+    with room for another task are kept per level as running state, never found by a pass.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._tasks: dict[int, _Task] = {}
-        self._demand = [0] * settings.levels  # unresolved tasks by level
+        levels = range(settings.levels)
+        self._tasks: dict[int, _Task | _Push] = {}  # unresolved
         self._detached: dict[int, _Task] = {}  # resolved while a worker holds them (cancelled)
+        self._queues: list[deque[int]] = [deque() for _ in levels]  # may hold resolved ids
+        self._queued = [0] * settings.levels  # unresolved tasks waiting in each queue
+        self._demand = [0] * settings.levels  # unresolved tasks by level
+        self._supply = [0] * settings.levels  # workers (launched or connected) by level
+        self._workers: dict[bytes, _Worker] = {}
+        # Connected workers that can take a task, by level: with nothing assigned, and with
+        # some assigned but room for more (pipelining). The most recently freed is used first,
+        # so that workers beyond what the load needs stay idle and leave.
+        self._idle: list[dict[bytes, _Worker]] = [{} for _ in levels]
+        self._room: list[dict[bytes, _Worker]] = [{} for _ in levels]
+        self._connected = 0
+        self._launching = 0
+        self._launches: dict[str, _Launch] = {}
+        self._launch_deadlines: list[tuple[float, int, str]] = []  # may hold stale entries
         # (when, order, worker, task, kind): a worker's head task that must be reported by then.
         self._deadlines: list[tuple[float, int, bytes, int, str]] = []
         self._order = itertools.count()
-        self._queues: list[deque[int]] = [deque() for _ in range(settings.levels)]
-        self._workers: dict[bytes, _Worker] = {}
-        self._idle: dict[bytes, _Worker] = {}  # connected, nothing assigned, not leaving
-        self._launches: dict[str, _Launch] = {}
         self._failures = 0
         self._broken: Broken | None = None
         self._closing = False
@@ -241,13 +267,13 @@ class Scheduler:
 
     @property
     def connected(self) -> int:
-        """Workers connected now."""
-        return sum(1 for worker in self._workers.values() if worker.connected)
+        """Workers connected and ready now."""
+        return self._connected
 
     @property
     def launching(self) -> int:
-        """Workers launched that have not connected yet."""
-        return sum(len(launch.waiting) for launch in self._launches.values())
+        """Workers launched that are not ready yet."""
+        return self._launching
 
     @property
     def broken(self) -> Broken | None:
@@ -271,13 +297,14 @@ class Scheduler:
     def next_deadline(self) -> float | None:
         """When `tick` next has something to do, if ever: a launch's connect deadline, or an
         interrupted or timed task's report deadline."""
-        deadlines = [launch.deadline for launch in self._launches.values() if launch.waiting]
+        launches = self._launch_deadlines
+        while launches and not self._still_waiting(launches[0][2]):
+            heapq.heappop(launches)
         heap = self._deadlines
         while heap and not self._still_head(heap[0][2], heap[0][3]):
             heapq.heappop(heap)
-        if heap:
-            deadlines.append(heap[0][0])
-        return min(deadlines) if deadlines else None
+        found = [entries[0][0] for entries in (launches, heap) if entries]
+        return min(found) if found else None
 
     def pipeline_depth(self) -> int:
         """Tasks in flight per worker: more than one only while tasks are known to be short."""
@@ -285,6 +312,10 @@ class Scheduler:
         if mean is not None and mean < self.settings.seconds_short:
             return self.settings.pipeline
         return 1
+
+    def unresolved_tasks(self) -> list[int]:
+        """Every unresolved task id, oldest first."""
+        return list(self._tasks)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -296,11 +327,15 @@ class Scheduler:
         self, tasks: Iterable[int], now: float, timeout: float | None = None
     ) -> list[Decision]:
         """Tasks were pushed together: one scaling decision for all (one launch of n)."""
+        shared = _FRESH if timeout is None else _Push(timeout)
+        before = len(self._tasks)
         queue = self._queues[0]
         for task in tasks:
-            self._tasks[task] = _Task(task, timeout=timeout)
-            self._demand[0] += 1
+            self._tasks[task] = shared
             queue.append(task)
+        count = len(self._tasks) - before
+        self._queued[0] += count
+        self._demand[0] += count
         decisions: list[Decision] = []
         self._dispatch(decisions, now)
         self._scale(now, decisions)
@@ -309,17 +344,21 @@ class Scheduler:
     def cancel(self, task: int, now: float) -> list[Decision]:
         """Cancel an unresolved task: it resolves "cancel" now, and a worker that holds it is
         told to interrupt it; one that does not report it within `seconds_interrupt` is ended."""
-        record = self._tasks.pop(task, None)
-        if record is None:
+        entry = self._tasks.pop(task, None)
+        if entry is None:
             return []
-        self._demand[record.level] -= 1
-        decisions: list[Decision] = [Fail(task, "cancel", "cancelled", record.worker)]
-        if record.worker is None:
-            self._queues[record.level].remove(task)
-            return decisions
-        self._detached[task] = record  # its result is dropped when it comes
-        decisions.append(Interrupt(record.worker, task, "cancelled"))
-        worker = self._workers[record.worker]
+        if isinstance(entry, _Push) or entry.worker is None:
+            # Queued: its id stays in the queue, skipped when it comes up.
+            level = 0 if isinstance(entry, _Push) else entry.level
+            self._queued[level] -= 1
+            self._demand[level] -= 1
+            self._compact(level)
+            return [Fail(task, "cancel", "cancelled", None)]
+        self._demand[entry.level] -= 1
+        decisions: list[Decision] = [Fail(task, "cancel", "cancelled", entry.worker)]
+        self._detached[task] = entry  # its result is dropped when it comes
+        decisions.append(Interrupt(entry.worker, task, "cancelled"))
+        worker = self._workers[entry.worker]
         if worker.assigned[0] == task:
             self._expect(worker, task, now + self._grace(), "cancel", decisions)
         return decisions
@@ -340,8 +379,10 @@ class Scheduler:
         if worker is None or worker.connected:
             return None
         worker.connected = True
+        self._connected += 1
         launch = worker.launch
         launch.waiting.discard(identity)
+        self._launching -= 1
         launch.live.add(identity)
         launch.connected_any = True
         self._failures = 0
@@ -349,7 +390,7 @@ class Scheduler:
             worker.leaving = True
             return [Stop(identity, "the controller is closing")]
         decisions: list[Decision] = []
-        self._idle[identity] = worker
+        self._idle[launch.level][identity] = worker
         self._dispatch(decisions, now)
         self._scale(now, decisions)
         return decisions
@@ -371,13 +412,14 @@ class Scheduler:
         self._seconds_mean = seconds if mean is None else 0.8 * mean + 0.2 * seconds
         decisions: list[Decision] = []
         if self._detached.pop(task, None) is None:
-            self._demand[self._tasks.pop(task).level] -= 1
+            entry = self._tasks.pop(task)
+            assert isinstance(entry, _Task)
+            self._demand[entry.level] -= 1
             decisions.append(Complete(task, identity))
         if worker.assigned:
             self._became_head(worker, now, decisions)
-        elif not worker.leaving:
-            self._idle[identity] = worker
-        self._dispatch(decisions, now, first=worker)
+        self._place(worker)
+        self._dispatch(decisions, now)
         self._scale(now, decisions)
         return decisions
 
@@ -395,11 +437,17 @@ class Scheduler:
         worker = self._workers.pop(identity, None)
         if worker is None:
             return []
-        self._idle.pop(identity, None)
+        launch = worker.launch
+        self._supply[launch.level] -= 1
+        self._idle[launch.level].pop(identity, None)
+        self._room[launch.level].pop(identity, None)
+        if worker.connected:
+            self._connected -= 1
+        else:
+            self._launching -= 1
         decisions: list[Decision] = [End(identity, reason)] if end else []
         timed = not clean or end  # whether a head task past its timeout counts as timed out
         clean = clean or worker.leaving
-        launch = worker.launch
         launch.waiting.discard(identity)
         launch.live.discard(identity)
         if not worker.connected and not launch.connected_any and not launch.waiting:
@@ -409,6 +457,7 @@ class Scheduler:
             if self._detached.pop(task, None) is not None:
                 continue
             record = self._tasks[task]
+            assert isinstance(record, _Task)
             record.worker = None
             timeout = record.timeout
             if (
@@ -441,6 +490,7 @@ class Scheduler:
             requeue.append(record)
         for record in reversed(requeue):
             self._queues[record.level].appendleft(record.id)
+            self._queued[record.level] += 1
         self._retire_if_done(launch, decisions)
         self._dispatch(decisions, now)
         self._scale(now, decisions)
@@ -451,9 +501,7 @@ class Scheduler:
         launch = self._launches.get(launch_id)
         if launch is None:
             return []
-        for identity in launch.waiting:
-            del self._workers[identity]
-        launch.waiting.clear()
+        self._write_off(launch)
         decisions: list[Decision] = []
         self._launch_failed(reason, decisions)
         self._retire_if_done(launch, decisions)
@@ -469,18 +517,20 @@ class Scheduler:
             _, _, identity, task, kind = heapq.heappop(heap)
             if self._still_head(identity, task):
                 decisions += self._overdue(identity, task, kind, now)
-        for launch in list(self._launches.values()):
-            if not launch.waiting or launch.deadline > now:
+        launches = self._launch_deadlines
+        while launches and launches[0][0] <= now:
+            _, _, launch_id = heapq.heappop(launches)
+            if not self._still_waiting(launch_id):
                 continue
+            launch = self._launches[launch_id]
             reason = (
                 "launched workers did not connect within "
                 f"seconds_launch={self.settings.seconds_launch:g} (or did not finish their "
                 "setup: the controller's initializer)"
             )
-            for identity in launch.waiting:
-                del self._workers[identity]
-            decisions.append(Abandon(launch.id, tuple(sorted(launch.waiting)), reason))
-            launch.waiting.clear()
+            identities = tuple(sorted(launch.waiting))
+            self._write_off(launch)
+            decisions.append(Abandon(launch.id, identities, reason))
             if not launch.connected_any:
                 self._launch_failed(reason, decisions)
             self._retire_if_done(launch, decisions)
@@ -490,7 +540,8 @@ class Scheduler:
     def close(self) -> list[Decision]:
         """The controller is closing: launch nothing more; stop every connected worker."""
         self._closing = True
-        self._idle.clear()
+        for pool in (*self._idle, *self._room):
+            pool.clear()
         decisions: list[Decision] = []
         for worker in self._workers.values():
             if worker.connected and not worker.leaving:
@@ -498,9 +549,20 @@ class Scheduler:
                 decisions.append(Stop(worker.identity, "the controller is closing"))
         return decisions
 
-    def unresolved_tasks(self) -> list[int]:
-        """Every unresolved task id, oldest first."""
-        return list(self._tasks)
+    # -- internals ----------------------------------------------------------------------------
+
+    def _still_waiting(self, launch_id: str) -> bool:
+        launch = self._launches.get(launch_id)
+        return launch is not None and bool(launch.waiting)
+
+    def _write_off(self, launch: _Launch) -> None:
+        """Forget the launched workers of `launch` that never got ready."""
+        for identity in launch.waiting:
+            worker = self._workers.pop(identity)
+            self._supply[launch.level] -= 1
+            self._launching -= 1
+            assert not worker.assigned
+        launch.waiting.clear()
 
     def _retire_if_done(self, launch: _Launch, decisions: list[Decision]) -> None:
         if not launch.waiting and not launch.live and launch.id in self._launches:
@@ -544,7 +606,7 @@ class Scheduler:
             reason = f"it did not stop its cancelled task {task} within {grace}"
             return self.lost(identity, now, clean=True, reason=reason, end=True)
         record = self._tasks.get(task)
-        if record is None or record.timeout is None:
+        if not isinstance(record, _Task) or record.timeout is None:
             return []
         del self._tasks[task]
         self._demand[record.level] -= 1
@@ -559,50 +621,80 @@ class Scheduler:
             *self.lost(identity, now, clean=True, reason=reason, end=True),
         ]
 
-    def _take(self, level: int) -> int | None:
-        # Exact level first, then lower levels: a bigger worker may run smaller tasks.
+    def _compact(self, level: int) -> None:
+        """Drop cancelled ids from a queue once they outnumber the live ones (amortized O(1))."""
+        queue = self._queues[level]
+        if len(queue) > 64 and len(queue) > 2 * self._queued[level]:
+            tasks = self._tasks
+            self._queues[level] = deque(task for task in queue if task in tasks)
+
+    def _take(self, level: int) -> _Task | None:
+        """The next queued task a worker at `level` can run: its own level first, then lower
+        levels (a bigger worker may run smaller tasks)."""
+        tasks = self._tasks
         for queue_level in range(level, -1, -1):
+            if not self._queued[queue_level]:
+                continue
             queue = self._queues[queue_level]
-            if queue:
-                return queue.popleft()
+            while True:
+                task = queue.popleft()
+                entry = tasks.get(task)
+                if entry is None:
+                    continue  # cancelled while queued
+                self._queued[queue_level] -= 1
+                if isinstance(entry, _Push):
+                    entry = tasks[task] = _Task(task, timeout=entry.timeout)
+                return entry
         return None
 
-    def _give(self, worker: _Worker, depth: int, decisions: list[Decision], now: float) -> bool:
-        """Fill `worker` up to `depth` tasks in flight. False once no task is left to give."""
-        if worker.leaving or not worker.connected:
-            return True
-        count = min(depth - len(worker.assigned), self.settings.tasks_max - worker.sent)
+    def _place(self, worker: _Worker) -> None:
+        """Put a connected worker in the pool that says what it can take now."""
+        identity, level = worker.identity, worker.launch.level
+        self._idle[level].pop(identity, None)
+        self._room[level].pop(identity, None)
+        if worker.leaving or worker.sent >= self.settings.tasks_max:
+            return
+        if not worker.assigned:
+            self._idle[level][identity] = worker
+        elif len(worker.assigned) < self.settings.pipeline:
+            self._room[level][identity] = worker
+
+    def _give(self, worker: _Worker, count: int, decisions: list[Decision], now: float) -> None:
+        """Send `worker` up to `count` more tasks, while any it can run are queued."""
+        count = int(min(count, self.settings.tasks_max - worker.sent))
         level = worker.launch.level
-        while count > 0:
-            task = self._take(level)
-            if task is None:
-                return any(self._queues)
-            self._tasks[task].worker = worker.identity
-            worker.assigned.append(task)
+        for _ in range(count):
+            record = self._take(level)
+            if record is None:
+                break
+            record.worker = worker.identity
+            worker.assigned.append(record.id)
             if len(worker.assigned) == 1:
                 self._became_head(worker, now, decisions)
             worker.sent += 1
-            self._idle.pop(worker.identity, None)
-            decisions.append(Assign(worker.identity, task))
-            count -= 1
-        return True
+            decisions.append(Assign(worker.identity, record.id))
+        self._place(worker)
 
-    def _dispatch(
-        self, decisions: list[Decision], now: float, first: _Worker | None = None
-    ) -> None:
-        if not any(self._queues):
+    def _queued_up_to(self, level: int) -> bool:
+        return any(self._queued[: level + 1])
+
+    def _dispatch(self, decisions: list[Decision], now: float) -> None:
+        if not any(self._queued):
             return
-        # Idle workers first, one task each, so that no worker waits while another holds two.
-        for worker in list(self._idle.values()):
-            if not self._give(worker, 1, decisions, now):
-                return
+        # Idle workers first, one task each, so that no worker waits while another holds two;
+        # bigger workers first, so that escalated tasks find them.
+        for level in range(self.settings.levels - 1, -1, -1):
+            idle = self._idle[level]
+            while idle and self._queued_up_to(level):
+                self._give(idle.popitem()[1], 1, decisions, now)
         depth = self.pipeline_depth()
-        if first is not None and not self._give(first, depth, decisions, now):
+        if depth == 1 or not any(self._queued):
             return
-        if depth > 1:
-            for worker in list(self._workers.values()):
-                if not self._give(worker, depth, decisions, now):
-                    return
+        for level in range(self.settings.levels - 1, -1, -1):
+            for pool in (self._idle[level], self._room[level]):
+                while pool and self._queued_up_to(level):
+                    worker = pool.popitem()[1]
+                    self._give(worker, depth - len(worker.assigned), decisions, now)
 
     def _launch_failed(self, reason: str, decisions: list[Decision]) -> None:
         self._failures += 1
@@ -613,14 +705,13 @@ class Scheduler:
     def _scale(self, now: float, decisions: list[Decision]) -> None:
         if self._closing or self._broken is not None:
             return
-        if self.settings.levels == 1 and len(self._workers) >= min(
-            self.settings.workers, len(self._tasks)
-        ):
-            return  # the common case, decided without a pass over the workers
+        workers = len(self._workers)
+        if workers >= self.settings.workers:
+            return  # no room to launch anything
+        if self.settings.levels == 1 and workers >= len(self._tasks):
+            return  # the common case: every task has a worker
         demand = {level: count for level, count in enumerate(self._demand) if count}
-        supply: dict[int, int] = {}
-        for worker in self._workers.values():
-            supply[worker.launch.level] = supply.get(worker.launch.level, 0) + 1
+        supply = {level: count for level, count in enumerate(self._supply) if count}
         plan = plan_launches(self.settings.workers, demand, supply)
         deadline = now + self.settings.seconds_launch
         for level, count in sorted(plan.items(), reverse=True):
@@ -629,5 +720,8 @@ class Scheduler:
             for identity in identities:
                 self._workers[identity] = _Worker(identity, launch)
             launch.waiting.update(identities)
+            self._supply[level] += count
+            self._launching += count
             self._launches[launch.id] = launch
+            heapq.heappush(self._launch_deadlines, (deadline, next(self._order), launch.id))
             decisions.append(Launch(launch.id, level, identities))

@@ -25,7 +25,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -152,10 +152,10 @@ class _Channel:
     """The worker's one socket and who may use it.
 
     ZeroMQ sockets are not thread-safe, so the lock hands the socket over: the main thread holds
-    it, but for while a task runs, when the watcher may take it to read a cancel. What the
-    watcher reads for the main thread (tasks sent ahead, a stop) waits in `pending`; `cancelled`
-    holds ids of pending tasks cancelled before they started. Only the lock's holder touches
-    either.
+    it, but for while a task runs, when the watcher may take it to read a cancel. What is read
+    but not handled yet (tasks sent ahead, a stop) waits in `pending`; `cancelled` holds ids of
+    pending tasks cancelled before they started; `unsent` holds results kept back to go out
+    together. Only the lock's holder touches any of them.
     """
 
     def __init__(self, sock: zmq.Socket[bytes]) -> None:
@@ -164,7 +164,11 @@ class _Channel:
         self.lock.acquire()  # the main thread's, from the start
         self.pending: deque[protocol.Message] = deque()
         self.cancelled: set[int] = set()
+        self.unsent: list[protocol.Buffer] = []
+        self.unsent_since = 0.0
         self._main_holds = True
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
         self.wake_read, self._wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
 
@@ -187,19 +191,25 @@ class _Channel:
             while os.read(self.wake_read, 64):
                 pass
 
+    def waiting(self) -> bool:
+        """Whether a message is ready to be handled without waiting."""
+        return bool(self.pending) or bool(_option(self.sock, zmq.EVENTS) & zmq.POLLIN)
+
     def receive(self, timeout: float) -> protocol.Message | None:
-        """The next message, waiting up to `timeout` seconds; None if none came. A malformed
-        message is reported on stderr and skipped."""
+        """The next message, waiting up to `timeout` seconds; None if none came. Results kept
+        back go out before any wait. A malformed message is reported on stderr and skipped."""
         if self.pending:
             return self.pending.popleft()
         sock = self.sock
         try:
             frame = sock.recv(_NOBLOCK, copy=False)
         except zmq.Again:
-            if not sock.poll(int(min(timeout, 3600.0) * 1000) + 1):
+            self.flush()
+            if not self._poller.poll(int(min(timeout, 3600.0) * 1000) + 1):
                 return None
             frame = sock.recv(copy=False)
-        return _decode(sock, frame)
+        self.pending.extend(_decode(sock, frame))
+        return self.pending.popleft() if self.pending else None
 
     def read_waiting(self, on_cancel: Callable[[protocol.Cancel], None]) -> None:
         """Read every message waiting, without blocking: a cancel goes to `on_cancel`, the rest
@@ -210,16 +220,28 @@ class _Channel:
                 frame = sock.recv(_NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            message = _decode(sock, frame)
-            if isinstance(message, protocol.Cancel):
-                on_cancel(message)
-            elif message is not None:
-                self.pending.append(message)
+            for message in _decode(sock, frame):
+                if isinstance(message, protocol.Cancel):
+                    on_cancel(message)
+                else:
+                    self.pending.append(message)
 
     def mark_cancelled(self, task_id: int) -> None:
         """A cancel for a task not running: skip it if it is waiting; else it is done."""
         if any(isinstance(m, protocol.Task) and m.task_id == task_id for m in self.pending):
             self.cancelled.add(task_id)
+
+    def send_later(self, frames: list[protocol.Buffer]) -> None:
+        """Keep a result back to go out with the next ones (fewer, larger messages)."""
+        if not self.unsent:
+            self.unsent_since = time.monotonic()
+        self.unsent.extend(frames)
+
+    def flush(self) -> None:
+        """Send the results kept back, as one message."""
+        if self.unsent:
+            frames, self.unsent = self.unsent, []
+            self.send(frames)
 
     def send(self, frames: list[protocol.Buffer]) -> None:
         last = len(frames) - 1
@@ -231,16 +253,20 @@ class _Channel:
         os.close(self._wake_write)
 
 
-def _decode(sock: zmq.Socket[bytes], frame: zmq.Frame) -> protocol.Message | None:
+def _option(sock: zmq.Socket[bytes], option: int) -> int:
+    return cast(int, sock.getsockopt(option))
+
+
+def _decode(sock: zmq.Socket[bytes], frame: zmq.Frame) -> list[protocol.Message]:
     frames = [frame]
     while frame.more:
         frame = sock.recv(copy=False)
         frames.append(frame)
     try:
-        return protocol.decode([part.buffer for part in frames])
+        return protocol.decode_all([part.buffer for part in frames])
     except ProtocolError as error:
         print(f"batchcrew worker: dropped a malformed message: {error}", file=sys.stderr)
-        return None
+        return []
 
 
 @dataclass(slots=True)
@@ -499,6 +525,7 @@ class _Watcher(threading.Thread):
             channel.drain_wake()
             poller.register(channel.sock, zmq.POLLIN)
             self._holding = True
+            channel.flush()  # results kept back for company: this task is not short
         if self._holding:
             channel.read_waiting(lambda cancel: self._on_cancel(cancel, running))
         if (
@@ -547,6 +574,7 @@ class _Watcher(threading.Thread):
         # Whatever happens below, the process ends soon: the task holds the main thread.
         threading.Timer(_SECONDS_FLUSH + 1.0, os._exit, (EXIT_STUCK,)).start()
         if self._holding or channel.lock.acquire(timeout=1.0):
+            channel.flush()
             if running.interrupt == "timeout":
                 outcome = protocol.Outcome(
                     running.task_id,
@@ -568,6 +596,8 @@ class _Watcher(threading.Thread):
 
 
 _TICK = 0.05  # how often the watcher looks at the clocks
+_UNSENT_MAX = 16  # results kept back at most, to go out together
+_SECONDS_UNSENT = 0.002  # and for at most this long
 _SECONDS_FLUSH = 2.0  # how long a worker that gives up waits for its last words to leave
 _LONG = 0.05  # a task running this long has its socket watched for a cancel
 
@@ -631,7 +661,8 @@ def serve(settings: WorkerSettings) -> str:
         sock.connect(settings.controller)
         _set_up(channel, runner, settings)
         reason = _loop(channel, runner, settings)
-        sock.send_multipart(protocol.encode(protocol.Bye(reason)))
+        channel.flush()  # before the goodbye, which hands back what has not run
+        channel.send(protocol.encode(protocol.Bye(reason)))
         return reason
     finally:
         watcher.stop()
@@ -725,7 +756,16 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
                 warnings=outcome.warnings,
             )
             out = protocol.encode(outcome)
-        channel.send(out)
+        # Results of short tasks go back together while more tasks wait here: one message
+        # instead of several, and the controller answers with the next tasks together.
+        channel.send_later(out)
+        if (
+            len(out) > 1
+            or len(channel.unsent) >= _UNSENT_MAX
+            or time.monotonic() - channel.unsent_since >= _SECONDS_UNSENT
+            or not channel.waiting()
+        ):
+            channel.flush()
         done += 1
         last = time.monotonic()
         if done >= settings.tasks_max:

@@ -69,11 +69,19 @@ async def join(sock: zmq.Socket[bytes]) -> None:
     sock.send_multipart([bytes(f) for f in protocol.encode(protocol.Ready())])
 
 
+_UNREAD: dict[int, list[protocol.Message]] = {}
+
+
 async def receive(sock: zmq.Socket[bytes], within: float = 10.0) -> protocol.Message:
-    with anyio.fail_after(within):
-        while not sock.poll(0):
-            await anyio.sleep(0.005)
-    return protocol.decode(sock.recv_multipart())
+    """The next message the controller sent this socket (one ZeroMQ message may carry
+    several, such as tasks sent together)."""
+    unread = _UNREAD.setdefault(id(sock), [])
+    if not unread:
+        with anyio.fail_after(within):
+            while not sock.poll(0):
+                await anyio.sleep(0.005)
+        unread.extend(protocol.decode_all(sock.recv_multipart()))
+    return unread.pop(0)
 
 
 def reply(task: protocol.Message, value: object) -> list[bytes]:

@@ -512,3 +512,22 @@ async def test_a_worker_that_exits_at_once_counts_as_a_failed_launch(
     )
     with pytest.raises(bc.LaunchError, match="exited with code 7"):
         await crew.push(add, 1, 2)
+
+
+def test_the_controller_runs_on_uvloop(tmp_path: Path) -> None:
+    """FastAPI under uvicorn runs on uvloop when it is installed: the whole path works there."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is in the test extra")
+    started = tmp_path / "started"
+
+    async def main() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        async with bc.Controller(workers=2, seconds_heartbeat=5.0) as crew:
+            frame = await crew.map(add, range(50), range(50))
+            assert frame["result"].to_list() == [2 * i for i in range(50)]
+            long = crew.push(hang, str(started))
+            await wait_for_file(started)
+            assert long.cancel()
+            assert (await crew.push(pid)).status == "success"
+
+    uvloop.run(asyncio.wait_for(main(), 60))
+    assert not children()

@@ -61,36 +61,54 @@ def test_the_error_types_belong_to_the_library_hierarchy() -> None:
     assert issubclass(ProtocolError, BatchcrewError)
 
 
-def header(kind: int, version: int = protocol.VERSION, magic: bytes = b"bc") -> bytes:
-    return struct.pack(">2sBBQ", magic, version, kind, 0)
+def header(
+    kind: int, version: int = protocol.VERSION, magic: bytes = b"bc", extra: int = 0
+) -> bytes:
+    return struct.pack(">2sBBHQ", magic, version, kind, extra, 0)
+
+
+def frame(kind: int, body: bytes = b"", **header_fields: int | bytes) -> bytes:
+    return header(kind, **header_fields) + body  # type: ignore[arg-type]
+
+
+def task_body(meta: bytes = b"", layout: int = 0, function: bytes = b"fn") -> bytes:
+    inline = struct.pack(">I", len(function)) + function + b"args" if layout == 0 else b""
+    return struct.pack(">BI", layout, len(meta)) + meta + inline
 
 
 @pytest.mark.parametrize(
     ("frames", "message"),
     [
         ([], "empty message"),
-        ([b"short"], "header frame of 5 bytes"),
-        ([header(1, magic=b"xx"), b"{}"], "bad magic"),
-        ([header(1, version=1), b"{}"], "protocol version 1"),
-        ([header(99)], "unknown message kind 99"),
-        ([header(10), b"", b"fn"], "task message needs"),
-        ([header(10), b'{"timeout": -1}', b"fn", b"args"], "timeout -1 is not a positive"),
-        ([header(10), b'{"timeout": true}', b"fn", b"args"], "timeout True is not a positive"),
-        ([header(10), b'{"timeout": "1"}', b"fn", b"args"], "'timeout'"),
-        ([header(10), b'{"timeout": NaN}', b"fn", b"args"], "timeout nan is not a positive"),
-        ([header(2), b"\x00", b""], "result metadata is truncated"),
-        ([header(2), struct.pack(">Bd", 7, 0.0), b""], "status code"),
-        ([header(1), b"not json"], "not JSON"),
-        ([header(1), b"[1]"], "not a JSON object"),
-        ([header(1), b'{"pid": "x", "host": "h"}'], "'pid'"),
-        ([header(1), b'{"pid": 1, "host": "h", "python": 3}'], "'python'"),
-        ([header(4), b'{"error": 1, "trace": null}'], "'error'"),
-        ([header(13), b"initializer"], "setup message needs"),
-        ([header(10), b'{"seed": -1}', b"fn", b"args"], "seed -1 is not a whole number"),
-        ([header(10), b'{"seed": 1.5}', b"fn", b"args"], "'seed'"),
-        ([header(3)], "exactly one metadata frame"),
-        ([header(3), b'{"reason": "r", "end": 1}'], "'end' is not a boolean"),
-        ([header(12), b'{"why": "r"}'], "'reason'"),
+        ([b"short"], "first frame of 5 bytes"),
+        ([frame(1, b"{}", magic=b"xx")], "bad magic"),
+        ([frame(1, b"{}", version=1)], "protocol version 1"),
+        ([frame(99)], "unknown message kind 99"),
+        ([frame(10, b"\x00")], "task metadata is truncated"),
+        ([frame(10, task_body(b'{"timeout": -1}'))], "timeout -1 is not a positive"),
+        ([frame(10, task_body(b'{"timeout": true}'))], "timeout True is not a positive"),
+        ([frame(10, task_body(b'{"timeout": "1"}'))], "'timeout'"),
+        ([frame(10, task_body(b'{"timeout": NaN}'))], "timeout nan is not a positive"),
+        ([frame(10, task_body(b'{"seed": -1}'))], "seed -1 is not a whole number"),
+        ([frame(10, task_body(b'{"seed": 1.5}'))], "'seed'"),
+        ([frame(10, task_body(function=b"function")[:-7])], "task function is truncated"),
+        ([frame(10, task_body()[:-8])], "task function length is truncated"),
+        ([frame(10, task_body(layout=1))], "neither inline nor apart"),
+        ([frame(10, task_body(layout=7), extra=2), b"fn", b"args"], "neither inline nor apart"),
+        ([frame(2, b"\x00")], "result metadata is truncated"),
+        ([frame(2, struct.pack(">BdBI", 7, 0.0, 0, 0))], "status code"),
+        ([frame(2, struct.pack(">BdBI", 0, 0.0, 0, 9))], "result metadata is truncated"),
+        ([frame(2, struct.pack(">BdBI", 0, 0.0, 1, 0))], "neither inline nor apart"),
+        ([frame(1, b"not json")], "not JSON"),
+        ([frame(1, b"[1]")], "not a JSON object"),
+        ([frame(1, b'{"pid": "x", "host": "h"}')], "'pid'"),
+        ([frame(1, b'{"pid": 1, "host": "h", "python": 3}')], "'python'"),
+        ([frame(4, b'{"error": 1, "trace": null}')], "'error'"),
+        ([frame(13, extra=1), b"initializer"], "setup message needs"),
+        ([frame(3, b"{}", extra=2), b"x"], "announces 2 more frames than it has"),
+        ([frame(3, b'{"reason": "r"}', extra=1), b"x"], "BYE message has frames it should"),
+        ([frame(3, b'{"reason": "r", "end": 1}')], "'end' is not a boolean"),
+        ([frame(12, b'{"why": "r"}')], "'reason'"),
     ],
 )
 def test_malformed_frames_raise_protocol_error(frames: list[bytes], message: str) -> None:
@@ -98,10 +116,28 @@ def test_malformed_frames_raise_protocol_error(frames: list[bytes], message: str
         protocol.decode(frames)
 
 
+def test_several_messages_travel_in_one_and_large_parts_apart() -> None:
+    big = b"x" * 100_000
+    messages: list[protocol.Message] = [
+        protocol.Task(1, b"fn", b"args", timeout=1.0),
+        protocol.Task(2, big, b"args", (b"buffer",)),
+        protocol.Outcome(1, "success", 0.1, value=big),
+        protocol.Cancel(2, "cancelled"),
+    ]
+    frames = [bytes(f) for message in messages for f in protocol.encode(message)]
+    assert len(protocol.encode(messages[0])) == 1  # small: one frame
+    assert len(protocol.encode(messages[1])) == 4  # the function and arguments apart
+    assert len(protocol.encode(messages[2])) == 2  # the value apart
+    assert protocol.decode_all(frames) == messages
+    with pytest.raises(ProtocolError, match="4 messages where one was expected"):
+        protocol.decode(frames)
+    with pytest.raises(ProtocolError):
+        protocol.decode_all(frames[:4] + frames[5:])  # one frame lost spoils them all
+
+
 def test_a_future_version_says_what_to_do() -> None:
-    header = struct.pack(">2sBBQ", b"bc", protocol.VERSION + 1, 2, 0)
     with pytest.raises(ProtocolError, match="run the same batchcrew version"):
-        protocol.decode([header, b"", b""])
+        protocol.decode([frame(2, version=protocol.VERSION + 1)])
 
 
 def _kinds() -> st.SearchStrategy[int]:
@@ -135,15 +171,22 @@ def test_fuzzed_frames_raise_only_protocol_error(frames: list[bytes]) -> None:
 def test_fuzzed_bodies_behind_a_valid_header_raise_only_protocol_error(
     kind: int, task_id: int, body: list[bytes], meta: bytes
 ) -> None:
-    header = struct.pack(">2sBBQ", b"bc", protocol.VERSION, kind, task_id)
-    for frames in ([header, *body], [header, meta, *body], [header, meta]):
-        with contextlib.suppress(ProtocolError):
-            protocol.decode(frames)
+    for extra in (0, len(body), len(body) + 1):
+        first = struct.pack(">2sBBHQ", b"bc", protocol.VERSION, kind, extra, task_id)
+        for frames in ([first, *body], [first + meta, *body], [first + meta]):
+            with contextlib.suppress(ProtocolError):
+                protocol.decode_all(frames)
+        for layout in (0, 1, 2):
+            for frames in (
+                [first + struct.pack(">BI", layout, len(meta)) + meta, *body],
+                [first + struct.pack(">BdBI", 0, 1.0, layout, len(meta)) + meta, *body],
+            ):
+                with contextlib.suppress(ProtocolError):
+                    protocol.decode_all(frames)
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(min_size=9, max_size=200))
 def test_fuzzed_result_metadata_raises_only_protocol_error(meta: bytes) -> None:
-    header = struct.pack(">2sBBQ", b"bc", protocol.VERSION, protocol.Kind.RESULT, 1)
     with contextlib.suppress(ProtocolError):
-        protocol.decode([header, meta, b""])
+        protocol.decode([frame(protocol.Kind.RESULT, meta)])

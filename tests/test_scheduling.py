@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from batchcrew.scheduling import (
     Abandon,
@@ -427,88 +428,174 @@ def test_close_stops_connected_workers_and_launches_nothing_more() -> None:
 
 # -- invariants under any order of events ----------------------------------------------------
 
-events = st.lists(
-    st.tuples(
-        st.sampled_from(["push", "connect", "result", "crash", "bye", "tick", "cancel", "fail"]),
-        st.integers(min_value=0, max_value=50),
-    ),
-    max_size=120,
-)
 
+class SchedulerMachine(RuleBasedStateMachine):
+    """Random pushes, connects, results, clean and unclean losses, cancels, launch failures,
+    clock ticks and close, at 1 to 3 levels; after every step the scheduler's decisions are
+    checked against a plain model of what must hold."""
 
-@settings(max_examples=300, deadline=None)
-@given(
-    events,
-    st.integers(min_value=1, max_value=4),
-    st.integers(min_value=1, max_value=3),
-    st.integers(min_value=0, max_value=2),
-)
-def test_every_task_resolves_at_most_once_and_the_cap_holds(
-    steps: list[tuple[str, int]], workers: int, levels: int, crashes_max: int
-) -> None:
-    scheduler = Scheduler(
-        Settings(workers=workers, levels=levels, crashes_max=crashes_max, seconds_launch=5.0)
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduler: Scheduler | None = None
+        self.now = 0.0
+        self.pushed = 0
+        self.resolved: list[int] = []
+        self.crashes: dict[int, int] = {}
+        self.live: dict[bytes, int] = {}  # launched and not written off: identity -> level
+        self.launches: dict[str, list[bytes]] = {}
+        self.waiting: list[bytes] = []  # launched, not connected
+        self.running: dict[bytes, list[int]] = {}  # connected: tasks sent, oldest first
+        self.sent: dict[bytes, int] = {}
+        self.closed = False
+
+    @initialize(
+        workers=st.integers(1, 5),
+        levels=st.integers(1, 3),
+        crashes_max=st.integers(0, 2),
+        tasks_max=st.sampled_from([math.inf, 1, 3]),
+        pipeline=st.integers(1, 4),
     )
-    resolved: list[int] = []
-    pushed = 0
-    waiting: list[bytes] = []
-    running: dict[bytes, list[int]] = {}
-    launches: list[str] = []
-    now = 0.0
+    def start(
+        self, workers: int, levels: int, crashes_max: int, tasks_max: float, pipeline: int
+    ) -> None:
+        self.settings = Settings(
+            workers=workers,
+            levels=levels,
+            crashes_max=crashes_max,
+            tasks_max=tasks_max,
+            pipeline=pipeline,
+            seconds_launch=5.0,
+            seconds_interrupt=1.0,
+        )
+        self.scheduler = Scheduler(self.settings)
 
-    def apply(decisions: list[Decision] | None) -> None:
+    @property
+    def s(self) -> Scheduler:
+        assert self.scheduler is not None
+        return self.scheduler
+
+    def level_of(self, task: int) -> int:
+        return min(self.crashes.get(task, 0), self.settings.levels - 1)
+
+    def apply(self, decisions: list[Decision] | None) -> None:
         for decision in decisions or []:
             if isinstance(decision, Launch):
-                waiting.extend(decision.identities)
-                launches.append(decision.launch)
+                assert not self.closed, "launched after close"
+                self.launches[decision.launch] = list(decision.identities)
+                for identity in decision.identities:
+                    self.live[identity] = decision.level
+                    self.waiting.append(identity)
             elif isinstance(decision, Assign):
-                assert decision.worker in running
-                running[decision.worker].append(decision.task)
+                assert not self.closed, "assigned after close"
+                worker = decision.worker
+                assert worker in self.running, "assigned to a worker that is not connected"
+                assert self.level_of(decision.task) <= self.live[worker], "worker too small"
+                self.running[worker].append(decision.task)
+                self.sent[worker] += 1
+                assert len(self.running[worker]) <= self.settings.pipeline, "past its depth"
+                assert self.sent[worker] <= self.settings.tasks_max, "past tasks_max"
             elif isinstance(decision, Complete | Fail):
-                resolved.append(decision.task)
+                assert decision.task not in self.resolved, "resolved twice"
+                self.resolved.append(decision.task)
             elif isinstance(decision, Abandon):
                 for identity in decision.identities:
-                    if identity in waiting:
-                        waiting.remove(identity)
-            elif isinstance(decision, Interrupt):
-                assert decision.task in running[decision.worker]
+                    self.forget(identity)
             elif isinstance(decision, End):
-                running.pop(decision.worker, None)
-        live = sum(1 for identity in running if scheduler.knows(identity))
-        assert live + scheduler.launching <= workers
+                self.forget(decision.worker)
+            elif isinstance(decision, Interrupt):
+                assert decision.task in self.running.get(decision.worker, []), "not held there"
+        assert len(self.live) <= self.settings.workers, "over the workers cap"
+        assert self.s.unresolved + len(self.resolved) == self.pushed
+        assert self.s.connected == len(self.running)
+        assert self.s.launching == len(self.waiting)
 
-    for kind, pick in steps:
-        now += 1.0
-        if kind == "push":
-            pushed += 1
-            apply(scheduler.push(pushed, now, timeout=2.0 if pick % 3 == 0 else None))
-        elif kind == "connect" and waiting:
-            identity = waiting.pop(pick % len(waiting))
-            if scheduler.knows(identity):
-                running[identity] = []
-                apply(scheduler.connected_worker(identity, now))
-        elif kind == "result" and running:
-            identity = list(running)[pick % len(running)]
-            if running[identity]:
-                task = running[identity].pop(0)
-                apply(scheduler.result(identity, task, 0.001, now))
-        elif kind in ("crash", "bye") and running:
-            identity = list(running)[pick % len(running)]
-            del running[identity]
-            apply(scheduler.lost(identity, now, clean=kind == "bye", reason=kind))
-        elif kind == "tick":
-            now += pick
-            apply(scheduler.tick(now))
-        elif kind == "cancel" and pushed:
-            apply(scheduler.cancel(pick % pushed + 1, now))
-        elif kind == "fail" and launches:
-            apply(scheduler.launch_failed(launches[pick % len(launches)], now, "failed"))
-    assert len(resolved) == len(set(resolved))
-    assert set(resolved).isdisjoint(scheduler.unresolved_tasks())
-    assert len(resolved) + scheduler.unresolved == pushed
-    # A task is with at most one worker at a time.
-    held = [task for tasks in running.values() for task in tasks]
-    assert len(held) == len(set(held))
+    def forget(self, identity: bytes) -> None:
+        self.live.pop(identity, None)
+        self.running.pop(identity, None)
+        if identity in self.waiting:
+            self.waiting.remove(identity)
+
+    @rule(count=st.integers(1, 4), timed=st.booleans())
+    def push(self, count: int, timed: bool) -> None:
+        tasks = range(self.pushed + 1, self.pushed + count + 1)
+        self.pushed += count
+        self.apply(self.s.push_many(tasks, self.now, 2.0 if timed else None))
+
+    @rule(pick=st.integers(0, 50))
+    def connect(self, pick: int) -> None:
+        if not self.waiting:
+            return
+        identity = self.waiting.pop(pick % len(self.waiting))
+        assert self.s.greeted(identity)
+        self.running[identity] = []
+        self.sent[identity] = 0
+        decisions = self.s.connected_worker(identity, self.now)
+        assert decisions is not None
+        self.apply(decisions)
+
+    @rule(pick=st.integers(0, 50), seconds=st.sampled_from([0.0001, 0.5]))
+    def result(self, pick: int, seconds: float) -> None:
+        busy = [identity for identity, tasks in self.running.items() if tasks]
+        if not busy:
+            return
+        identity = busy[pick % len(busy)]
+        task = self.running[identity].pop(0)
+        self.apply(self.s.result(identity, task, seconds, self.now))
+
+    @rule(pick=st.integers(0, 50), clean=st.booleans(), end=st.booleans())
+    def lose(self, pick: int, clean: bool, end: bool) -> None:
+        if not self.live:
+            return
+        identity = sorted(self.live)[pick % len(self.live)]
+        head = (self.running.get(identity) or [None])[0]
+        decisions = self.s.lost(identity, self.now, clean=clean, reason="lost", end=end)
+        resolved = {d.task for d in decisions if isinstance(d, Complete | Fail)}
+        if head is not None and not clean and head not in resolved and head not in self.resolved:
+            self.crashes[head] = self.crashes.get(head, 0) + 1
+        self.forget(identity)
+        self.apply(decisions)
+
+    @rule(pick=st.integers(0, 200))
+    def cancel(self, pick: int) -> None:
+        if self.pushed:
+            self.apply(self.s.cancel(pick % self.pushed + 1, self.now))
+
+    @rule(pick=st.integers(0, 50))
+    def fail_a_launch(self, pick: int) -> None:
+        if not self.launches:
+            return
+        launch = sorted(self.launches)[pick % len(self.launches)]
+        waiting = [identity for identity in self.launches[launch] if identity in self.waiting]
+        decisions = self.s.launch_failed(launch, self.now, "failed")
+        for identity in waiting:
+            self.forget(identity)
+        self.apply(decisions)
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 3.0, 10.0]))
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        self.apply(self.s.tick(self.now))
+
+    @rule()
+    def close(self) -> None:
+        self.apply(self.s.close())
+        self.closed = True
+
+    def teardown(self) -> None:
+        if self.scheduler is None:
+            return
+        # However the run went, closing and cancelling what is left resolves every task once.
+        self.apply(self.s.close())
+        self.closed = True
+        for task in self.s.unresolved_tasks():
+            self.apply(self.s.cancel(task, self.now))
+        assert sorted(self.resolved) == list(range(1, self.pushed + 1))
+
+
+SchedulerMachine.TestCase.settings = settings(
+    max_examples=500, stateful_step_count=60, deadline=None
+)
+test_the_scheduler_keeps_its_invariants_under_any_events = SchedulerMachine.TestCase
 
 
 @pytest.mark.parametrize("workers", [1, 3])

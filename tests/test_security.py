@@ -116,12 +116,12 @@ async def test_malformed_and_forged_frames_change_nothing(
     await join(worker)
     task = await receive(worker)
     assert isinstance(task, protocol.Task)
-    header = struct.Struct(">2sBBQ")
+    header = struct.Struct(">2sBBHQ")
     junk = [
         [b"garbage"],
-        [header.pack(b"bc", protocol.VERSION, protocol.Kind.RESULT, task.task_id)],  # truncated
-        [header.pack(b"bc", 9, protocol.Kind.RESULT, task.task_id), b"\0" * 9, b""],  # v9
-        [header.pack(b"bc", protocol.VERSION, 77, 0), b"{}"],  # unknown kind
+        [header.pack(b"bc", protocol.VERSION, protocol.Kind.RESULT, 0, task.task_id)],  # cut
+        [header.pack(b"bc", 9, protocol.Kind.RESULT, 0, task.task_id) + b"\0" * 14],  # v9
+        [header.pack(b"bc", protocol.VERSION, 77, 0, 0) + b"{}"],  # unknown kind
         reply(protocol.Task(task.task_id + 1000, b"", b""), "forged"),  # never assigned
         hello(),  # a second hello
         [bytes(f) for f in protocol.encode(protocol.Task(5, b"x", b"y"))],  # wrong direction

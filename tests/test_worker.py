@@ -31,6 +31,7 @@ def router() -> Iterator[tuple[zmq.Socket[bytes], str]]:
     sock.setsockopt(zmq.LINGER, 0)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     yield sock, f"tcp://127.0.0.1:{port}"
+    _UNREAD.pop(id(sock), None)
     sock.close(0)
     context.term()
 
@@ -50,10 +51,17 @@ def start_worker(**settings: object) -> subprocess.Popen[str]:
     )
 
 
+_UNREAD: dict[int, list[tuple[bytes, protocol.Message]]] = {}
+
+
 def receive(sock: zmq.Socket[bytes], within: float = 20.0) -> tuple[bytes, protocol.Message]:
-    assert sock.poll(int(within * 1000)), "no message from the worker in time"
-    identity, *frames = sock.recv_multipart()
-    return identity, protocol.decode(frames)
+    """The next message from a worker (one ZeroMQ message may carry several)."""
+    unread = _UNREAD.setdefault(id(sock), [])
+    if not unread:
+        assert sock.poll(int(within * 1000)), "no message from the worker in time"
+        identity, *frames = sock.recv_multipart()
+        unread.extend((identity, message) for message in protocol.decode_all(frames))
+    return unread.pop(0)
 
 
 def greet(sock: zmq.Socket[bytes], setup: protocol.Setup | None = None) -> bytes:

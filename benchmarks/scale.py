@@ -1,0 +1,199 @@
+"""batchcrew at scale: scheduler cost per event, memory per queued task, drain rate, a swarm.
+
+    python benchmarks/scale.py [--only scheduler,memory,swarm] [--queued 1000000]
+
+Three parts, each compared against a baseline measured in the same run:
+
+- scheduler: `scheduling.Scheduler` driven by plain calls with fake workers, microseconds per
+  result event for 10 to 10,000 workers, 1 and 3 resource levels, short (pipelined) and long
+  tasks; the ratio is against the same case with 10 workers.
+- memory: bytes of controller memory per queued no-op task (tracemalloc) with --queued tasks
+  queued and no worker; the time to push them; then the drain rate on 2 local workers with
+  --queued tasks queued against the rate with 10,000 queued, every task checked resolved once.
+- swarm: real workers over real ZeroMQ and CURVE, many per process (batchcrew.testing.Swarm),
+  controller results per second and event-loop lag p99 with 10, 100 and 1,000 connected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import itertools
+import statistics
+import time
+import tracemalloc
+from collections import deque
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+import batchcrew as bc
+from batchcrew.scheduling import Assign, Decision, Launch, Scheduler, Settings
+
+console = Console(width=120)
+
+
+def noop(_: object = None) -> None:
+    return None
+
+
+# -- the scheduler -----------------------------------------------------------------------------
+
+
+def scheduler_event_cost(workers: int, levels: int, short: bool, events: int) -> float:
+    """Microseconds per result event, with every worker busy and tasks always queued."""
+    scheduler = Scheduler(
+        Settings(workers=workers, levels=levels, pipeline=4, seconds_launch=1e9, crashes_max=5)
+    )
+    held: dict[bytes, deque[int]] = {}
+    launched: list[bytes] = []
+
+    def apply(decisions: Sequence[Decision] | None) -> None:
+        for decision in decisions or ():
+            if isinstance(decision, Assign):
+                held[decision.worker].append(decision.task)
+            elif isinstance(decision, Launch):
+                launched.extend(decision.identities)
+
+    def connect_all() -> None:
+        while launched:
+            identity = launched.pop()
+            held[identity] = deque()
+            scheduler.greeted(identity)
+            apply(scheduler.connected_worker(identity, 0.0))
+
+    apply(scheduler.push_many(range(1, events + workers * 8 + 1), 0.0))
+    connect_all()
+    for _ in range(levels - 1):
+        # Workers of every level: two thirds die mid-task, their tasks escalate, and bigger
+        # workers are launched for them.
+        victims = [identity for identity, tasks in held.items() if tasks]
+        for identity in victims[: 2 * len(held) // 3]:
+            del held[identity]
+            apply(scheduler.lost(identity, 0.0, clean=False, reason="benchmark"))
+        connect_all()
+    seconds = 0.001 if short else 1.0
+    rotation = itertools.cycle(list(held))
+    done = 0
+    start = time.perf_counter()
+    while done < events:
+        identity = next(rotation)
+        tasks = held.get(identity)
+        if not tasks:
+            continue
+        apply(scheduler.result(identity, tasks.popleft(), seconds, 0.0))
+        done += 1
+    return (time.perf_counter() - start) / events * 1e6
+
+
+def scheduler_part(events: int) -> None:
+    table = Table(title=f"Scheduler: microseconds per result event ({events:,} events)")
+    for column in ("workers", "levels", "tasks", "us per event", "vs 10 workers"):
+        table.add_column(column, justify="right")
+    base: dict[tuple[int, bool], float] = {}
+    for workers in (10, 100, 1_000, 10_000):
+        for levels in (1, 3):
+            for short in (True, False):
+                cost = statistics.median(
+                    scheduler_event_cost(workers, levels, short, events) for _ in range(3)
+                )
+                base.setdefault((levels, short), cost)
+                table.add_row(
+                    f"{workers:,}",
+                    str(levels),
+                    "short" if short else "long",
+                    f"{cost:.2f}",
+                    f"{cost / base[(levels, short)]:.2f}x",
+                )
+    console.print(table)
+    console.print("target: at 10,000 workers every case within 2x of the same case at 10")
+
+
+# -- memory, push and drain --------------------------------------------------------------------
+
+
+class Idle(bc.Launcher):
+    """Launches nothing: tasks stay queued."""
+
+    name = "idle"
+
+    async def launch(self, request: bc.LaunchRequest) -> None:
+        return None
+
+    async def terminate(self, launch: str, indexes: object = None) -> None:
+        return None
+
+
+async def bytes_per_queued_task(queued: int) -> float:
+    async with bc.Controller(workers=1, launcher=Idle(), seconds_launch=1e6) as controller:
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        tasks = controller.walk(noop, range(queued))
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        del tasks
+    return (after - before) / queued
+
+
+async def push_seconds(queued: int) -> float:
+    async with bc.Controller(workers=1, launcher=Idle(), seconds_launch=1e6) as controller:
+        start = time.perf_counter()
+        controller.walk(noop, range(queued))
+        return time.perf_counter() - start
+
+
+async def drain_rate(queued: int) -> float:
+    """Tasks per second resolved on 2 local workers, all `queued` pushed at once; checks that
+    every one resolved exactly once."""
+    async with bc.Controller(workers=2) as controller:
+        await controller.map(noop, range(400))  # workers up, pipelining learned
+        tasks = controller.walk(noop, range(queued))
+        start = time.perf_counter()
+        await controller.wait("all")
+        rate = queued / (time.perf_counter() - start)
+        counts = controller.counts()
+        assert counts["success"] == queued + 400, counts
+        assert all(task.done() for task in tasks)
+        names = [task.name for task in tasks]
+        assert len(set(names)) == queued
+        assert controller.collect().height == queued  # each resolved once, none lost
+    return rate
+
+
+def memory_part(queued: int) -> None:
+    table = Table(title=f"Queued tasks: memory, push time and drain rate ({queued:,} queued)")
+    for column in ("measure", "value", "target"):
+        table.add_column(column, justify="right")
+    per_task = asyncio.run(bytes_per_queued_task(queued))
+    table.add_row("controller bytes per queued task", f"{per_task:,.0f}", "<= 300")
+    pushed = asyncio.run(push_seconds(queued))
+    table.add_row(
+        f"push {queued:,} (walk)", f"{pushed:.2f} s ({pushed / queued * 1e6:.1f} us/task)", ""
+    )
+    small = statistics.median(asyncio.run(drain_rate(10_000)) for _ in range(3))
+    large = asyncio.run(drain_rate(queued))
+    table.add_row("drain rate, 10,000 queued", f"{small:,.0f} tasks/s", "")
+    table.add_row(f"drain rate, {queued:,} queued", f"{large:,.0f} tasks/s", "")
+    table.add_row("ratio", f"{large / small:.2f}x", ">= 0.9x")
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="scheduler,memory,swarm")
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--queued", type=int, default=1_000_000)
+    args = parser.parse_args()
+    parts = set(args.only.split(","))
+    if "scheduler" in parts:
+        scheduler_part(args.events)
+    if "memory" in parts:
+        memory_part(args.queued)
+
+
+if __name__ == "__main__":
+    main()
