@@ -35,6 +35,7 @@ logger = logging.getLogger("batchcrew")
 
 WORKER_COMMAND = ("python", "-m", "batchcrew.worker")
 _BATCH = 256  # messages handled before other tasks get a turn
+_SECONDS_BATCH = 0.002  # or this long: a flood of results never holds the loop for longer
 _DROPS_LOGGED = 100  # messages from unknown peers logged at WARNING; the rest at DEBUG
 _SECONDS_CALLS_MAX = 120.0  # at close, the longest wait for launch calls under way
 # Plain ints: pyzmq's flag enums cost more to combine than the send itself.
@@ -436,13 +437,13 @@ class Dispatcher:
         if router is None:
             return
         try:
-            handled = self._drain(router)
+            self._drain(router)
             if self._side_ready:
                 self._side_ready = False
                 self._drain_side()
             # ZeroMQ's descriptor is edge-triggered and a send can consume its edge: only the
             # socket's own EVENTS says for sure whether a message waits.
-            if handled >= _BATCH or _option(router, zmq.EVENTS) & zmq.POLLIN:
+            if _option(router, zmq.EVENTS) & zmq.POLLIN:
                 self._schedule_read()
         except BaseException as error:
             if self._fault is not None and not self._fault.done():
@@ -460,11 +461,13 @@ class Dispatcher:
         self._schedule_read()
 
     def _drain(self, router: zmq.Socket[bytes]) -> int:
-        """Handle up to _BATCH messages; what they make for workers goes out at the end."""
+        """Handle up to _BATCH messages (or _SECONDS_BATCH of them); what they make for workers
+        goes out at the end."""
         handled = 0
         self._draining = True
+        until = time.perf_counter() + _SECONDS_BATCH
         try:
-            while handled < _BATCH:
+            while handled < _BATCH and (handled < 8 or time.perf_counter() < until):
                 try:
                     frame = router.recv(_NOBLOCK, copy=False)
                 except zmq.Again:
