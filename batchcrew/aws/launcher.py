@@ -110,6 +110,7 @@ class BatchLauncher(Launcher):
 
     async def open(self) -> None:
         """Create the launcher's one Batch client."""
+        self._polling = False  # the last controller's poller, if any, ended with its task group
         self._stack = AsyncExitStack()
         self._client = await self._stack.enter_async_context(
             open_client("batch", self.options.client_settings())

@@ -62,6 +62,10 @@ class Launcher(ABC):
     `levels` says how many resource levels the backend offers for retries after a crash;
     `remote` says whether workers run on other machines (then the controller listens on a
     non-loopback address by default).
+
+    A launcher serves one controller at a time. Once that controller has closed, another may
+    start with the same launcher (the joblib backend starts one per `Parallel` call): each
+    start opens the launcher again, so state kept for one controller's life is reset in `open`.
     """
 
     name: str = "launcher"
@@ -94,10 +98,11 @@ class Launcher(ABC):
         await self.terminate(launch, [index])
 
     async def open(self) -> None:  # noqa: B027 - optional hook
-        """Acquire what the launcher needs for its life (called once, at controller start)."""
+        """Acquire what the launcher needs for its life (called at each controller start)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """End every worker still running and release resources (called once, at close)."""
+        """End every worker still running and release resources (called once per open, at
+        the controller's close)."""
 
     def report(self, exit: WorkerExit) -> None:
         """Tell the controller that a worker ended (call it from `launch` watchers)."""
@@ -125,9 +130,15 @@ class Launcher(ABC):
         Opens it, gives it a task group for its watchers, and on the way out (however it is left)
         closes it, shielded from cancellation so that no worker is left running.
         """
+        if self._report is not None:
+            raise RuntimeError(
+                f"this {type(self).__name__} already serves a running controller; a launcher "
+                "serves one controller at a time: make another launcher"
+            )
         self._report = report
-        await self.open()
+        self.stopping = False  # a launcher may serve a new controller once the last one closed
         try:
+            await self.open()
             async with anyio.create_task_group() as group:
                 self._task_group = group
                 task_status.started()

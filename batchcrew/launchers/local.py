@@ -40,6 +40,11 @@ class LocalLauncher(Launcher):
         self._processes: dict[tuple[str, int], anyio.abc.Process] = {}
         self._closing = False
 
+    async def open(self) -> None:
+        """Begin serving a controller (again): forget the last one's closing."""
+        self._closing = False
+        self._processes.clear()
+
     async def launch(self, request: LaunchRequest) -> None:
         """Start one process per worker of `request`."""
         command = (self.python, *request.command[1:]) if request.command else (self.python,)

@@ -504,3 +504,23 @@ async def test_the_controller_fixture_runs_on_local_batch(
     crew = await controller(launcher=aws.BatchLauncher(options), host="127.0.0.1")
     assert (await crew.push(sum, [1, 2])).result == 3
     assert crew.launcher.name == "aws_batch"
+
+
+async def test_one_launcher_serves_controllers_in_turn(local_batch: LocalBatch) -> None:
+    launcher = aws.BatchLauncher(options_for(local_batch), seconds_poll=0.05)
+    for turn in range(2):
+        async with bc.Controller(
+            name=f"turn {turn}", workers=2, launcher=launcher, host="127.0.0.1"
+        ) as controller:
+            described = len(local_batch.requests_for("DescribeJobs"))
+            frame = await controller.map(double, range(4))
+            assert frame["result"].to_list() == [0, 2, 4, 6]
+            with anyio.fail_after(20):  # each turn watches its own jobs again
+                while len(local_batch.requests_for("DescribeJobs")) == described:
+                    await anyio.sleep(0.02)
+    names = [request["jobName"] for request in local_batch.requests_for("SubmitJob")]
+    assert any(name.startswith("turn_0-") for name in names)
+    assert any(name.startswith("turn_1-") for name in names)
+    with anyio.fail_after(20):
+        while local_batch.process_ids():
+            await anyio.sleep(0.05)

@@ -1,0 +1,41 @@
+"""The local launcher's life: it serves one controller at a time, and controllers in turn."""
+
+from __future__ import annotations
+
+import shutil
+
+import anyio
+import pytest
+
+import batchcrew as bc
+
+
+async def test_one_launcher_serves_controllers_in_turn() -> None:
+    launcher = bc.LocalLauncher()
+    for turn in range(2):
+        async with bc.Controller(name=f"turn-{turn}", workers=1, launcher=launcher) as controller:
+            assert (await controller.push(abs, -turn)).result == turn
+
+
+async def test_worker_exits_are_reported_in_every_turn() -> None:
+    # Workers that exit before they connect: each exit, reported, is a failed launch at once
+    # (unreported, the controller would wait seconds_launch for them).
+    false = shutil.which("false")
+    assert false is not None
+    launcher = bc.LocalLauncher(python=false)
+    for turn in range(2):
+        async with bc.Controller(
+            name=f"turn-{turn}", launcher=launcher, launch_failures_max=1, seconds_launch=60
+        ) as controller:
+            with anyio.fail_after(20), pytest.raises(bc.LaunchError, match="exited with code 1"):
+                await controller.push(abs, -1)
+
+
+async def test_a_launcher_serving_a_running_controller_refuses_a_second() -> None:
+    launcher = bc.LocalLauncher()
+    async with bc.Controller(name="first", launcher=launcher):
+        second = bc.Controller(name="second", launcher=launcher)
+        with pytest.raises(ExceptionGroup) as raised:
+            await second.start()
+        assert raised.group_contains(RuntimeError, match="already serves a running controller")
+        assert not second.running
