@@ -1,0 +1,408 @@
+"""A joblib parallel backend, "batchcrew": joblib's calls (scikit-learn's `n_jobs=-1`) run on
+batchcrew workers, local processes or AWS Batch jobs.
+
+`import batchcrew.joblib` registers it; then `with joblib.parallel_config(backend="batchcrew",
+workers=8, launcher=...)`. Each batch of calls is one task; its results, or the exception one of
+its calls raised, come back as joblib reports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import difflib
+import inspect
+import itertools
+import logging
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+from joblib import ParallelBackendBase, register_parallel_backend
+from joblib.externals.loky.process_executor import _ExceptionWithTraceback
+from joblib.parallel import AutoBatchingMixin, FallbackToBackend, SequentialBackend
+
+# A worker unpickles `_Batch` from this module: the controller's side (polars, the dispatcher)
+# is imported only where the backend runs, inside its methods.
+if TYPE_CHECKING:
+    from batchcrew.controller import Controller, Result, Task
+    from batchcrew.executor import Executor
+
+__all__ = ["BatchcrewBackend"]
+
+logger = logging.getLogger("batchcrew")
+
+#: How long a call from joblib's thread waits on the controller's loop for a quick job (cancel
+#: this call's tasks) before it gives up: the loop is blocked if it takes longer.
+_SECONDS_LOOP = 30.0
+
+#: Numbers `Parallel` calls, for task names unique in this process: joblib-<call>-<batch>.
+_CALLS = itertools.count(1)
+
+
+class _Batch:
+    """What a worker runs for one batch: the list of its calls' results, or, if a call raised,
+    the exception packed the way joblib's own workers pack it (type, message, and the worker's
+    traceback, which becomes the `__cause__` of the exception raised in the caller)."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, calls: Callable[[], list[Any]]) -> None:
+        self.calls = calls
+
+    def __call__(self) -> Any:
+        try:
+            return self.calls()
+        except Exception as error:
+            packed = _ExceptionWithTraceback(error)
+            if not _pickles(packed):
+                raise  # the worker reports its type, message and traceback as text instead
+            return packed
+
+
+@dataclass(slots=True)
+class _Call:
+    """One `Parallel` call: its number (tasks are named joblib-<call>-<batch>), whether it is
+    being aborted, and, on a controller with more workers than its n_jobs, the slots that keep
+    at most n_jobs of its batches on the controller at once."""
+
+    number: int
+    slots: asyncio.Semaphore | None
+    batches: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    aborting: bool = False
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+    """joblib's "batchcrew" backend: `Parallel` calls run as tasks on a batchcrew controller.
+
+    `joblib.parallel_config(backend="batchcrew", **options)` makes one, with either a
+    controller's options (`workers`, `launcher`, `seconds_timeout`, `host`, ... as for
+    `bc.Controller`) or `controller=`, a running `bc.Controller` to reuse.
+
+    With options, each `Parallel` call (each `fit` of a scikit-learn search) starts a
+    controller on an event loop of its own, in a thread, and closes it, with its workers, when
+    the call ends. With `controller=`, the controller is yours: it stays up between calls, so
+    its workers do too. It must run on an event loop in another thread than the one calling
+    joblib (a `bc.Executor`'s controller, say), since joblib blocks its caller while it waits.
+
+    `n_jobs=-1` means the controller's `workers` (and -2 one fewer, as in joblib); a positive
+    `n_jobs` runs at most that many batches at once (with options, `workers` defaults to it).
+    When that comes to one, joblib runs the calls in the calling process, as it does for every
+    backend. Calls nested in a task run on its worker, in threads (then sequentially, deeper).
+
+    Raises TypeError for an unknown option, ValueError for a bad value or `n_jobs=0`.
+    """
+
+    supports_retrieve_callback = True
+    supports_inner_max_num_threads = False
+    uses_threads = False
+    supports_sharedmem = False
+    default_n_jobs = 1
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        *,
+        controller: Controller | None = None,
+        **options: Any,
+    ) -> None:
+        if inner_max_num_threads is not None:
+            raise ValueError(
+                "the batchcrew backend does not set inner_max_num_threads: limit threads on "
+                "the workers with an initializer (threadpoolctl) or environment variables"
+            )
+        super().__init__(nesting_level=nesting_level)
+        self._given = _check_controller(controller, options)
+        self._options = {} if controller is not None else _check_options(options)
+        self._lock = threading.Lock()
+        self._users = 0  # configured Parallel objects: the controller stays up while any is
+        self._executor: Executor | None = None
+        self._controller: Controller | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs = 1  # batches at once, for the configured Parallel
+        self._call: _Call | None = None
+        self._pending: dict[int, Task] = {}  # unresolved tasks of this backend (on the loop)
+
+    @property
+    def controller(self) -> Controller | None:
+        """The controller running this backend's tasks now: the one given as `controller=`,
+        or the one a `Parallel` call started; None between calls."""
+        return self._controller if self._controller is not None else self._given
+
+    # -- how many at once -------------------------------------------------------------------
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """How many batches run at once: `n_jobs` (None: 1), at most the controller's
+        `workers`; a negative `n_jobs` counts back from `workers` (-1: all of them)."""
+        if n_jobs == 0:
+            raise ValueError(
+                "n_jobs=0 has no meaning: use n_jobs=-1 for all of the batchcrew backend's "
+                "workers, or a positive number"
+            )
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        workers = self._workers(n_jobs)
+        if n_jobs < 0:
+            return max(workers + 1 + n_jobs, 1)
+        return min(n_jobs, workers)
+
+    def _workers(self, n_jobs: int) -> int:
+        if self._given is not None:
+            return _workers_of(self._given)
+        workers = self._options.get("workers")
+        if workers is not None:
+            return int(workers)
+        return n_jobs if n_jobs > 0 else 1  # the controller's default: one worker
+
+    # -- a Parallel call's life -------------------------------------------------------------
+
+    def configure(self, n_jobs: int | None = 1, parallel: Any = None, **backend_kwargs: Any) -> int:
+        """Start (or join) the controller for a `Parallel` call; return how many batches run
+        at once. joblib's memmapping options (`max_nbytes`, `temp_folder`, `mmap_mode`) do
+        not apply: arguments travel pickled, large arrays as out-of-band buffers."""
+        jobs = self.effective_n_jobs(n_jobs)
+        if self._given is not None:
+            _loop_of(self._given)  # a controller that is not running is an error, whatever n_jobs
+        if jobs == 1:
+            if n_jobs != 1 and n_jobs is not None:
+                warnings.warn(
+                    f"n_jobs={n_jobs} comes to one batch at a time on this batchcrew backend "
+                    f"(workers={self._workers(n_jobs)}), so joblib runs the calls in this "
+                    "process, as it does for one job on any backend; give the backend more "
+                    "workers (workers=) to run them on workers",
+                    stacklevel=4,
+                )
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self.parallel = parallel
+        with self._lock:
+            if self._controller is None:
+                self._connect(jobs)
+                self._jobs = jobs
+            else:
+                _check_not_this_thread(self._controller, self._loop)
+            self._users += 1
+        return jobs
+
+    def _connect(self, jobs: int) -> None:
+        if self._given is not None:
+            loop = _loop_of(self._given)
+            _check_not_this_thread(self._given, loop)
+            self._controller, self._loop = self._given, loop
+            return
+        from batchcrew.executor import Executor
+
+        executor = Executor(**{**self._options, "workers": jobs})
+        self._executor, self._controller = executor, executor.controller
+        self._loop = _loop_of(executor.controller)
+
+    def start_call(self) -> None:
+        """A `Parallel` call begins."""
+        controller = self._controller
+        # joblib keeps 2 x n_jobs batches in flight: a controller of more workers than n_jobs
+        # (one given with controller=) would run them all at once without these slots.
+        crowded = controller is not None and _workers_of(controller) > self._jobs
+        self._call = _Call(next(_CALLS), asyncio.Semaphore(self._jobs) if crowded else None)
+
+    def terminate(self) -> None:
+        """A `Parallel` call (or a `with Parallel(...)` block) ends: cancel what it left
+        unresolved, and close the controller if this backend started it and no other
+        `Parallel` uses it."""
+        with self._lock:
+            if self._users == 0:
+                return
+            self._users -= 1
+            if self._users:
+                return
+            executor = self._executor
+            if executor is None:
+                self._on_loop(self._cancel_pending)
+            self._executor = self._controller = self._loop = None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self.reset_batch_stats()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A call raised, or the caller was interrupted (Ctrl-C): cancel every task of this
+        backend still unresolved, interrupting those that run. The controller stays up."""
+        if self._call is not None:
+            self._call.aborting = True  # its batches not yet pushed never will be
+        self._on_loop(self._cancel_pending)
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def submit(
+        self, func: Callable[[], list[Any]], callback: Callable[[Any], None] | None = None
+    ) -> concurrent.futures.Future[Result | None]:
+        """Push the batch `func` as a task; the future holds its `Result` (None if the call
+        was aborted before it went out). joblib's `callback` runs when it resolves."""
+        controller, loop, call = self._controller, self._loop, self._call
+        if controller is None or loop is None or call is None:
+            raise RuntimeError("the batchcrew backend is not configured: use it through joblib")
+        name = f"joblib-{call.number}-{next(call.batches)}"
+        future = asyncio.run_coroutine_threadsafe(
+            self._run(controller, call, _Batch(func), name), loop
+        )
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    async def _run(
+        self, controller: Controller, call: _Call, batch: _Batch, name: str
+    ) -> Result | None:
+        if call.slots is None:
+            return await self._push(controller, call, batch, name)
+        async with call.slots:
+            return await self._push(controller, call, batch, name)
+
+    async def _push(
+        self, controller: Controller, call: _Call, batch: _Batch, name: str
+    ) -> Result | None:
+        if call.aborting:
+            return None
+        task = controller.push(batch, name=name)
+        self._pending[task.id] = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            task.cancel()  # the loop is going away: the work stops too
+            raise
+        finally:
+            self._pending.pop(task.id, None)
+
+    def retrieve_result_callback(self, out: concurrent.futures.Future[Result | None]) -> Any:
+        """The batch's list of results; or raise what its call raised (with the worker's
+        traceback as its cause), or `bc.TaskError` if the task itself failed (crashed,
+        timed out, cancelled)."""
+        from batchcrew.errors import TaskError
+
+        result = out.result()
+        if result is None:
+            raise concurrent.futures.CancelledError("the Parallel call was aborted")
+        if result.status != "success":
+            message = f"joblib batch {result.name!r} ended with status {result.status}"
+            if result.error:
+                message += f": {result.error}"
+            raise TaskError(message, result)
+        value = result.result
+        if isinstance(value, BaseException):  # unpickled from `_ExceptionWithTraceback`
+            raise value
+        return value
+
+    # -- the controller's loop --------------------------------------------------------------
+
+    def _cancel_pending(self) -> None:
+        for task in list(self._pending.values()):
+            task.cancel()
+
+    def _on_loop(self, function: Callable[[], None]) -> None:
+        """Run `function` on the controller's loop and wait for it (briefly)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if _running_loop() is loop:
+            function()
+            return
+
+        async def call() -> None:
+            function()
+
+        try:
+            asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=_SECONDS_LOOP)
+        except TimeoutError:
+            logger.warning(
+                "joblib backend: the controller's event loop did not answer within %g s; "
+                "tasks of this Parallel call may still be running",
+                _SECONDS_LOOP,
+            )
+
+
+def _check_controller(controller: object, options: dict[str, Any]) -> Controller | None:
+    if controller is None:
+        return None
+    from batchcrew.controller import Controller
+
+    if not isinstance(controller, Controller):
+        hint = " (pass executor.controller)" if hasattr(controller, "controller") else ""
+        raise TypeError(
+            f"controller must be a running bc.Controller{hint}, not {type(controller).__name__}"
+        )
+    if options:
+        raise ValueError(
+            f"give the batchcrew backend either controller= or a controller's options, not "
+            f"both: {', '.join(sorted(options))} would not apply to a running controller"
+        )
+    return controller
+
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options, checked at once as `bc.Controller` checks them (it is made, not started)."""
+    from batchcrew.controller import Controller
+
+    known = [name for name in inspect.signature(Controller).parameters if name != "self"]
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"unknown option {name!r} for the batchcrew joblib backend{hint} Its options are "
+                f"bc.Controller's ({', '.join(known)}), or controller= to reuse a running one"
+            )
+    checked = {"name": "joblib", **options}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said once, by the controller each call starts
+        Controller(**checked)
+    return checked
+
+
+def _workers_of(controller: Controller) -> int:
+    # No public accessor of a controller's `workers` yet.
+    return int(controller._settings.workers)
+
+
+def _loop_of(controller: Controller) -> asyncio.AbstractEventLoop:
+    """The event loop a started controller runs on (where its runner task lives)."""
+    runner = controller._runner  # no public accessor of the controller's loop yet
+    if not controller.running or runner is None or runner.done():
+        raise RuntimeError(
+            f"controller {controller.name!r} is not running: start it (async with, await "
+            "controller.start(), or bc.Executor) before joblib uses it"
+        )
+    loop = runner.get_loop()
+    if not loop.is_running():
+        raise RuntimeError(
+            f"the event loop of controller {controller.name!r} is not running, so it cannot "
+            "take joblib's tasks; run that loop in a thread (bc.Executor does)"
+        )
+    return loop
+
+
+def _check_not_this_thread(controller: Controller, loop: asyncio.AbstractEventLoop | None) -> None:
+    if loop is not None and _running_loop() is loop:
+        raise RuntimeError(
+            f"controller {controller.name!r} runs on this thread's event loop, which joblib "
+            "would block while it waits for results: call joblib from another thread (await "
+            "asyncio.to_thread(search.fit, X, y)), or give parallel_config a controller's "
+            "options instead, and batchcrew runs a controller on a thread of its own"
+        )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+register_parallel_backend("batchcrew", BatchcrewBackend)
