@@ -14,10 +14,12 @@ import difflib
 import inspect
 import itertools
 import logging
+import pickle
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -25,7 +27,7 @@ from joblib import ParallelBackendBase, register_parallel_backend
 from joblib.externals.loky.process_executor import _ExceptionWithTraceback
 from joblib.parallel import AutoBatchingMixin, FallbackToBackend, SequentialBackend
 
-# A worker unpickles `_Batch` from this module: the controller's side (polars, the dispatcher)
+# A worker imports this module for `_run_batch`: the controller's side (polars, the dispatcher)
 # is imported only where the backend runs, inside its methods.
 if TYPE_CHECKING:
     from batchcrew.controller import Controller, Result, Task
@@ -43,24 +45,24 @@ _SECONDS_LOOP = 30.0
 _CALLS = itertools.count(1)
 
 
-class _Batch:
-    """What a worker runs for one batch: the list of its calls' results, or, if a call raised,
-    the exception packed the way joblib's own workers pack it (type, message, and the worker's
-    traceback, which becomes the `__cause__` of the exception raised in the caller)."""
+def _run_batch(data: Any, buffers: Sequence[Any]) -> Any:
+    """What a worker runs for one batch (the task's function, the same for every batch): unpickle
+    the batch of calls and run it. Returns the list of the calls' results or, if one raised (or
+    the batch did not unpickle here), the exception packed the way joblib's own workers pack it:
+    type, message, and the worker's traceback, which becomes the `__cause__` of the exception
+    raised in the caller.
 
-    __slots__ = ("calls",)
-
-    def __init__(self, calls: Callable[[], list[Any]]) -> None:
-        self.calls = calls
-
-    def __call__(self) -> Any:
-        try:
-            return self.calls()
-        except Exception as error:
-            packed = _ExceptionWithTraceback(error)
-            if not _pickles(packed):
-                raise  # the worker reports its type, message and traceback as text instead
-            return packed
+    The batch comes as an argument, cloudpickled by the backend, rather than as the task's
+    function: a worker keeps its recent functions, and a batch holds its calls' data.
+    """
+    try:
+        calls = pickle.loads(data, buffers=buffers)
+        return calls()
+    except Exception as error:
+        packed = _ExceptionWithTraceback(error)
+        if not _pickles(packed):
+            raise  # the worker reports its type, message and traceback as text instead
+        return packed
 
 
 @dataclass(slots=True)
@@ -243,7 +245,7 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
     # -- batches ----------------------------------------------------------------------------
 
     def submit(
-        self, func: Callable[[], list[Any]], callback: Callable[[Any], None] | None = None
+        self, func: Any, callback: Callable[[Any], None] | None = None
     ) -> concurrent.futures.Future[Result | None]:
         """Push the batch `func` as a task; the future holds its `Result` (None if the call
         was aborted before it went out). joblib's `callback` runs when it resolves."""
@@ -251,15 +253,30 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
         if controller is None or loop is None or call is None:
             raise RuntimeError("the batchcrew backend is not configured: use it through joblib")
         name = f"joblib-{call.number}-{next(call.batches)}"
-        future = asyncio.run_coroutine_threadsafe(
-            self._run(controller, call, _Batch(func), name), loop
-        )
+        future: concurrent.futures.Future[Result | None]
+        try:
+            batch = _pickle_batch(func, _modules_of(controller))
+        except Exception as error:
+            # Raised here, in joblib's callback, it would be lost: the call fails through it.
+            from batchcrew.errors import SerializationError
+
+            future = concurrent.futures.Future()
+            future.set_exception(
+                SerializationError(
+                    f"cannot pickle joblib batch {name!r} ({_describe(func)}): "
+                    f"{type(error).__name__}: {error}"
+                )
+            )
+        else:
+            future = asyncio.run_coroutine_threadsafe(
+                self._run(controller, call, batch, name), loop
+            )
         if callback is not None:
             future.add_done_callback(callback)
         return future
 
     async def _run(
-        self, controller: Controller, call: _Call, batch: _Batch, name: str
+        self, controller: Controller, call: _Call, batch: _Pickled, name: str
     ) -> Result | None:
         if call.slots is None:
             return await self._push(controller, call, batch, name)
@@ -267,11 +284,11 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
             return await self._push(controller, call, batch, name)
 
     async def _push(
-        self, controller: Controller, call: _Call, batch: _Batch, name: str
+        self, controller: Controller, call: _Call, batch: _Pickled, name: str
     ) -> Result | None:
         if call.aborting:
             return None
-        task = controller.push(batch, name=name)
+        task = controller.push(_run_batch, batch.data, batch.buffers, name=name)
         self._pending[task.id] = task
         try:
             return await task
@@ -328,6 +345,35 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
             )
 
 
+@dataclass(frozen=True, slots=True)
+class _Pickled:
+    """A batch of calls, cloudpickled: the stream, and its large buffers (NumPy arrays) apart,
+    uncopied, so that they travel out of band."""
+
+    data: pickle.PickleBuffer
+    buffers: list[pickle.PickleBuffer]
+
+
+def _pickle_batch(calls: Any, modules: Sequence[ModuleType]) -> _Pickled:
+    # cloudpickle, as a task's function would be: functions of a script's __main__ and
+    # closures travel by value, and so do the modules the controller was given.
+    from batchcrew import protocol
+
+    buffers: list[pickle.PickleBuffer] = []
+    with protocol.pickling_by_value(modules):
+        data = cloudpickle.dumps(calls, protocol=5, buffer_callback=buffers.append)
+    return _Pickled(pickle.PickleBuffer(data), buffers)
+
+
+def _describe(calls: Any) -> str:
+    """Say what a batch holds: "4 call(s) of fit_one"."""
+    try:
+        count, function = len(calls), calls.items[0][0]
+    except (AttributeError, IndexError, TypeError):
+        return repr(calls)[:80]
+    return f"{count} call(s) of {getattr(function, '__name__', type(function).__name__)}"
+
+
 def _check_controller(controller: object, options: dict[str, Any]) -> Controller | None:
     if controller is None:
         return None
@@ -369,6 +415,11 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
 def _workers_of(controller: Controller) -> int:
     # No public accessor of a controller's `workers` yet.
     return int(controller._settings.workers)
+
+
+def _modules_of(controller: Controller) -> tuple[ModuleType, ...]:
+    # No public accessor of a controller's `modules` yet.
+    return controller._modules
 
 
 def _loop_of(controller: Controller) -> asyncio.AbstractEventLoop:

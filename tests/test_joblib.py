@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -228,6 +229,38 @@ def test_ctrl_c_in_the_caller_cancels_and_interrupts_what_runs(
     assert counts["cancel"] == 6
     assert counts["unresolved"] == 0
     wait_for_files([tmp_path / f"interrupted-{index}" for index in range(3)])
+
+
+def test_an_argument_that_cannot_be_pickled_fails_the_call(executor: bc.Executor) -> None:
+    with (
+        joblib.parallel_config(backend="batchcrew", controller=executor.controller),
+        pytest.raises(bc.SerializationError, match=r"cannot pickle joblib batch .* of pid"),
+    ):
+        Parallel(n_jobs=2)(delayed(pid)(threading.Lock()) for _ in range(4))
+    assert executor.controller.counts()["unresolved"] == 0
+
+
+SCRIPT = """
+import joblib
+import batchcrew.joblib
+
+def square(x):  # defined in the script's __main__: it travels by value
+    return x * x
+
+if __name__ == "__main__":
+    with joblib.parallel_config(backend="batchcrew", workers=2, seconds_heartbeat=5.0):
+        print(joblib.Parallel(n_jobs=-1)(joblib.delayed(square)(i) for i in range(6)))
+"""
+
+
+def test_functions_of_a_script_run_on_workers(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 1, 4, 9, 16, 25]"
 
 
 def crash_the_worker() -> None:
