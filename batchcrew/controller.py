@@ -354,9 +354,13 @@ class Controller:
         self._runner = asyncio.create_task(self._run(ready), name=f"batchcrew-{self.name}")
         try:
             await asyncio.shield(ready)
-        except BaseException:
+        except BaseException as error:
             await self.aclose()
-            raise
+            # The serving task group wraps what failed: raise the launcher's or socket's own
+            # error (a port in use, a launcher that cannot open), not a group of one.
+            while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+                error = error.exceptions[0]
+            raise error from None
         logger.info("controller %s listening at %s", self.name, self._dispatcher.address)
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
@@ -418,6 +422,21 @@ class Controller:
     def address(self) -> str:
         """The address workers connect to, such as tcp://127.0.0.1:40123 (once started)."""
         return self._dispatcher.address if self._dispatcher is not None else ""
+
+    @property
+    def max_workers(self) -> int:
+        """The `workers` option: the most workers running at once."""
+        return self._settings.workers
+
+    @property
+    def modules(self) -> tuple[ModuleType, ...]:
+        """The `modules` option: modules whose code travels by value with every task."""
+        return self._modules
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the controller runs on, once started (None before)."""
+        return self._runner.get_loop() if self._runner is not None else None
 
     # -- pushing ------------------------------------------------------------------------------
 

@@ -527,6 +527,8 @@ class Dispatcher:
                 self._on_hello(identity, message, frames[1])
             elif isinstance(message, protocol.Ready):
                 self._on_ready(identity, message, now)
+            elif isinstance(message, protocol.Busy):
+                self.scheduler.busy(identity, message.task_id, now)
             elif isinstance(message, protocol.Bye):
                 log = logger.warning if message.end else logger.info
                 log("worker %s left: %s", _name(identity), message.reason)

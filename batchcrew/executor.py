@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,6 +17,8 @@ from batchcrew.controller import Controller
 from batchcrew.errors import TaskError
 
 T = TypeVar("T")
+
+_PUSH_KEYWORDS = frozenset(("name", "seconds_timeout", "seed"))
 
 
 class Executor(concurrent.futures.Executor):
@@ -58,6 +61,9 @@ class Executor(concurrent.futures.Executor):
             return asyncio.run_coroutine_threadsafe(self._run(fn, args, kwargs), self._loop)
 
     async def _run(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        if _PUSH_KEYWORDS.intersection(kwargs):
+            # `push` would take these for itself: `submit` passes every keyword to `fn`.
+            fn, kwargs = functools.partial(fn, **kwargs), {}
         task = self.controller.push(fn, *args, **kwargs)
         try:
             result = await task

@@ -30,8 +30,9 @@ from joblib.parallel import AutoBatchingMixin, FallbackToBackend, SequentialBack
 # A worker imports this module for `_run_batch`: the controller's side (polars, the dispatcher)
 # is imported only where the backend runs, inside its methods.
 if TYPE_CHECKING:
-    from batchcrew.controller import Controller, Result, Task
+    from batchcrew.controller import Controller, Task
     from batchcrew.executor import Executor
+    from batchcrew.results import Result
 
 __all__ = ["BatchcrewBackend"]
 
@@ -413,24 +414,21 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _workers_of(controller: Controller) -> int:
-    # No public accessor of a controller's `workers` yet.
-    return int(controller._settings.workers)
+    return controller.max_workers
 
 
 def _modules_of(controller: Controller) -> tuple[ModuleType, ...]:
-    # No public accessor of a controller's `modules` yet.
-    return controller._modules
+    return controller.modules
 
 
 def _loop_of(controller: Controller) -> asyncio.AbstractEventLoop:
     """The event loop a started controller runs on (where its runner task lives)."""
-    runner = controller._runner  # no public accessor of the controller's loop yet
-    if not controller.running or runner is None or runner.done():
+    loop = controller.loop
+    if not controller.running or loop is None:
         raise RuntimeError(
             f"controller {controller.name!r} is not running: start it (async with, await "
             "controller.start(), or bc.Executor) before joblib uses it"
         )
-    loop = runner.get_loop()
     if not loop.is_running():
         raise RuntimeError(
             f"the event loop of controller {controller.name!r} is not running, so it cannot "

@@ -47,6 +47,7 @@ class Kind(IntEnum):
     RESULT = 2
     BYE = 3
     READY = 4
+    BUSY = 5
     TASK = 10
     STOP = 11
     CANCEL = 12
@@ -90,6 +91,14 @@ class Bye:
 
     reason: str
     end: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """A worker is alive and still on task `task_id`: said every second while a task with a
+    time limit, or one it was told to interrupt, loads or runs."""
+
+    task_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +146,7 @@ class Outcome:
     buffers: Sequence[Buffer] = field(default=())
 
 
-Message = Hello | Ready | Bye | Stop | Cancel | Setup | Task | Outcome
+Message = Hello | Ready | Busy | Bye | Stop | Cancel | Setup | Task | Outcome
 
 _KINDS: Final = {kind.value: kind for kind in Kind}
 
@@ -224,6 +233,8 @@ def encode(message: Message) -> list[Buffer]:
         return [head, message.value, *buffers]
     if isinstance(message, Setup):
         return [_header(Kind.SETUP, 0, 2), message.initializer, message.initargs]
+    if isinstance(message, Busy):
+        return [_header(Kind.BUSY, message.task_id)]
     if isinstance(message, Hello):
         data: dict[str, Any] = {
             "pid": message.pid,
@@ -374,6 +385,10 @@ def _decode_body(
         return Setup(following[0], following[1])
     if following:
         raise ProtocolError(f"{kind.name} message has frames it should not have")
+    if kind is Kind.BUSY:
+        if len(body):
+            raise ProtocolError("a busy message has no body")
+        return Busy(task_id)
     data = _json_object(body)
     if kind is Kind.HELLO:
         return Hello(
@@ -487,8 +502,13 @@ def dump_value(value: Any, *, by_value: bool = False) -> tuple[bytes, list[memor
     if not by_value:
         try:
             data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-            return data, [buffer.raw() for buffer in buffers]
         except (pickle.PicklingError, TypeError, AttributeError):
+            buffers = []
+        else:
+            # Plain pickle refers to what `__main__` defines by name, which means another
+            # module in another process: such values need cloudpickle's by-value copy.
+            if b"__main__" not in data:
+                return data, [buffer.raw() for buffer in buffers]
             buffers = []
     data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     return data, [buffer.raw() for buffer in buffers]

@@ -162,6 +162,7 @@ class _Worker:
     assigned: deque[int] = field(default_factory=deque)
     sent: int = 0
     head_since: float = 0.0  # when assigned[0] became the task the worker runs
+    alive_at: float = -math.inf  # when it last said it is still on assigned[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +192,7 @@ class Settings:
 
 
 _SECONDS_REPORT = 1.0  # beyond seconds_interrupt, for a worker's own report to arrive
+_SECONDS_SILENT = 3.0  # a worker on a timed or interrupted task says it is alive every second
 
 
 def plan_launches(
@@ -247,8 +249,9 @@ class Scheduler:
         self._launching = 0
         self._launches: dict[str, _Launch] = {}
         self._launch_deadlines: list[tuple[float, int, str]] = []  # may hold stale entries
-        # (when, order, worker, task, kind): a worker's head task that must be reported by then.
-        self._deadlines: list[tuple[float, int, bytes, int, str]] = []
+        # (when, order, worker, task, since, kind): a worker's head task (its head since
+        # `since`) that must be reported by then.
+        self._deadlines: list[tuple[float, int, bytes, int, float, str]] = []
         self._order = itertools.count()
         self._failures = 0
         self._broken: Broken | None = None
@@ -301,7 +304,7 @@ class Scheduler:
         while launches and not self._still_waiting(launches[0][2]):
             heapq.heappop(launches)
         heap = self._deadlines
-        while heap and not self._still_head(heap[0][2], heap[0][3]):
+        while heap and not self._still_head(heap[0][2], heap[0][3], heap[0][4]):
             heapq.heappop(heap)
         found = [entries[0][0] for entries in (launches, heap) if entries]
         return min(found) if found else None
@@ -423,6 +426,13 @@ class Scheduler:
         self._scale(now, decisions)
         return decisions
 
+    def busy(self, identity: bytes, task: int, now: float) -> None:
+        """A worker says it is alive and still on `task` (a timed or interrupted task): the
+        controller does not end it for silence while it keeps saying so."""
+        worker = self._workers.get(identity)
+        if worker is not None and worker.assigned and worker.assigned[0] == task:
+            worker.alive_at = now
+
     def lost(
         self, identity: bytes, now: float, *, clean: bool, reason: str, end: bool = False
     ) -> list[Decision]:
@@ -514,8 +524,8 @@ class Scheduler:
         decisions: list[Decision] = []
         heap = self._deadlines
         while heap and heap[0][0] <= now:
-            _, _, identity, task, kind = heapq.heappop(heap)
-            if self._still_head(identity, task):
+            _, _, identity, task, since, kind = heapq.heappop(heap)
+            if self._still_head(identity, task, since):
                 decisions += self._overdue(identity, task, kind, now)
         launches = self._launch_deadlines
         while launches and launches[0][0] <= now:
@@ -578,17 +588,24 @@ class Scheduler:
         self, worker: _Worker, task: int, when: float, kind: str, decisions: list[Decision]
     ) -> None:
         heap = self._deadlines
-        heapq.heappush(heap, (when, next(self._order), worker.identity, task, kind))
+        entry = (when, next(self._order), worker.identity, task, worker.head_since, kind)
+        heapq.heappush(heap, entry)
         if heap[0][0] == when:
             decisions.append(Alarm(when))
 
-    def _still_head(self, identity: bytes, task: int) -> bool:
+    def _still_head(self, identity: bytes, task: int, since: float) -> bool:
         worker = self._workers.get(identity)
-        return worker is not None and bool(worker.assigned) and worker.assigned[0] == task
+        return (
+            worker is not None
+            and bool(worker.assigned)
+            and worker.assigned[0] == task
+            and worker.head_since == since
+        )
 
     def _became_head(self, worker: _Worker, now: float, decisions: list[Decision]) -> None:
         """`worker.assigned[0]` is now the task the worker runs: start its clocks."""
         worker.head_since = now
+        worker.alive_at = -math.inf
         task = worker.assigned[0]
         if task in self._detached:
             self._expect(worker, task, now + self._grace(), "cancel", decisions)
@@ -598,7 +615,13 @@ class Scheduler:
             self._expect(worker, task, now + timeout + self._grace(), "timeout", decisions)
 
     def _overdue(self, identity: bytes, task: int, kind: str, now: float) -> list[Decision]:
-        """Worker `identity` did not report its head task in time: end it."""
+        """Worker `identity` did not report its head task in time: end it, unless it keeps
+        saying it is alive (then its own clocks will end the task, and it reports)."""
+        worker = self._workers[identity]
+        if now < worker.alive_at + _SECONDS_SILENT:
+            decisions: list[Decision] = []
+            self._expect(worker, task, worker.alive_at + _SECONDS_SILENT, kind, decisions)
+            return decisions
         grace = f"seconds_interrupt={self.settings.seconds_interrupt:g}"
         if kind == "cancel":
             if task not in self._detached:

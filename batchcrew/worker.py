@@ -274,8 +274,11 @@ class _Running:
     """The task on the main thread now, as the watcher sees it."""
 
     task_id: int
-    started: float  # time.monotonic()
+    received: float  # time.monotonic(), when the worker took it up (to load it)
     timeout: float | None
+    started: float | None = None  # when its own code began: its time limit counts from here
+    done: bool = False  # its code has returned: no clock runs any more
+    pinged: float = 0.0  # when the worker last told the controller it is still on it
     interrupt: str | None = None  # "cancel" or "timeout", once it was interrupted
     interrupted_at: float = 0.0
     raised: bool = False  # the interruption was raised in it
@@ -324,6 +327,21 @@ class Runner:
         return protocol.Ready()
 
     def run(self, task: protocol.Task) -> protocol.Outcome:
+        running = _Running(task.task_id, time.monotonic(), task.timeout)
+        self.running = running
+        if self._channel is not None:
+            # From here on the watcher may take the socket: loading the task (imports, large
+            # arguments) can take long too, and it says so to the controller meanwhile.
+            self._channel.lend()
+        try:
+            return self._run(task, running)
+        finally:
+            running.done = True
+            self.running = None
+            if self._channel is not None:
+                self._channel.reclaim()
+
+    def _run(self, task: protocol.Task, running: _Running) -> protocol.Outcome:
         start = time.perf_counter()
         try:
             function = self._functions.get(bytes(task.function))
@@ -336,18 +354,17 @@ class Runner:
                 error=f"the task could not be unpickled on the worker: {_describe(error)}",
                 trace=traceback.format_exc(),
             )
-        running = _Running(task.task_id, time.monotonic(), task.timeout)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             failure: BaseException | None = None
-            self.running = running
-            if self._channel is not None:
-                self._channel.lend()
             seeding.begin(task.seed)
+            running.started = time.monotonic()  # its time limit counts from here
             try:
                 # The SIGINT handler raises only between these two flags: an interruption
                 # that lands in the worker's own bookkeeping is dropped, not raised there.
                 self._interruptible = True
+                if running.interrupt is not None:
+                    raise TaskInterrupted(f"{_interrupt_message(running)} while it loaded")
                 value = function(*args, **kwargs)
                 if inspect.isawaitable(value):
                     value = self._await(value, running)
@@ -355,10 +372,8 @@ class Runner:
             except BaseException as error:
                 self._interruptible = False
                 value, failure = None, error
+            running.done = True
             seeding.end()
-            self.running = None
-            if self._channel is not None:
-                self._channel.reclaim()
         seconds = time.perf_counter() - start
         messages = tuple(f"{item.category.__name__}: {item.message}" for item in caught)
         if running.interrupt is not None:
@@ -520,7 +535,7 @@ class _Watcher(threading.Thread):
             if woken:
                 channel.drain_wake()
             return
-        long_running = now - running.started >= _LONG
+        long_running = now - running.received >= _LONG
         if not self._holding and long_running and channel.lock.acquire(blocking=False):
             channel.drain_wake()
             poller.register(channel.sock, zmq.POLLIN)
@@ -528,18 +543,32 @@ class _Watcher(threading.Thread):
             channel.flush()  # results kept back for company: this task is not short
         if self._holding:
             channel.read_waiting(lambda cancel: self._on_cancel(cancel, running))
+        if running.done:
+            return
+        started = running.started
         if (
             running.interrupt is None
             and running.timeout is not None
-            and now - running.started >= running.timeout
+            and started is not None
+            and now - started >= running.timeout
         ):
             self._interrupt(running, "timeout")
         if (
             running.interrupt is not None
             and now - running.interrupted_at >= self._settings.seconds_interrupt
             and self._runner.running is running
+            and not running.done
         ):
             self._give_up(running)
+        if (
+            self._holding
+            and (running.timeout is not None or running.interrupt is not None)
+            and now - max(running.pinged, running.received) >= _SECONDS_BUSY
+        ):
+            # A timed or interrupted task: the controller ends this worker if it falls
+            # silent (frozen, or a task holding the GIL in C code keeps this thread out).
+            running.pinged = now
+            channel.send(protocol.encode(protocol.Busy(running.task_id)))
 
     def _give_back(self, poller: zmq.Poller) -> None:
         poller.unregister(self._channel.sock)
@@ -579,7 +608,7 @@ class _Watcher(threading.Thread):
                 outcome = protocol.Outcome(
                     running.task_id,
                     "error",
-                    time.monotonic() - running.started,
+                    time.monotonic() - (running.started or running.received),
                     error=f"{_interrupt_message(running)}, but did not stop: its worker was ended",
                 )
                 channel.send(protocol.encode(outcome))
@@ -596,6 +625,7 @@ class _Watcher(threading.Thread):
 
 
 _TICK = 0.05  # how often the watcher looks at the clocks
+_SECONDS_BUSY = 1.0  # how often a worker on a timed or interrupted task says it is alive
 _UNSENT_MAX = 16  # results kept back at most, to go out together
 _SECONDS_UNSENT = 0.002  # and for at most this long
 _SECONDS_FLUSH = 2.0  # how long a worker that gives up waits for its last words to leave

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -531,3 +532,38 @@ def test_the_controller_runs_on_uvloop(tmp_path: Path) -> None:
 
     uvloop.run(asyncio.wait_for(main(), 60))
     assert not children()
+
+
+def test_functions_of_a_script_travel_as_arguments_too(tmp_path: Path) -> None:
+    """A script's own function, passed as an argument, is copied by value like the task's
+    function: plain pickle would name `__main__`, which is another module on the worker."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import asyncio\n"
+        "import batchcrew as bc\n"
+        "def plus_one(x):\n"
+        "    return x + 1\n"
+        "def apply(function, value):\n"
+        "    return function(value)\n"
+        "async def main():\n"
+        "    async with bc.Controller(workers=1, seconds_heartbeat=5.0) as crew:\n"
+        "        print((await crew.push(apply, plus_one, 41)).result)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "42"
+
+
+class BrokenLauncher(bc.LocalLauncher):
+    async def open(self) -> None:
+        raise PermissionError("no right to start workers here")
+
+
+async def test_a_launcher_that_cannot_open_fails_start_with_its_own_error() -> None:
+    controller = bc.Controller(launcher=BrokenLauncher())
+    with pytest.raises(PermissionError, match="no right to start workers here"):
+        await controller.start()
+    assert not controller.running

@@ -61,3 +61,13 @@ def test_cancelling_a_future_interrupts_its_task(tmp_path: Path) -> None:
         assert future.cancel()
         assert executor.submit(os.getpid).result(timeout=30) == int(started.read_text())
         assert executor.controller.counts()["cancel"] == 1
+
+
+def labelled(value: int, *, name: str, seed: int) -> str:
+    return f"{name}:{value}:{seed}"
+
+
+def test_submit_passes_every_keyword_to_the_function() -> None:
+    with bc.Executor(workers=1, seconds_heartbeat=5.0) as executor:
+        future = executor.submit(labelled, 1, name="mine", seed=7)
+        assert future.result(timeout=30) == "mine:1:7"

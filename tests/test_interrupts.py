@@ -207,3 +207,29 @@ async def test_cancelling_a_coroutine_awaiting_a_task_leaves_the_task_running(
     assert not task.done()  # it belongs to the controller, not to who awaited it
     assert task.cancel()
     assert (await task).status == "cancel"
+
+
+class SlowToLoad:
+    """An argument that takes 3 s to unpickle on the worker, as a heavy import would."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_load_slowly, ())
+
+
+def _load_slowly() -> SlowToLoad:
+    time.sleep(3)
+    return SlowToLoad()
+
+
+def quick(_: object) -> str:
+    return "done"
+
+
+async def test_loading_time_does_not_count_against_a_tasks_timeout(
+    controller: MakeController,
+) -> None:
+    crew = await controller(workers=1, seconds_interrupt=0.5)
+    assert (await crew.push(pid)).status == "success"  # the worker is up
+    result = await crew.push(quick, SlowToLoad(), seconds_timeout=1)
+    assert (result.status, result.result, result.error) == ("success", "done", None)
+    assert crew.counts()["error"] == 0

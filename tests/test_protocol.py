@@ -28,6 +28,7 @@ def test_every_message_kind_round_trips() -> None:
         protocol.Bye(reason="a task would not stop", end=True),
         protocol.Stop(reason="closing"),
         protocol.Cancel(12, reason="cancelled"),
+        protocol.Busy(12),
         protocol.Task(7, b"fn", b"args", (b"buffer",)),
         protocol.Task(7, b"fn", b"args", timeout=2.5),
         protocol.Task(7, b"fn", b"args", seed=2**127),
@@ -109,6 +110,7 @@ def task_body(meta: bytes = b"", layout: int = 0, function: bytes = b"fn") -> by
         ([frame(3, b'{"reason": "r"}', extra=1), b"x"], "BYE message has frames it should"),
         ([frame(3, b'{"reason": "r", "end": 1}')], "'end' is not a boolean"),
         ([frame(12, b'{"why": "r"}')], "'reason'"),
+        ([frame(5, b"{}")], "a busy message has no body"),
     ],
 )
 def test_malformed_frames_raise_protocol_error(frames: list[bytes], message: str) -> None:

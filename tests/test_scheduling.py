@@ -555,6 +555,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.forget(identity)
         self.apply(decisions)
 
+    @rule(pick=st.integers(0, 50))
+    def busy(self, pick: int) -> None:
+        busy = [identity for identity, tasks in self.running.items() if tasks]
+        if busy:
+            identity = busy[pick % len(busy)]
+            self.s.busy(identity, self.running[identity][0], self.now)
+
     @rule(pick=st.integers(0, 200))
     def cancel(self, pick: int) -> None:
         if self.pushed:
@@ -624,3 +631,17 @@ def test_with_workers_that_always_answer_every_task_resolves(workers: int) -> No
             assert decision.task not in resolved
             resolved.add(decision.task)
     assert resolved == set(range(1, 21))
+
+
+def test_a_worker_that_says_it_is_busy_is_not_ended_for_silence() -> None:
+    scheduler = Scheduler(Settings(workers=1, seconds_interrupt=2.0))
+    identity = launched(scheduler.push(1, 0.0, timeout=3.0))[0]
+    (first,) = of(Alarm, scheduler.connected_worker(identity, 0.0))
+    scheduler.busy(identity, 1, first.at - 0.5)  # still loading or running: alive
+    assert not of(End, scheduler.tick(first.at))  # not ended: put off
+    later = scheduler.next_deadline()
+    assert later is not None
+    assert later > first.at
+    decisions = scheduler.tick(later)  # silent since: ended, the task timed out
+    assert of(End, decisions)
+    assert of(Fail, decisions)[0].message.startswith("TimeoutError")

@@ -35,7 +35,6 @@ async def test_a_launcher_serving_a_running_controller_refuses_a_second() -> Non
     launcher = bc.LocalLauncher()
     async with bc.Controller(name="first", launcher=launcher):
         second = bc.Controller(name="second", launcher=launcher)
-        with pytest.raises(ExceptionGroup) as raised:
+        with pytest.raises(RuntimeError, match="already serves a running controller"):
             await second.start()
-        assert raised.group_contains(RuntimeError, match="already serves a running controller")
         assert not second.running
