@@ -24,7 +24,7 @@ import anyio
 import polars as pl
 
 from batchcrew import protocol, scheduling, seeding
-from batchcrew.dispatcher import Dispatcher, Network, Payload, Resolution
+from batchcrew.dispatcher import Dispatcher, Network, Resolution
 from batchcrew.errors import (
     ControllerClosedError,
     LaunchError,
@@ -46,7 +46,7 @@ _Arguments = tuple[bytes, tuple[memoryview, ...]]
 """A task's pickled arguments and their out-of-band buffers (only when it has some)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Batch:
     """What the tasks of one `push`, `walk` or `map` share: one copy for all of them."""
 
@@ -592,15 +592,15 @@ class Controller:
                 self._functions[function] = pickled
         return pickled
 
-    def _payload(self, task_id: int) -> Payload:
-        """What the dispatcher sends for an unresolved task (at each try)."""
+    def _payload(self, task_id: int) -> protocol.Task:
+        """The message the dispatcher sends for an unresolved task (at each try)."""
         task = self._tasks[task_id]
         batch, payload = task._batch, task._payload
         arguments, buffers = (payload, ()) if isinstance(payload, bytes) else payload  # type: ignore[misc]
         seed = batch.seed
         if seed is None and self._seed is not None:
             seed = seeding.derive(self._seed, task.name)
-        return Payload(batch.function, arguments, buffers, batch.timeout, seed)
+        return protocol.Task(task_id, batch.function, arguments, buffers, batch.timeout, seed)
 
     def _unresolved_named(self, name: str) -> Task | None:
         """The unresolved task called `name`, if any."""

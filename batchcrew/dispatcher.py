@@ -43,18 +43,7 @@ _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
-@dataclass(frozen=True, slots=True)
-class Payload:
-    """What goes out for a task: its pickled function and arguments, and its options."""
-
-    function: bytes
-    arguments: bytes
-    buffers: tuple[memoryview, ...]
-    timeout: float | None = None
-    seed: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Resolution:
     """How a task resolved, as the controller needs it to build a `Result`."""
 
@@ -88,7 +77,7 @@ class Dispatcher:
         launcher: Launcher,
         resolve: Callable[[Resolution], None],
         broken: Callable[[scheduling.Broken], None],
-        payload: Callable[[int], Payload],
+        payload: Callable[[int], protocol.Task],
         controller: str = "controller",
         setup: protocol.Setup | None = None,
     ) -> None:
@@ -287,17 +276,7 @@ class Dispatcher:
             self._flush()
 
     def _task_frames(self, task: int) -> list[protocol.Buffer]:
-        payload = self._payload(task)
-        return protocol.encode(
-            protocol.Task(
-                task,
-                payload.function,
-                payload.arguments,
-                payload.buffers,
-                payload.timeout,
-                payload.seed,
-            )
-        )
+        return protocol.encode(self._payload(task))
 
     def _post(self, worker: bytes, frames: list[protocol.Buffer]) -> None:
         """Queue frames for a worker, to go out with the others made by the same events."""
