@@ -281,7 +281,8 @@ def main() -> None:
                 rounds[key].append(measure_in_child(key, n, m))
             except RuntimeError as error:
                 failures[key] = str(error)
-            leftovers += [f"{key}: {name}" for name in end_leftovers()]
+            finally:  # on Ctrl-C too
+                leftovers += [f"{key}: {name}" for name in end_leftovers()]
 
     figures = {key: median(rounds[key]) for key in runnable if key not in failures}
     baseline = figures.get(BASELINE)
