@@ -101,7 +101,10 @@ class Task:
             controller._raise_if_broken()
             future = self._future
             if future is None or future.done():  # first waiter, or an earlier one cancelled
-                future = self._future = asyncio.get_running_loop().create_future()
+                # The controller's own loop: asyncio.get_running_loop() makes a system call.
+                loop = controller._loop
+                assert loop is not None  # a task exists only once its controller started
+                future = self._future = loop.create_future()
             # Awaited directly, the future wakes this task in one turn of the loop; a
             # cancelled waiter cancels only this future, which the next waiter replaces.
             await future
@@ -305,6 +308,7 @@ class Controller:
         )
         self._dispatcher: Dispatcher | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._state: Literal["new", "running", "closed"] = "new"
         self._error: BaseException | None = None
         self._ids = itertools.count(1)
@@ -350,7 +354,8 @@ class Controller:
             self.name,
             self._setup,
         )
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
         self._runner = asyncio.create_task(self._run(ready), name=f"batchcrew-{self.name}")
         try:
             await asyncio.shield(ready)
@@ -436,7 +441,7 @@ class Controller:
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop the controller runs on, once started (None before)."""
-        return self._runner.get_loop() if self._runner is not None else None
+        return self._loop
 
     # -- pushing ------------------------------------------------------------------------------
 
@@ -507,6 +512,8 @@ class Controller:
         )
         if seed is not None:
             _check_seed(seed)
+        if not self._modules:
+            return self._push_pickled(dispatcher, function, calls, names, timeout, seed)
         with protocol.pickling_by_value(self._modules):
             return self._push_pickled(dispatcher, function, calls, names, timeout, seed)
 

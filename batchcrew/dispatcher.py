@@ -420,10 +420,6 @@ class Dispatcher:
             if self._side_ready:
                 self._side_ready = False
                 self._drain_side()
-            # ZeroMQ's descriptor is edge-triggered and a send can consume its edge: only the
-            # socket's own EVENTS says for sure whether a message waits.
-            if _option(router, zmq.EVENTS) & zmq.POLLIN:
-                self._schedule_read()
         except BaseException as error:
             if self._fault is not None and not self._fault.done():
                 self._fault.set_exception(error)  # raised by _watch_faults, failing the run
@@ -450,7 +446,7 @@ class Dispatcher:
                 try:
                     frame = router.recv(_NOBLOCK, copy=False)
                 except zmq.Again:
-                    break
+                    return handled  # read to the end: the descriptor signals the next one
                 frames = [frame]
                 while frame.more:
                     frame = router.recv(0, copy=False)
@@ -459,7 +455,8 @@ class Dispatcher:
                 self._on_frames(frames)
         finally:
             self._draining = False
-        self._flush()
+            self._flush()
+        self._schedule_read()  # stopped early: the rest on the loop's next turn
         return handled
 
     def _drain_side(self) -> None:

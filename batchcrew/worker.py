@@ -25,7 +25,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, cast
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -192,8 +192,9 @@ class _Channel:
                 pass
 
     def waiting(self) -> bool:
-        """Whether a message is ready to be handled without waiting."""
-        return bool(self.pending) or bool(_option(self.sock, zmq.EVENTS) & zmq.POLLIN)
+        """Whether a task sent ahead is already here (read with the one before it). The
+        socket itself is not asked: every question to ZeroMQ costs system calls."""
+        return bool(self.pending)
 
     def receive(self, timeout: float) -> protocol.Message | None:
         """The next message, waiting up to `timeout` seconds; None if none came. Results kept
@@ -251,10 +252,6 @@ class _Channel:
     def close(self) -> None:
         os.close(self.wake_read)
         os.close(self._wake_write)
-
-
-def _option(sock: zmq.Socket[bytes], option: int) -> int:
-    return cast(int, sock.getsockopt(option))
 
 
 def _decode(sock: zmq.Socket[bytes], frame: zmq.Frame) -> list[protocol.Message]:

@@ -1,12 +1,13 @@
 """Throughput and round-trip latency of batchcrew against its baselines, measured in one run.
 
-    python benchmarks/core.py [--tasks 10000] [--latency 2000] [--repeats 3] [--loop both]
+    python benchmarks/core.py [--tasks 10000] [--latency 2000] [--repeats 5] [--loop both]
 
 Baselines: concurrent.futures.ProcessPoolExecutor(2), and a plain asyncio pyzmq ROUTER/DEALER
 loop with cloudpickle (no scheduling, no security, no retries: the floor a design like this is
 measured against), run with one task in flight per worker and with as many in flight as
-batchcrew pipelines for short tasks. Each figure is the median of --repeats runs; ratios
-compare medians measured in this same run, so a noisy shared machine moves both sides alike.
+batchcrew pipelines for short tasks. Each figure is the median of --repeats runs, taken in
+rounds whose order rotates; ratios compare medians measured in this same run, so a noisy shared
+machine moves both sides alike.
 With --loop both (the default when uvloop is installed), the table is measured once on
 asyncio's default loop and once on uvloop, the baselines included.
 """
@@ -164,27 +165,35 @@ async def plain_run(tasks: int, latency: int, window: int) -> Figures:
 # -- the table ---------------------------------------------------------------------------------
 
 
-def repeat(run: Callable[[], Figures | Awaitable[Figures]], repeats: int) -> Figures:
-    results = []
-    for _ in range(repeats):
-        outcome = run()
-        results.append(RUN(outcome) if asyncio.iscoroutine(outcome) else outcome)
-    return Figures(
-        statistics.median(r.throughput for r in results),
-        statistics.median(r.median for r in results),
-        statistics.median(r.p99 for r in results),
-    )
+def once(run: Callable[[], Figures | Awaitable[Figures]]) -> Figures:
+    outcome = run()
+    return RUN(outcome) if asyncio.iscoroutine(outcome) else outcome  # type: ignore[return-value]
 
 
 def measure(n: int, m: int, r: int, loop: str) -> dict[str, Figures]:
+    """Run every system `r` times, in rounds whose order rotates (so a machine that drifts
+    moves them all alike), and keep the median of each figure."""
     global RUN
     RUN = asyncio.run if loop == "asyncio" else _uvloop_run()
+    systems: dict[str, Callable[[], Figures | Awaitable[Figures]]] = {
+        "plain zmq loop, 1 in flight": lambda: plain_run(n, m, 1),
+        f"plain zmq loop, {PIPELINE} in flight": lambda: plain_run(n, m, PIPELINE),
+        "ProcessPoolExecutor(2)": lambda: pool_run(n, m),
+        'batchcrew, security="none"': lambda: batchcrew_run(n, m, "none"),
+        'batchcrew, security="curve"': lambda: batchcrew_run(n, m, "curve"),
+    }
+    runs: dict[str, list[Figures]] = {label: [] for label in systems}
+    labels = list(systems)
+    for round_ in range(r):
+        for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
+            runs[label].append(once(systems[label]))
     return {
-        "plain zmq loop, 1 in flight": repeat(lambda: plain_run(n, m, 1), r),
-        f"plain zmq loop, {PIPELINE} in flight": repeat(lambda: plain_run(n, m, PIPELINE), r),
-        "ProcessPoolExecutor(2)": repeat(lambda: pool_run(n, m), r),
-        'batchcrew, security="none"': repeat(lambda: batchcrew_run(n, m, "none"), r),
-        'batchcrew, security="curve"': repeat(lambda: batchcrew_run(n, m, "curve"), r),
+        label: Figures(
+            statistics.median(f.throughput for f in figures),
+            statistics.median(f.median for f in figures),
+            statistics.median(f.p99 for f in figures),
+        )
+        for label, figures in runs.items()
     }
 
 
@@ -240,7 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--latency", type=int, default=2_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--loop", choices=("asyncio", "uvloop", "both"), default=None)
     args = parser.parse_args()
     loop = args.loop
