@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         TaskTooLargeError,
     )
     from batchcrew.executor import Executor
+    from batchcrew.group import ControllerGroup
     from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
     from batchcrew.launchers.local import LocalLauncher
     from batchcrew.results import Result, results_frame
@@ -33,6 +34,7 @@ __all__ = [
     "BatchcrewError",
     "Controller",
     "ControllerClosedError",
+    "ControllerGroup",
     "Executor",
     "LaunchError",
     "LaunchRequest",
@@ -68,6 +70,7 @@ _HOMES = {
     "WorkerExit": "batchcrew.launchers.base",
     "LocalLauncher": "batchcrew.launchers.local",
     "Executor": "batchcrew.executor",
+    "ControllerGroup": "batchcrew.group",
     "task_seed": "batchcrew.seeding",
 }
 

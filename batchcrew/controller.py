@@ -26,6 +26,7 @@ import polars as pl
 from batchcrew import protocol, scheduling, seeding
 from batchcrew.dispatcher import Dispatcher, Network, Resolution
 from batchcrew.errors import (
+    BatchcrewError,
     ControllerClosedError,
     LaunchError,
     SerializationError,
@@ -230,6 +231,9 @@ class Controller:
     seed, derived from `seed` and the task's name: see `bc.task_seed()`. Workers must run the
     controller's Python minor version and batchcrew version; others are refused as failed
     launches.
+
+    `backup`: another controller (of the same `ControllerGroup`) where a task that crashed
+    `crashes_max` times here goes on, its result coming back through the original task.
     """
 
     def __init__(
@@ -255,6 +259,7 @@ class Controller:
         initargs: tuple[Any, ...] = (),
         modules: Iterable[ModuleType] = (),
         seed: int | None = None,
+        backup: Controller | None = None,
     ) -> None:
         _check_name("name", name)
         _check_count("workers", workers, minimum=1)
@@ -281,6 +286,12 @@ class Controller:
         self._seed = seed
         self._modules = _check_modules(modules)
         self._setup = self._pickle_setup(initializer, initargs)
+        self._backup: Controller | None = None
+        # Tasks of this controller that crashed crashes_max times here and now run on a backup
+        # (by id: the backup holding them, and its copy's id); copies this controller runs for
+        # another (by the copy's id: the original task, and where it crashed before).
+        self._handed: dict[int, tuple[Controller, int]] = {}
+        self._adopted: dict[int, tuple[Task, tuple[str, ...]]] = {}
         self.name = name
         self.launcher = launcher if launcher is not None else LocalLauncher()
         if not isinstance(self.launcher, Launcher):
@@ -322,6 +333,7 @@ class Controller:
         self._counts = dict.fromkeys(("tasks", "success", "error", "crash", "cancel", "warning"), 0)
         self._seconds = 0.0
         self._functions: dict[Callable[..., Any], bytes] = {}
+        self.backup = backup
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -407,6 +419,8 @@ class Controller:
                 error = runner.exception()
                 if error is not None and self._error is None:
                     self._error = error
+        for holder, copy in list(self._handed.values()):
+            holder._cancel_ids([copy])  # tasks of this controller running on its backups
         for task in list(self._tasks.values()):
             # Only if the runner died before resolving them: every task resolves exactly once.
             self._on_resolved(Resolution(task.id, "cancel", None, "the controller closed", None))
@@ -427,6 +441,34 @@ class Controller:
     def address(self) -> str:
         """The address workers connect to, such as tcp://127.0.0.1:40123 (once started)."""
         return self._dispatcher.address if self._dispatcher is not None else ""
+
+    @property
+    def backup(self) -> Controller | None:
+        """The backup controller: a task that crashed `crashes_max` times here is pushed to it
+        (same function, arguments and name), and its result comes back through the original
+        task. Set it before start; backups can chain, but never in a cycle."""
+        return self._backup
+
+    @backup.setter
+    def backup(self, backup: Controller | None) -> None:
+        if backup is not None and not isinstance(backup, Controller):
+            raise TypeError(f"backup must be a batchcrew Controller, not {type(backup).__name__}")
+        if self._state != "new":
+            raise ControllerClosedError(
+                f"controller {self.name!r} has started: set its backup before start"
+            )
+        chain = [self.name]
+        link = backup
+        while link is not None:
+            chain.append(link.name)
+            if link is self:
+                raise ValueError(
+                    f"backup cycle: {' -> '.join(repr(name) for name in chain)}; a task that "
+                    "crashed everywhere would go round for ever: end the chain with a controller "
+                    "without a backup"
+                )
+            link = link._backup
+        self._backup = backup
 
     @property
     def max_workers(self) -> int:
@@ -792,7 +834,12 @@ class Controller:
             return 0
         count = 0
         for task_id in ids:
-            if task_id in self._tasks:
+            handed = self._handed.pop(task_id, None)
+            if handed is not None:  # running on a backup: cancel it there
+                holder, copy = handed
+                holder._cancel_ids([copy])
+                count += 1
+            elif task_id in self._tasks:
                 dispatcher.cancel(task_id)
                 count += 1
         return count
@@ -823,10 +870,31 @@ class Controller:
     # -- internals ----------------------------------------------------------------------------
 
     def _on_resolved(self, resolution: Resolution) -> None:
-        task = self._tasks.pop(resolution.task, None)
+        task = self._tasks.get(resolution.task)
         if task is None:
             return
-        result = self._result(task.name, resolution)
+        backup = self._backup
+        if resolution.status == "crash" and backup is not None and self._state == "running":
+            self._hand_over(task, resolution.message or "it crashed")
+            return
+        adopted = self._adopted.pop(task.id, None)
+        if adopted is not None:
+            del self._tasks[task.id]
+            # A copy run for another controller: its result goes to the original task there,
+            # counted there.
+            origin, history = adopted
+            result = self._result(origin.name, resolution, history)
+            origin._batch.controller._settle(origin, result)
+            if not self._tasks:
+                self._settled.notify()
+            return
+        self._settle(task, self._result(task.name, resolution))
+
+    def _settle(self, task: Task, result: Result) -> None:
+        """`task` resolved with `result`: count it, hold it, and wake who waits."""
+        if self._tasks.pop(task.id, None) is None:
+            return  # resolved already (cancelled while a backup ran it)
+        self._handed.pop(task.id, None)
         self._counts[result.status] += 1
         if result.warnings:
             self._counts["warning"] += 1
@@ -838,17 +906,70 @@ class Controller:
         if not self._tasks:
             self._settled.notify()
 
-    def _result(self, name: str, resolution: Resolution) -> Result:
+    def _hand_over(self, task: Task, message: str) -> None:
+        """`task` crashed crashes_max times here: run it on the backup, whose result comes back
+        through the original task (which stays unresolved, here or where it came from)."""
+        backup = self._backup
+        assert backup is not None
+        del self._tasks[task.id]
+        origin, history = self._adopted.pop(task.id, (task, ()))
+        if task is origin:
+            self._tasks[task.id] = task  # the user's task: unresolved until the backup says
+        history = (*history, f"on controller {self.name!r}: {message}")
+        owner = origin._batch.controller
+        try:
+            copy = backup._adopt(origin, task, history)
+        except BatchcrewError as error:
+            reason = f"{message}; its backup controller {backup.name!r} could not take it: {error}"
+            result = Result(
+                origin.name, None, "crash", reason, None, (), None, None,
+                self.launcher.describe(), self.name,
+            )  # fmt: skip
+            owner._settle(origin, result)
+            return
+        owner._handed[origin.id] = (backup, copy.id)
+        logger.warning(
+            "task %r crashed crashes_max=%d times on controller %s: it moves to its backup %s",
+            origin.name,
+            self._settings.crashes_max,
+            self.name,
+            backup.name,
+        )
+
+    def _adopt(self, origin: Task, task: Task, history: tuple[str, ...]) -> Task:
+        """Run a copy of another controller's task here (its backup); return the copy."""
+        dispatcher = self._check_running()
+        batch = task._batch
+        seed = batch.seed
+        owner = origin._batch.controller
+        if seed is None and owner._seed is not None:
+            seed = seeding.derive(owner._seed, origin.name)  # the same draws as there
+        payload = task._payload
+        assert payload is not None
+        copy = Task(
+            _Batch(self, batch.function, batch.timeout, seed), next(self._ids), origin.name, payload
+        )
+        self._tasks[copy.id] = copy
+        self._adopted[copy.id] = (origin, history)
+        dispatcher.push([copy.id], batch.timeout)
+        return copy
+
+    def _result(self, name: str, resolution: Resolution, history: tuple[str, ...] = ()) -> Result:
         outcome = resolution.outcome
         worker = resolution.worker.decode(errors="replace") if resolution.worker else None
         launcher = self.launcher.describe()
         if outcome is None:
+            message = resolution.message
+            if history and resolution.status == "crash":
+                message = f"on controller {self.name!r}: {message} (before: {'; '.join(history)})"
             return Result(
-                name, None, resolution.status, resolution.message, None, (), None, worker,
+                name, None, resolution.status, message, None, (), None, worker,
                 launcher, self.name,
             )  # fmt: skip
         value = None
         status, message, trace = outcome.status, outcome.error, outcome.trace
+        if history and status != "success":
+            message = f"on controller {self.name!r}: {message} (before: {'; '.join(history)})"
         if status == "success":
             try:
                 value = protocol.load(outcome.value, outcome.buffers)

@@ -11,6 +11,9 @@ emulator only when a test asks for a fixture. Fixtures:
 - `controller`: a factory, `await controller(**options)`, of started controllers (local
   launcher, two workers, a short heartbeat unless told otherwise), every one closed after the
   test, its workers with it.
+- `controller_group`: a factory, `await controller_group(a, b, ...)`, that starts a
+  `ControllerGroup` of the controllers given (backups set as you like) and closes it after the
+  test.
 
 Whatever order a test names them in, the test's controllers are closed before its
 `local_batch`: a controller on emulated Batch ends its jobs through the emulator as it closes.
@@ -25,10 +28,14 @@ import pytest
 
 if TYPE_CHECKING:
     from batchcrew.controller import Controller
+    from batchcrew.group import ControllerGroup
     from batchcrew.testing import LocalBatch, LocalBatchOptions
 
 MakeController = Callable[..., Awaitable["Controller"]]
 """The type of the `controller` fixture: `await controller(**options)` gives a started one."""
+
+MakeGroup = Callable[..., Awaitable["ControllerGroup"]]
+"""The type of the `controller_group` fixture: `await controller_group(a, b)` starts a group."""
 
 #: The names `local_batch` gives its pre-created queue and job definition.
 TEST_JOB_QUEUE = "batchcrew-test"
@@ -36,11 +43,11 @@ TEST_JOB_DEFINITION = "batchcrew-test"
 
 #: The controllers the `controller` fixture made for a test, in its item's stash: whichever of
 #: `controller` and `local_batch` pytest tears down first closes them.
-CONTROLLERS = pytest.StashKey["list[Controller]"]()
+CONTROLLERS = pytest.StashKey["list[Controller | ControllerGroup]"]()
 
 
-def _made_controllers(request: pytest.FixtureRequest) -> list[Controller]:
-    made: list[Controller] = request.node.stash.setdefault(CONTROLLERS, [])
+def _made_controllers(request: pytest.FixtureRequest) -> list[Controller | ControllerGroup]:
+    made: list[Controller | ControllerGroup] = request.node.stash.setdefault(CONTROLLERS, [])
     return made
 
 
@@ -109,6 +116,26 @@ async def controller(request: pytest.FixtureRequest) -> AsyncIterator[MakeContro
         await started.start()
         made.append(started)
         return started
+
+    try:
+        yield make
+    finally:
+        await _close_controllers(request)
+
+
+@_async_fixture()
+async def controller_group(request: pytest.FixtureRequest) -> AsyncIterator[MakeGroup]:
+    """`await controller_group(a, b, ...)`: a started `batchcrew.ControllerGroup` of the
+    controllers given (not started yet; set their backups first), closed after the test."""
+    from batchcrew.group import ControllerGroup
+
+    made = _made_controllers(request)
+
+    async def make(*controllers: Controller) -> ControllerGroup:
+        group = ControllerGroup(*controllers)
+        await group.start()
+        made.append(group)
+        return group
 
     try:
         yield make
