@@ -13,10 +13,11 @@ import itertools
 import logging
 import math
 import socket
+import time
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType, TracebackType
 from typing import Any, Literal, Self
 
@@ -37,11 +38,13 @@ from batchcrew.launchers.base import Launcher
 from batchcrew.launchers.local import LocalLauncher
 from batchcrew.progress import progress_bar
 from batchcrew.results import ErrorMode, Result, handle_failures, results_frame
+from batchcrew.tracking import Timeline, Tracker
 
 logger = logging.getLogger("batchcrew")
 
 _ERROR_MODES = ("raise", "warn", "ignore")
 _FUNCTIONS_CACHED = 64  # pickled functions kept by each controller, for those pushed again
+_FAILURES_KEPT = 50  # recent failed results, for the dashboard
 
 _Arguments = tuple[bytes, tuple[memoryview, ...]]
 """A task's pickled arguments and their out-of-band buffers (only when it has some)."""
@@ -55,6 +58,7 @@ class _Batch:
     function: bytes  # pickled
     timeout: float | None
     seed: int | None  # push(seed=): this task's own; else derived from the controller's
+    pushed: float = field(default_factory=time.time)
 
 
 class Task:
@@ -234,6 +238,7 @@ class Controller:
 
     `backup`: another controller (of the same `ControllerGroup`) where a task that crashed
     `crashes_max` times here goes on, its result coming back through the original task.
+    `timeline_max`: how many resolved tasks `timeline()` remembers.
     """
 
     def __init__(
@@ -260,6 +265,7 @@ class Controller:
         modules: Iterable[ModuleType] = (),
         seed: int | None = None,
         backup: Controller | None = None,
+        timeline_max: int = 10_000,
     ) -> None:
         _check_name("name", name)
         _check_count("workers", workers, minimum=1)
@@ -281,6 +287,7 @@ class Controller:
         if security not in ("curve", "none"):
             raise ValueError(f'security must be "curve" or "none", not {security!r}')
         _check_count("max_message_size", max_message_size, minimum=1)
+        _check_count("timeline_max", timeline_max, minimum=0)
         if seed is not None:
             _check_seed(seed)
         self._seed = seed
@@ -333,6 +340,8 @@ class Controller:
         self._counts = dict.fromkeys(("tasks", "success", "error", "crash", "cancel", "warning"), 0)
         self._seconds = 0.0
         self._functions: dict[Callable[..., Any], bytes] = {}
+        self._timeline = Timeline(timeline_max)
+        self._failures: deque[Result] = deque(maxlen=_FAILURES_KEPT)
         self.backup = backup
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -844,6 +853,23 @@ class Controller:
                 count += 1
         return count
 
+    def workers(self) -> pl.DataFrame:
+        """The workers table: one row per worker launched (the live ones, and the last 1,000
+        gone): worker, launch, level, state ("launching", "idle", "busy", "leaving", "gone"),
+        host, pid, job_id (AWS Batch), launched, connected, ended (UTC times), tasks, seconds
+        (busy time), errors, crashes, reason (why it ended), rss (resident bytes, latest
+        report) and cpu (CPU seconds). Kept as running state: cheap to call at any time."""
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return Tracker().frame(lambda identity: "gone")
+        return dispatcher.tracker.frame(dispatcher.scheduler.state_of)
+
+    def timeline(self) -> pl.DataFrame:
+        """The last `timeline_max` resolved tasks, one row each: name, worker, status, pushed,
+        started, ended (UTC times; started is when its code began, from its run time),
+        queue_seconds and run_seconds. See `batchcrew.plot.timeline` for a picture."""
+        return self._timeline.frame()
+
     def counts(self) -> dict[str, int]:
         """Counters so far: tasks pushed, success, error, crash, cancel, warning (tasks that
         warned), unresolved, and workers connected now. Cheap: no DataFrame."""
@@ -901,6 +927,11 @@ class Controller:
         if result.seconds is not None:
             self._seconds += result.seconds
         self._resolved[task.id] = task
+        self._timeline.add(
+            task.name, result.worker, result.status, task._batch.pushed, result.seconds
+        )
+        if result.status != "success":
+            self._failures.append(result)
         task._resolve(result)
         self._resolutions.notify()
         if not self._tasks:
@@ -978,7 +1009,7 @@ class Controller:
                 message = f"the result cannot be unpickled here: {type(error).__name__}: {error}"
         return Result(
             name, value, status, message, trace, outcome.warnings, outcome.seconds, worker,
-            launcher, self.name,
+            launcher, self.name, outcome.memory or None,
         )  # fmt: skip
 
     def _on_broken(self, broken: scheduling.Broken) -> None:

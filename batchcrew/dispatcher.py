@@ -29,6 +29,7 @@ from batchcrew import __version__, protocol, scheduling
 from batchcrew.errors import ProtocolError
 from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
 from batchcrew.security import Keys, ZapHandler
+from batchcrew.tracking import Tracker
 from batchcrew.worker import WorkerSettings
 
 logger = logging.getLogger("batchcrew")
@@ -116,6 +117,8 @@ class Dispatcher:
         self._clock_at = math.inf  # when the clock task next calls tick
         self.dropped = 0
         """Messages dropped because they came from a peer this controller does not know."""
+        self.tracker = Tracker()
+        """Records of the workers, launches and launcher errors, for tables and metrics."""
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -259,6 +262,8 @@ class Dispatcher:
                 abandoned.append(
                     (decision.launch, [_index(identity) for identity in decision.identities])
                 )
+            elif isinstance(decision, scheduling.Gone):
+                self.tracker.gone(decision.worker, decision.reason, crashed=decision.crashed)
             elif isinstance(decision, scheduling.Retire):
                 if self._keys is not None:
                     self._keys.retire(decision.launch)
@@ -343,6 +348,7 @@ class Dispatcher:
             self.controller,
             self.scheduler.instance,
         )
+        self.tracker.launched(decision.launch, decision.level, decision.identities)
         logger.info(
             "launching %d worker(s) at level %d (launch %s)",
             request.count,
@@ -379,6 +385,7 @@ class Dispatcher:
         except Exception as error:
             reason = f"{type(error).__name__}: {error}"
             logger.error("launch %s failed: %s", request.launch, reason)
+            self.tracker.launch_failed(request.launch, reason)
             self._apply(self.scheduler.launch_failed(request.launch, time.monotonic(), reason))
 
     async def _end_worker(self, identity: bytes, reason: str) -> None:
@@ -386,9 +393,9 @@ class Dispatcher:
         try:
             await self.launcher.end_worker(launch, int(index), f"batchcrew: {reason}")
         except Exception as error:
-            logger.error(
-                "ending worker %s failed: %s: %s", _name(identity), type(error).__name__, error
-            )
+            why = f"{type(error).__name__}: {error}"
+            logger.error("ending worker %s failed: %s", _name(identity), why)
+            self.tracker.error(f"ending worker {_name(identity)}", why)
 
     async def _terminate(self, abandoned: list[tuple[str, list[int]]]) -> None:
         async def end(launch: str, indexes: list[int]) -> None:
@@ -396,6 +403,7 @@ class Dispatcher:
                 await self.launcher.terminate(launch, indexes)
             except Exception as error:
                 logger.error("ending launch %s failed: %s: %s", launch, type(error).__name__, error)
+                self.tracker.error(f"ending launch {launch}", f"{type(error).__name__}: {error}")
 
         async with anyio.create_task_group() as group:
             for launch, indexes in abandoned:
@@ -505,6 +513,7 @@ class Dispatcher:
                 self._on_ready(identity, message, now)
             elif isinstance(message, protocol.Busy):
                 self.scheduler.busy(identity, message.task_id, now)
+                self.tracker.busy(identity, message)
             elif isinstance(message, protocol.Bye):
                 log = logger.warning if message.end else logger.info
                 log("worker %s left: %s", _name(identity), message.reason)
@@ -548,6 +557,7 @@ class Dispatcher:
                 cloudpickle.__version__,
             )
         self._watch_fd(identity, frame, time.monotonic())
+        self.tracker.hello(identity, hello)
         logger.info(
             "worker %s connected (pid %d on %s, Python %s)",
             _name(identity),
@@ -606,6 +616,7 @@ class Dispatcher:
                 _name(identity),
             )
             return
+        self.tracker.outcome(identity, outcome)
         for decision in decisions:
             if isinstance(decision, scheduling.Complete):
                 self._resolve(Resolution(decision.task, outcome.status, outcome, None, identity))

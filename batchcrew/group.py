@@ -277,6 +277,26 @@ class ControllerGroup:
         `Controller.summary`."""
         return pl.concat([controller.summary() for controller in self._some(controllers)])
 
+    def workers(self, controllers: Iterable[str] | None = None) -> pl.DataFrame:
+        """`Controller.workers` of `controllers` (default: all), with a `controller` column
+        first."""
+        return self._tables(Controller.workers, controllers)
+
+    def timeline(self, controllers: Iterable[str] | None = None) -> pl.DataFrame:
+        """`Controller.timeline` of `controllers` (default: all), with a `controller` column
+        first, in the order tasks ended."""
+        return self._tables(Controller.timeline, controllers).sort("ended", nulls_last=True)
+
+    def _tables(
+        self, table: Callable[[Controller], pl.DataFrame], controllers: Iterable[str] | None
+    ) -> pl.DataFrame:
+        return pl.concat(
+            [
+                table(controller).select(pl.lit(controller.name).alias("controller"), pl.all())
+                for controller in self._some(controllers)
+            ]
+        )
+
     # -- choosing controllers -------------------------------------------------------------------
 
     def _one(self, name: str | None) -> Controller:

@@ -32,7 +32,9 @@ VERSION: Final = 2
 MAGIC: Final = b"bc"
 _HEADER = struct.Struct(">2sBBHQ")  # magic, version, kind, frames that follow, task id
 _TASK_META = struct.Struct(">BI")  # layout, metadata length
-_RESULT_META = struct.Struct(">BdBI")  # status, seconds, layout, metadata length
+# status, seconds, layout, metadata length, peak memory, resident memory, CPU seconds
+_RESULT_META = struct.Struct(">BdBIQQd")
+_USAGE = struct.Struct(">Qd")  # resident memory, CPU seconds
 _LENGTH = struct.Struct(">I")
 _INLINE, _APART = 0, 1  # pickles in the first frame, or in frames of their own
 
@@ -63,6 +65,7 @@ class Hello:
     python: str = ""
     batchcrew: str = ""
     cloudpickle: str = ""
+    job: str = ""  # its AWS Batch job (or array child), if it is one
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +98,12 @@ class Bye:
 
 @dataclass(frozen=True, slots=True)
 class Busy:
-    """A worker is alive and still on task `task_id`: said every second while a task with a
-    time limit, or one it was told to interrupt, loads or runs."""
+    """A worker is alive and still on task `task_id`, and uses `rss` resident bytes and `cpu`
+    CPU seconds so far: said every second while a task runs longer than that."""
 
     task_id: int
+    rss: int = 0
+    cpu: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +139,11 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A task's outcome as the worker reports it; `value` stays pickled until someone loads it."""
+    """A task's outcome as the worker reports it; `value` stays pickled until someone loads it.
+
+    `memory`: the worker's peak resident bytes while the task ran; `rss` and `cpu`: its
+    resident bytes and CPU seconds (the whole process's) when it ended. 0 where not known.
+    """
 
     task_id: int
     status: Literal["success", "error"]
@@ -144,6 +153,9 @@ class Outcome:
     warnings: tuple[str, ...] = ()
     value: Buffer = b""
     buffers: Sequence[Buffer] = field(default=())
+    memory: int = 0
+    rss: int = 0
+    cpu: float = 0.0
 
 
 Message = Hello | Ready | Busy | Bye | Stop | Cancel | Setup | Task | Outcome
@@ -224,6 +236,9 @@ def encode(message: Message) -> list[Buffer]:
                     message.seconds,
                     _INLINE if inline else _APART,
                     len(extra),
+                    message.memory,
+                    message.rss,
+                    message.cpu,
                 ),
                 extra,
             )
@@ -234,7 +249,7 @@ def encode(message: Message) -> list[Buffer]:
     if isinstance(message, Setup):
         return [_header(Kind.SETUP, 0, 2), message.initializer, message.initargs]
     if isinstance(message, Busy):
-        return [_header(Kind.BUSY, message.task_id)]
+        return [_header(Kind.BUSY, message.task_id) + _USAGE.pack(message.rss, message.cpu)]
     if isinstance(message, Hello):
         data: dict[str, Any] = {
             "pid": message.pid,
@@ -242,6 +257,7 @@ def encode(message: Message) -> list[Buffer]:
             "python": message.python,
             "batchcrew": message.batchcrew,
             "cloudpickle": message.cloudpickle,
+            "job": message.job,
         }
         return [_header(Kind.HELLO) + _json(data)]
     if isinstance(message, Ready):
@@ -353,7 +369,7 @@ def _decode_body(
     if kind is Kind.RESULT:
         if len(body) < _RESULT_META.size:
             raise ProtocolError("result metadata is truncated")
-        code, seconds, layout, extra_length = _RESULT_META.unpack_from(body)
+        code, seconds, layout, extra_length, memory, rss, cpu = _RESULT_META.unpack_from(body)
         status = _STATUS_NAMES.get(code)
         if status is None:
             raise ProtocolError(f"unknown result status code {code}")
@@ -378,7 +394,9 @@ def _decode_body(
             value, buffers = following[0], tuple(following[1:])
         else:
             raise ProtocolError("result message has its value neither inline nor apart")
-        return Outcome(task_id, status, seconds, error, trace, warnings, value, buffers)
+        return Outcome(
+            task_id, status, seconds, error, trace, warnings, value, buffers, memory, rss, cpu
+        )
     if kind is Kind.SETUP:
         if len(body) or len(following) != 2:
             raise ProtocolError("setup message needs an initializer frame and an initargs frame")
@@ -386,9 +404,10 @@ def _decode_body(
     if following:
         raise ProtocolError(f"{kind.name} message has frames it should not have")
     if kind is Kind.BUSY:
-        if len(body):
-            raise ProtocolError("a busy message has no body")
-        return Busy(task_id)
+        if len(body) != _USAGE.size:
+            raise ProtocolError(f"a busy message's body is {_USAGE.size} bytes, not {len(body)}")
+        rss, cpu = _USAGE.unpack(body)
+        return Busy(task_id, rss, cpu)
     data = _json_object(body)
     if kind is Kind.HELLO:
         return Hello(
@@ -397,6 +416,7 @@ def _decode_body(
             _field(data, "python", str),
             _field(data, "batchcrew", str),
             _field(data, "cloudpickle", str),
+            _field(data, "job", str),
         )
     if kind is Kind.READY:
         return Ready(

@@ -30,6 +30,7 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "worker": pl.String,
     "launcher": pl.String,
     "controller": pl.String,
+    "memory": pl.Int64,
 }
 
 
@@ -40,7 +41,8 @@ class Result:
     status is "success", "error" (the task raised, or its result could not be pickled),
     "crash" (its worker died under it more than `crashes_max` times) or "cancel". `error` and
     `trace` say why it failed; `warnings` lists the warnings it issued; `seconds` is its run
-    time on the worker; `worker` names the worker that ran it last.
+    time on the worker; `worker` names the worker that ran it last; `memory` is the peak
+    resident bytes of that worker's process while the task ran (None where not known).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Result:
     worker: str | None
     launcher: str
     controller: str
+    memory: int | None = None
 
     def to_dict(self, *, jsonable: bool = False) -> dict[str, Any]:
         """The fields as a plain dict. With `jsonable=True`, ready for `json.dumps` (a web
@@ -69,6 +72,7 @@ class Result:
             "worker": self.worker,
             "launcher": self.launcher,
             "controller": self.controller,
+            "memory": self.memory,
         }
 
 

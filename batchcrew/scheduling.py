@@ -82,6 +82,16 @@ class Alarm:
 
 
 @dataclass(frozen=True, slots=True)
+class Gone:
+    """Worker `worker` is gone (it left, died, was ended or written off) because of `reason`;
+    `crashed`: a task was running on it when it died."""
+
+    worker: bytes
+    reason: str
+    crashed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """Tell a connected worker to exit (the controller is closing)."""
 
@@ -114,7 +124,18 @@ class Broken:
 
 
 Decision = (
-    Assign | Launch | Complete | Fail | Interrupt | End | Alarm | Stop | Abandon | Retire | Broken
+    Assign
+    | Launch
+    | Complete
+    | Fail
+    | Interrupt
+    | End
+    | Alarm
+    | Stop
+    | Abandon
+    | Retire
+    | Broken
+    | Gone
 )
 
 
@@ -254,6 +275,7 @@ class Scheduler:
         self._deadlines: list[tuple[float, int, bytes, int, float, str]] = []
         self._order = itertools.count()
         self._failures = 0
+        self._failed_total = 0
         self._broken: Broken | None = None
         self._closing = False
         self._seconds_mean: float | None = None
@@ -267,6 +289,11 @@ class Scheduler:
     def unresolved(self) -> int:
         """Tasks pushed and not yet resolved."""
         return len(self._tasks)
+
+    @property
+    def queued(self) -> int:
+        """Unresolved tasks waiting in the queue (not sent to any worker)."""
+        return sum(self._queued)
 
     @property
     def connected(self) -> int:
@@ -286,6 +313,23 @@ class Scheduler:
     def knows(self, identity: bytes) -> bool:
         """Whether `identity` is a worker this scheduler launched and has not written off."""
         return identity in self._workers
+
+    @property
+    def failed_launches(self) -> int:
+        """Launches that failed so far (in a row or not)."""
+        return self._failed_total
+
+    def state_of(self, identity: bytes) -> str:
+        """A known worker's state: "launching" (not ready yet), "idle", "busy" or "leaving";
+        "gone" for one this scheduler no longer knows."""
+        worker = self._workers.get(identity)
+        if worker is None:
+            return "gone"
+        if not worker.connected:
+            return "launching"
+        if worker.leaving:
+            return "leaving"
+        return "busy" if worker.assigned else "idle"
 
     def awaits(self, identity: bytes) -> bool:
         """Whether `identity` is a launched worker this scheduler still waits to be ready."""
@@ -456,6 +500,8 @@ class Scheduler:
         else:
             self._launching -= 1
         decisions: list[Decision] = [End(identity, reason)] if end else []
+        crashed = not (clean or worker.leaving) and bool(worker.assigned)
+        decisions.append(Gone(identity, reason, crashed))
         timed = not clean or end  # whether a head task past its timeout counts as timed out
         clean = clean or worker.leaving
         launch.waiting.discard(identity)
@@ -511,8 +557,8 @@ class Scheduler:
         launch = self._launches.get(launch_id)
         if launch is None:
             return []
-        self._write_off(launch)
         decisions: list[Decision] = []
+        self._write_off(launch, reason, decisions)
         self._launch_failed(reason, decisions)
         self._retire_if_done(launch, decisions)
         self._scale(now, decisions)
@@ -539,7 +585,7 @@ class Scheduler:
                 "setup: the controller's initializer)"
             )
             identities = tuple(sorted(launch.waiting))
-            self._write_off(launch)
+            self._write_off(launch, reason, decisions)
             decisions.append(Abandon(launch.id, identities, reason))
             if not launch.connected_any:
                 self._launch_failed(reason, decisions)
@@ -565,13 +611,14 @@ class Scheduler:
         launch = self._launches.get(launch_id)
         return launch is not None and bool(launch.waiting)
 
-    def _write_off(self, launch: _Launch) -> None:
+    def _write_off(self, launch: _Launch, reason: str, decisions: list[Decision]) -> None:
         """Forget the launched workers of `launch` that never got ready."""
         for identity in launch.waiting:
             worker = self._workers.pop(identity)
             self._supply[launch.level] -= 1
             self._launching -= 1
             assert not worker.assigned
+            decisions.append(Gone(identity, reason))
         launch.waiting.clear()
 
     def _retire_if_done(self, launch: _Launch, decisions: list[Decision]) -> None:
@@ -721,6 +768,7 @@ class Scheduler:
 
     def _launch_failed(self, reason: str, decisions: list[Decision]) -> None:
         self._failures += 1
+        self._failed_total += 1
         if self._broken is None and self._failures >= self.settings.launch_failures_max:
             self._broken = Broken(self._failures, reason)
             decisions.append(self._broken)

@@ -148,6 +148,50 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+class _Usage:
+    """The worker process's memory and CPU time, read cheaply enough to read at every task.
+
+    On Linux, /proc/self/status gives the resident size and its high-water mark, which
+    writing 5 to /proc/self/clear_refs resets: so each task's peak is its own. Elsewhere (or
+    where /proc refuses), `resource` gives the process's lifetime peak only.
+    """
+
+    def __init__(self) -> None:
+        self._status: int | None = None
+        self._clear: int | None = None
+        with contextlib.suppress(OSError):
+            self._status = os.open("/proc/self/status", os.O_RDONLY)
+            self._clear = os.open("/proc/self/clear_refs", os.O_WRONLY)
+
+    def reset_peak(self) -> None:
+        if self._clear is not None:
+            try:
+                os.write(self._clear, b"5")
+            except OSError:
+                os.close(self._clear)
+                self._clear = None
+
+    def read(self) -> tuple[int, int, float]:
+        """Resident bytes now, peak resident bytes (since the last reset), CPU seconds."""
+        cpu = time.process_time()
+        if self._status is not None:
+            status = os.pread(self._status, 4096, 0)
+            return _kilobytes(status, b"VmRSS:"), _kilobytes(status, b"VmHWM:"), cpu
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+        return peak, peak, cpu
+
+
+def _kilobytes(status: bytes, key: bytes) -> int:
+    start = status.find(key)
+    if start < 0:
+        return 0
+    end = status.find(b"kB", start)
+    return int(status[start + len(key) : end]) * 1024
+
+
 class _Channel:
     """The worker's one socket and who may use it.
 
@@ -294,6 +338,7 @@ class Runner:
 
     def __init__(self, channel: _Channel | None = None) -> None:
         self._functions = _FunctionCache()
+        self.usage = _Usage()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel = channel
         self.running: _Running | None = None
@@ -325,6 +370,7 @@ class Runner:
 
     def run(self, task: protocol.Task) -> protocol.Outcome:
         running = _Running(task.task_id, time.monotonic(), task.timeout)
+        self.usage.reset_peak()
         self.running = running
         if self._channel is not None:
             # From here on the watcher may take the socket: loading the task (imports, large
@@ -372,6 +418,7 @@ class Runner:
             running.done = True
             seeding.end()
         seconds = time.perf_counter() - start
+        rss, peak, cpu = self.usage.read()
         messages = tuple(f"{item.category.__name__}: {item.message}" for item in caught)
         if running.interrupt is not None:
             # Interrupted: however the task ended (it may have caught the interruption and
@@ -384,6 +431,9 @@ class Runner:
                 error=_interrupt_message(running),
                 trace=trace,
                 warnings=messages,
+                memory=peak,
+                rss=rss,
+                cpu=cpu,
             )
         if failure is not None:
             return protocol.Outcome(
@@ -393,6 +443,9 @@ class Runner:
                 error=_describe(failure),
                 trace="".join(traceback.format_exception(failure)),
                 warnings=messages,
+                memory=peak,
+                rss=rss,
+                cpu=cpu,
             )
         try:
             data, buffers = protocol.dump_value(value)
@@ -404,9 +457,20 @@ class Runner:
                 error=f"the task's result cannot be pickled: {_describe(error)}",
                 trace=traceback.format_exc(),
                 warnings=messages,
+                memory=peak,
+                rss=rss,
+                cpu=cpu,
             )
         return protocol.Outcome(
-            task.task_id, "success", seconds, warnings=messages, value=data, buffers=buffers
+            task.task_id,
+            "success",
+            seconds,
+            warnings=messages,
+            value=data,
+            buffers=buffers,
+            memory=peak,
+            rss=rss,
+            cpu=cpu,
         )
 
     def _await(self, awaitable: Any, running: _Running | None) -> Any:
@@ -557,15 +621,13 @@ class _Watcher(threading.Thread):
             and not running.done
         ):
             self._give_up(running)
-        if (
-            self._holding
-            and (running.timeout is not None or running.interrupt is not None)
-            and now - max(running.pinged, running.received) >= _SECONDS_BUSY
-        ):
-            # A timed or interrupted task: the controller ends this worker if it falls
-            # silent (frozen, or a task holding the GIL in C code keeps this thread out).
+        if self._holding and now - max(running.pinged, running.received) >= _SECONDS_BUSY:
+            # Every second of a long task: the controller shows how much memory and CPU time
+            # it takes, and ends this worker if it falls silent while a timed or interrupted
+            # task runs (frozen, or a task holding the GIL in C code keeps this thread out).
             running.pinged = now
-            channel.send(protocol.encode(protocol.Busy(running.task_id)))
+            rss, _, cpu = self._runner.usage.read()
+            channel.send(protocol.encode(protocol.Busy(running.task_id, rss, cpu)))
 
     def _give_back(self, poller: zmq.Poller) -> None:
         poller.unregister(self._channel.sock)
@@ -622,7 +684,7 @@ class _Watcher(threading.Thread):
 
 
 _TICK = 0.05  # how often the watcher looks at the clocks
-_SECONDS_BUSY = 1.0  # how often a worker on a timed or interrupted task says it is alive
+_SECONDS_BUSY = 1.0  # how often a worker on a long task says it is alive, and what it uses
 _UNSENT_MAX = 16  # results kept back at most, to go out together
 _SECONDS_UNSENT = 0.002  # and for at most this long
 _SECONDS_FLUSH = 2.0  # how long a worker that gives up waits for its last words to leave
@@ -716,6 +778,7 @@ def _set_up(channel: _Channel, runner: Runner, settings: WorkerSettings) -> None
         platform.python_version(),
         __version__,
         cloudpickle.__version__,
+        os.environ.get("AWS_BATCH_JOB_ID", ""),
     )
     channel.send(protocol.encode(hello))
     deadline = time.monotonic() + settings.seconds_connect

@@ -28,11 +28,12 @@ def test_every_message_kind_round_trips() -> None:
         protocol.Bye(reason="a task would not stop", end=True),
         protocol.Stop(reason="closing"),
         protocol.Cancel(12, reason="cancelled"),
-        protocol.Busy(12),
+        protocol.Busy(12, rss=2**30, cpu=1.5),
         protocol.Task(7, b"fn", b"args", (b"buffer",)),
         protocol.Task(7, b"fn", b"args", timeout=2.5),
         protocol.Task(7, b"fn", b"args", seed=2**127),
         protocol.Outcome(8, "success", 0.25, value=b"value", buffers=(b"b1", b"b2")),
+        protocol.Outcome(8, "success", 0.25, value=b"v", memory=2**31, rss=2**30, cpu=0.5),
         protocol.Outcome(9, "error", 1.5, "ValueError: no", "Traceback...", ("UserWarning: w",)),
     ]
     for message in messages:
@@ -97,9 +98,9 @@ def task_body(meta: bytes = b"", layout: int = 0, function: bytes = b"fn") -> by
         ([frame(10, task_body(layout=1))], "neither inline nor apart"),
         ([frame(10, task_body(layout=7), extra=2), b"fn", b"args"], "neither inline nor apart"),
         ([frame(2, b"\x00")], "result metadata is truncated"),
-        ([frame(2, struct.pack(">BdBI", 7, 0.0, 0, 0))], "status code"),
-        ([frame(2, struct.pack(">BdBI", 0, 0.0, 0, 9))], "result metadata is truncated"),
-        ([frame(2, struct.pack(">BdBI", 0, 0.0, 1, 0))], "neither inline nor apart"),
+        ([frame(2, struct.pack(">BdBIQQd", 7, 0.0, 0, 0, 0, 0, 0.0))], "status code"),
+        ([frame(2, struct.pack(">BdBIQQd", 0, 0.0, 0, 9, 0, 0, 0.0))], "result metadata is trunc"),
+        ([frame(2, struct.pack(">BdBIQQd", 0, 0.0, 1, 0, 0, 0, 0.0))], "neither inline nor apart"),
         ([frame(1, b"not json")], "not JSON"),
         ([frame(1, b"[1]")], "not a JSON object"),
         ([frame(1, b'{"pid": "x", "host": "h"}')], "'pid'"),
@@ -110,7 +111,7 @@ def task_body(meta: bytes = b"", layout: int = 0, function: bytes = b"fn") -> by
         ([frame(3, b'{"reason": "r"}', extra=1), b"x"], "BYE message has frames it should"),
         ([frame(3, b'{"reason": "r", "end": 1}')], "'end' is not a boolean"),
         ([frame(12, b'{"why": "r"}')], "'reason'"),
-        ([frame(5, b"{}")], "a busy message has no body"),
+        ([frame(5, b"{}")], "a busy message's body is 16 bytes, not 2"),
     ],
 )
 def test_malformed_frames_raise_protocol_error(frames: list[bytes], message: str) -> None:
@@ -181,7 +182,10 @@ def test_fuzzed_bodies_behind_a_valid_header_raise_only_protocol_error(
         for layout in (0, 1, 2):
             for frames in (
                 [first + struct.pack(">BI", layout, len(meta)) + meta, *body],
-                [first + struct.pack(">BdBI", 0, 1.0, layout, len(meta)) + meta, *body],
+                [
+                    first + struct.pack(">BdBIQQd", 0, 1.0, layout, len(meta), 1, 1, 1.0) + meta,
+                    *body,
+                ],
             ):
                 with contextlib.suppress(ProtocolError):
                     protocol.decode_all(frames)

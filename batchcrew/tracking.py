@@ -1,0 +1,217 @@
+"""What a run looks like from inside: a record per worker, the timeline of resolved tasks, and
+the counters that metrics and the dashboard read.
+
+Kept as running state, updated by the events the dispatcher and controller already handle (a
+few dictionary updates each), so that reading it never costs the dispatch anything and never
+needs a pass over the tasks. Tables are built only when someone asks for one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from batchcrew import protocol
+
+WORKERS_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "worker": pl.String,
+    "launch": pl.String,
+    "level": pl.Int64,
+    "state": pl.String,
+    "host": pl.String,
+    "pid": pl.Int64,
+    "job_id": pl.String,
+    "launched": pl.Datetime("us", "UTC"),
+    "connected": pl.Datetime("us", "UTC"),
+    "ended": pl.Datetime("us", "UTC"),
+    "tasks": pl.Int64,
+    "seconds": pl.Float64,
+    "errors": pl.Int64,
+    "crashes": pl.Int64,
+    "reason": pl.String,
+    "rss": pl.Int64,
+    "cpu": pl.Float64,
+}
+
+TIMELINE_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "name": pl.String,
+    "worker": pl.String,
+    "status": pl.String,
+    "pushed": pl.Datetime("us", "UTC"),
+    "started": pl.Datetime("us", "UTC"),
+    "ended": pl.Datetime("us", "UTC"),
+    "queue_seconds": pl.Float64,
+    "run_seconds": pl.Float64,
+}
+
+#: Upper bounds (seconds) of the task-duration histogram's buckets (Prometheus's `le`).
+SECONDS_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0)
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    """One worker's life so far. Times are seconds since the epoch; None where not yet."""
+
+    worker: str
+    launch: str
+    level: int
+    launched: float
+    connected: float | None = None
+    ended: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    job_id: str | None = None
+    tasks: int = 0
+    seconds: float = 0.0
+    errors: int = 0
+    crashes: int = 0
+    reason: str | None = None
+    rss: int | None = None
+    cpu: float | None = None
+
+
+class Tracker:
+    """Records of the workers a dispatcher launched: live ones, and the last `kept` gone ones;
+    how many launches there were and how many failed; the launcher's recent errors."""
+
+    def __init__(self, kept: int = 1000, errors_kept: int = 100) -> None:
+        self._live: dict[bytes, WorkerRecord] = {}
+        self._gone: deque[WorkerRecord] = deque(maxlen=kept)
+        self.launches = 0
+        self.launch_failures = 0
+        self.errors: deque[tuple[float, str, str]] = deque(maxlen=errors_kept)
+        """Recent launcher errors: (time, what, why), the newest last."""
+
+    def launched(self, launch: str, level: int, identities: Sequence[bytes]) -> None:
+        now = time.time()
+        self.launches += 1
+        for identity in identities:
+            self._live[identity] = WorkerRecord(identity.decode(), launch, level, now)
+
+    def hello(self, identity: bytes, hello: protocol.Hello) -> None:
+        record = self._live.get(identity)
+        if record is not None:
+            record.connected = time.time()
+            record.host, record.pid = hello.host, hello.pid
+            record.job_id = hello.job or None
+
+    def outcome(self, identity: bytes, outcome: protocol.Outcome) -> None:
+        record = self._live.get(identity)
+        if record is not None:
+            record.tasks += 1
+            record.seconds += outcome.seconds
+            if outcome.status == "error":
+                record.errors += 1
+            if outcome.rss:
+                record.rss, record.cpu = outcome.rss, outcome.cpu
+
+    def busy(self, identity: bytes, busy: protocol.Busy) -> None:
+        record = self._live.get(identity)
+        if record is not None and busy.rss:
+            record.rss, record.cpu = busy.rss, busy.cpu
+
+    def gone(self, identity: bytes, reason: str, *, crashed: bool) -> None:
+        record = self._live.pop(identity, None)
+        if record is not None:
+            record.ended = time.time()
+            record.reason = reason
+            record.crashes += crashed
+            self._gone.append(record)
+
+    def launch_failed(self, launch: str, reason: str) -> None:
+        self.launch_failures += 1
+        self.error(f"launch {launch}", reason)
+
+    def error(self, what: str, why: str) -> None:
+        self.errors.append((time.time(), what, why))
+
+    def records(self) -> Iterable[WorkerRecord]:
+        """Every record kept: the gone ones, oldest first, then the live ones."""
+        yield from self._gone
+        yield from self._live.values()
+
+    def frame(self, state_of: Callable[[bytes], str]) -> pl.DataFrame:
+        """The workers table: one row per worker, `state` from `state_of` for live ones."""
+        rows = []
+        for record in self.records():
+            state = "gone" if record.ended is not None else state_of(record.worker.encode())
+            rows.append(
+                {
+                    "worker": record.worker,
+                    "launch": record.launch,
+                    "level": record.level,
+                    "state": state,
+                    "host": record.host,
+                    "pid": record.pid,
+                    "job_id": record.job_id,
+                    "launched": _utc(record.launched),
+                    "connected": _utc(record.connected),
+                    "ended": _utc(record.ended),
+                    "tasks": record.tasks,
+                    "seconds": record.seconds,
+                    "errors": record.errors,
+                    "crashes": record.crashes,
+                    "reason": record.reason,
+                    "rss": record.rss,
+                    "cpu": record.cpu,
+                }
+            )
+        return pl.DataFrame(rows, schema=WORKERS_SCHEMA)
+
+
+class Timeline:
+    """The last `size` resolved tasks: who ran each, when it was pushed, started and ended;
+    and a histogram of task run times. A few microseconds per task."""
+
+    def __init__(self, size: int) -> None:
+        self._rows: deque[tuple[str, str | None, str, float, float | None, float]] = deque(
+            maxlen=size
+        )
+        self.buckets = [0] * (len(SECONDS_BUCKETS) + 1)  # the last: above every bound
+        self.seconds_sum = 0.0
+
+    def add(
+        self,
+        name: str,
+        worker: str | None,
+        status: str,
+        pushed: float,
+        seconds: float | None,
+    ) -> None:
+        ended = time.time()
+        started = None
+        if seconds is not None:
+            started = max(pushed, ended - seconds)
+            self.buckets[bisect.bisect_left(SECONDS_BUCKETS, seconds)] += 1
+            self.seconds_sum += seconds
+        self._rows.append((name, worker, status, pushed, started, ended))
+
+    def frame(self) -> pl.DataFrame:
+        rows: list[dict[str, Any]] = []
+        for name, worker, status, pushed, started, ended in self._rows:
+            rows.append(
+                {
+                    "name": name,
+                    "worker": worker,
+                    "status": status,
+                    "pushed": _utc(pushed),
+                    "started": _utc(started),
+                    "ended": _utc(ended),
+                    "queue_seconds": None if started is None else started - pushed,
+                    "run_seconds": None if started is None else ended - started,
+                }
+            )
+        return pl.DataFrame(rows, schema=TIMELINE_SCHEMA)
+
+
+def _utc(moment: float | None) -> datetime.datetime | None:
+    if moment is None:
+        return None
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC)
