@@ -38,6 +38,7 @@ from batchcrew.launchers.base import Launcher
 from batchcrew.launchers.local import LocalLauncher
 from batchcrew.progress import progress_bar
 from batchcrew.results import ErrorMode, Result, handle_failures, results_frame
+from batchcrew.tracing import Spans
 from batchcrew.tracking import Timeline, Tracker
 
 logger = logging.getLogger("batchcrew")
@@ -238,7 +239,8 @@ class Controller:
 
     `backup`: another controller (of the same `ControllerGroup`) where a task that crashed
     `crashes_max` times here goes on, its result coming back through the original task.
-    `timeline_max`: how many resolved tasks `timeline()` remembers.
+    `timeline_max`: how many resolved tasks `timeline()` remembers. `tracer_provider`: the
+    OpenTelemetry provider of the tasks' spans (default: the global one, if configured).
     """
 
     def __init__(
@@ -266,6 +268,7 @@ class Controller:
         seed: int | None = None,
         backup: Controller | None = None,
         timeline_max: int = 10_000,
+        tracer_provider: Any = None,
     ) -> None:
         _check_name("name", name)
         _check_count("workers", workers, minimum=1)
@@ -341,6 +344,9 @@ class Controller:
         self._seconds = 0.0
         self._functions: dict[Callable[..., Any], bytes] = {}
         self._timeline = Timeline(timeline_max)
+        self._tracer_provider = tracer_provider
+        self._spans: Spans | None = None  # OpenTelemetry, when installed and configured
+        self._traces: dict[int, dict[str, str]] = {}  # unresolved tasks' trace contexts
         self._failures: deque[Result] = deque(maxlen=_FAILURES_KEPT)
         self.backup = backup
 
@@ -376,6 +382,7 @@ class Controller:
             self._setup,
         )
         self._loop = asyncio.get_running_loop()
+        self._spans = Spans.for_provider(self._tracer_provider)
         ready: asyncio.Future[None] = self._loop.create_future()
         self._runner = asyncio.create_task(self._run(ready), name=f"batchcrew-{self.name}")
         try:
@@ -622,6 +629,10 @@ class Controller:
             if name is not None:
                 named[name] = task
             tasks.append(task)
+        spans = self._spans
+        if spans is not None:
+            for task in tasks:
+                self._traces[task.id] = spans.start(task.id, task.name, self.name)
         self._counts["tasks"] += len(tasks)
         if tasks:
             dispatcher.push([task.id for task in tasks], timeout)
@@ -658,7 +669,10 @@ class Controller:
         seed = batch.seed
         if seed is None and self._seed is not None:
             seed = seeding.derive(self._seed, task.name)
-        return protocol.Task(task_id, batch.function, arguments, buffers, batch.timeout, seed)
+        trace = self._traces.get(task_id) if self._traces else None
+        return protocol.Task(
+            task_id, batch.function, arguments, buffers, batch.timeout, seed, trace
+        )
 
     def _unresolved_named(self, name: str) -> Task | None:
         """The unresolved task called `name`, if any."""
@@ -909,18 +923,22 @@ class Controller:
             # A copy run for another controller: its result goes to the original task there,
             # counted there.
             origin, history = adopted
+            self._traces.pop(task.id, None)
             result = self._result(origin.name, resolution, history)
-            origin._batch.controller._settle(origin, result)
+            origin._batch.controller._settle(origin, result, resolution.crashes)
             if not self._tasks:
                 self._settled.notify()
             return
-        self._settle(task, self._result(task.name, resolution))
+        self._settle(task, self._result(task.name, resolution), resolution.crashes)
 
-    def _settle(self, task: Task, result: Result) -> None:
+    def _settle(self, task: Task, result: Result, retries: int = 0) -> None:
         """`task` resolved with `result`: count it, hold it, and wake who waits."""
         if self._tasks.pop(task.id, None) is None:
             return  # resolved already (cancelled while a backup ran it)
         self._handed.pop(task.id, None)
+        if self._spans is not None:
+            self._traces.pop(task.id, None)
+            self._spans.end(task.id, result, retries)
         self._counts[result.status] += 1
         if result.warnings:
             self._counts["warning"] += 1
@@ -981,6 +999,9 @@ class Controller:
             _Batch(self, batch.function, batch.timeout, seed), next(self._ids), origin.name, payload
         )
         self._tasks[copy.id] = copy
+        trace = owner._traces.get(origin.id)
+        if trace is not None:
+            self._traces[copy.id] = trace  # the copy runs in the original's trace
         self._adopted[copy.id] = (origin, history)
         dispatcher.push([copy.id], batch.timeout)
         return copy

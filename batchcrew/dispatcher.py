@@ -53,6 +53,7 @@ class Resolution:
     outcome: protocol.Outcome | None
     message: str | None
     worker: bytes | None
+    crashes: int = 0  # workers that died under it before
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,7 +620,11 @@ class Dispatcher:
         self.tracker.outcome(identity, outcome)
         for decision in decisions:
             if isinstance(decision, scheduling.Complete):
-                self._resolve(Resolution(decision.task, outcome.status, outcome, None, identity))
+                self._resolve(
+                    Resolution(
+                        decision.task, outcome.status, outcome, None, identity, decision.crashes
+                    )
+                )
             else:
                 self._apply((decision,))
 

@@ -18,7 +18,7 @@ import pickle
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from types import ModuleType
@@ -126,7 +126,8 @@ class Task:
     """A task as the worker receives it: pickled function, pickled arguments, their buffers.
 
     `timeout`: seconds the task may run on the worker before it is interrupted (None: no limit).
-    `seed`: the task's own random seed (None: leave the generators alone).
+    `seed`: the task's own random seed (None: leave the generators alone). `trace`: the
+    OpenTelemetry trace context it runs in (W3C headers), if tracing is on.
     """
 
     task_id: int
@@ -135,6 +136,7 @@ class Task:
     buffers: Sequence[Buffer] = ()
     timeout: float | None = None
     seed: int | None = None
+    trace: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,12 +194,14 @@ def encode(message: Message) -> list[Buffer]:
     parts too large to copy (pickle buffers, a large function, arguments or value)."""
     if isinstance(message, Task):
         meta = b""
-        if message.timeout is not None or message.seed is not None:
+        if message.timeout is not None or message.seed is not None or message.trace:
             options: dict[str, Any] = {}
             if message.timeout is not None:
                 options["timeout"] = message.timeout
             if message.seed is not None:
                 options["seed"] = message.seed
+            if message.trace:
+                options["trace"] = dict(message.trace)
             meta = _json(options)
         buffers = list(message.buffers)
         if _size(message.function) + _size(message.arguments) < _ZERO_COPY_MIN:
@@ -353,7 +357,7 @@ def _decode_body(
         rest = body[_TASK_META.size + meta_length :]
         if len(meta) != meta_length:
             raise ProtocolError("task metadata is truncated")
-        timeout, seed = _task_options(meta)
+        timeout, seed, trace = _task_options(meta)
         if layout == _INLINE:
             if len(rest) < _LENGTH.size:
                 raise ProtocolError("task function length is truncated")
@@ -362,10 +366,10 @@ def _decode_body(
             if len(function) != function_length:
                 raise ProtocolError("task function is truncated")
             arguments = rest[_LENGTH.size + function_length :]
-            return Task(task_id, function, arguments, tuple(following), timeout, seed)
+            return Task(task_id, function, arguments, tuple(following), timeout, seed, trace)
         if layout != _APART or len(rest) or len(following) < 2:
             raise ProtocolError("task message has its parts neither inline nor apart")
-        return Task(task_id, following[0], following[1], tuple(following[2:]), timeout, seed)
+        return Task(task_id, following[0], following[1], tuple(following[2:]), timeout, seed, trace)
     if kind is Kind.RESULT:
         if len(body) < _RESULT_META.size:
             raise ProtocolError("result metadata is truncated")
@@ -432,11 +436,13 @@ def _decode_body(
     return Stop(_field(data, "reason", str))
 
 
-def _task_options(meta: memoryview) -> tuple[float | None, int | None]:
+def _task_options(
+    meta: memoryview,
+) -> tuple[float | None, int | None, dict[str, str] | None]:
     if not len(meta):
-        return None, None
+        return None, None, None
     options = _json_object(meta)
-    timeout = seed = None
+    timeout = seed = trace = None
     if "timeout" in options:
         timeout = _field(options, "timeout", (int, float))
         if isinstance(timeout, bool) or not 0 < timeout < math.inf:
@@ -445,7 +451,11 @@ def _task_options(meta: memoryview) -> tuple[float | None, int | None]:
         seed = _field(options, "seed", int)
         if isinstance(seed, bool) or seed < 0:
             raise ProtocolError(f"task seed {seed!r} is not a whole number >= 0")
-    return timeout, seed
+    if "trace" in options:
+        trace = _field(options, "trace", dict)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in trace.items()):
+            raise ProtocolError("task trace context must map strings to strings")
+    return timeout, seed, trace
 
 
 _BY_VALUE_LOCK = threading.Lock()

@@ -40,10 +40,12 @@ class Launch:
 
 @dataclass(frozen=True, slots=True)
 class Complete:
-    """Resolve `task` with the outcome that worker `worker` reported for it."""
+    """Resolve `task` with the outcome that worker `worker` reported for it (after `crashes`
+    workers died under it)."""
 
     task: int
     worker: bytes
+    crashes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,7 +464,7 @@ class Scheduler:
             entry = self._tasks.pop(task)
             assert isinstance(entry, _Task)
             self._demand[entry.level] -= 1
-            decisions.append(Complete(task, identity))
+            decisions.append(Complete(task, identity, entry.crashes))
         if worker.assigned:
             self._became_head(worker, now, decisions)
         self._place(worker)

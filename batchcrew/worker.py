@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from batchcrew import protocol, seeding
+from batchcrew import protocol, seeding, tracing
 from batchcrew.errors import ProtocolError, TaskInterrupted
 
 EXIT_LOST = 3
@@ -408,9 +408,15 @@ class Runner:
                 self._interruptible = True
                 if running.interrupt is not None:
                     raise TaskInterrupted(f"{_interrupt_message(running)} while it loaded")
-                value = function(*args, **kwargs)
-                if inspect.isawaitable(value):
-                    value = self._await(value, running)
+                if task.trace is None:
+                    value = function(*args, **kwargs)
+                    if inspect.isawaitable(value):
+                        value = self._await(value, running)
+                else:
+                    with tracing.joined(task.trace):  # in the trace of whoever pushed it
+                        value = function(*args, **kwargs)
+                        if inspect.isawaitable(value):
+                            value = self._await(value, running)
                 self._interruptible = False
             except BaseException as error:
                 self._interruptible = False

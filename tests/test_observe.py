@@ -131,3 +131,39 @@ async def test_the_timeline_has_a_row_per_task_in_time_order(
 def test_timeline_max_must_be_a_count(bad: object) -> None:
     with pytest.raises(ValueError, match="timeline_max must be a whole number >= 0"):
         bc.Controller(timeline_max=bad)  # type: ignore[arg-type]
+
+
+async def test_prometheus_metrics_read_the_running_counters(controller: MakeController) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import batchcrew.metrics
+
+    crew = await controller(workers=2)
+    registry = CollectorRegistry()
+    batchcrew.metrics.register(crew, registry)
+    await crew.map(noop, range(10))
+    await crew.map(_raise, range(2), error="ignore")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    controller_label = ("controller", crew.name)
+    counts = crew.counts()
+    assert samples[("batchcrew_tasks_pushed_total", (controller_label,))] == counts["tasks"]
+    for status in ("success", "error", "crash", "cancel"):
+        key = ("batchcrew_tasks_total", (controller_label, ("status", status)))
+        assert samples[key] == counts[status]
+    assert samples[("batchcrew_tasks_unresolved", (controller_label,))] == 0
+    busy_or_idle = sum(
+        samples[("batchcrew_workers", (controller_label, ("state", state)))]
+        for state in ("idle", "busy")
+    )
+    assert busy_or_idle == counts["workers"]
+    assert samples[("batchcrew_launches_total", (controller_label,))] >= 1
+    assert samples[("batchcrew_task_seconds_count", (controller_label,))] == 12
+
+
+def _raise(_: object) -> None:
+    raise ValueError("no")
