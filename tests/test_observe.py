@@ -167,3 +167,17 @@ async def test_prometheus_metrics_read_the_running_counters(controller: MakeCont
 
 def _raise(_: object) -> None:
     raise ValueError("no")
+
+
+async def test_the_timeline_plot_is_a_valid_png(controller: MakeController, tmp_path: Path) -> None:
+    import batchcrew.plot
+
+    crew = await controller(workers=2)
+    await crew.map(noop, range(30))
+    await crew.map(_raise, range(2), error="ignore")
+    path = tmp_path / "timeline.png"
+    figure = batchcrew.plot.timeline(crew, path, title="a test run")
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) > 10_000
+    assert figure.axes[0].get_title() == "a test run"
