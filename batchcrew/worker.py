@@ -149,11 +149,13 @@ def _describe(error: BaseException) -> str:
 
 
 class _Usage:
-    """The worker process's memory and CPU time, read cheaply enough to read at every task.
+    """The worker process's memory and CPU time, measured around tasks.
 
     On Linux, /proc/self/status gives the resident size and its high-water mark, which
-    writing 5 to /proc/self/clear_refs resets: so each task's peak is its own. Elsewhere (or
-    where /proc refuses), `resource` gives the process's lifetime peak only.
+    writing 5 to /proc/self/clear_refs resets: so a task's peak is its own. Elsewhere (or where
+    /proc refuses), `resource` gives the process's lifetime peak only. Each measure is a few
+    system calls, which tiny tasks would feel: a task is measured when it runs a millisecond or
+    more, and otherwise at most twice a second, sharing the last figures in between.
     """
 
     def __init__(self) -> None:
@@ -162,8 +164,27 @@ class _Usage:
         with contextlib.suppress(OSError):
             self._status = os.open("/proc/self/status", os.O_RDONLY)
             self._clear = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        self._last = (0, 0, 0.0)  # the last figures: resident, peak, CPU seconds
+        self._reset_at = -math.inf
+        self._measuring = True  # the high-water mark was reset for the task under way
+
+    def task_starts(self) -> None:
+        """Reset the high-water mark, unless tasks are tiny and it was reset just now."""
+        self._measuring = self._measuring or time.monotonic() - self._reset_at >= _SECONDS_USAGE
+        if self._measuring:
+            self.reset_peak()
+
+    def task_ends(self, seconds: float) -> tuple[int, int, float]:
+        """Resident bytes, this task's peak resident bytes, CPU seconds: measured if its
+        high-water mark was reset for it or it ran long enough, else the last figures."""
+        if self._measuring or seconds >= _SECONDS_MEASURED:
+            self._last = self.read()
+        # A task that ran this long may well be followed by others like it: measure the next.
+        self._measuring = seconds >= _SECONDS_MEASURED
+        return self._last
 
     def reset_peak(self) -> None:
+        self._reset_at = time.monotonic()
         if self._clear is not None:
             try:
                 os.write(self._clear, b"5")
@@ -211,8 +232,7 @@ class _Channel:
         self.unsent: list[protocol.Buffer] = []
         self.unsent_since = 0.0
         self._main_holds = True
-        self._poller = zmq.Poller()
-        self._poller.register(sock, zmq.POLLIN)
+        self._timeout = -1  # the socket's RCVTIMEO, in milliseconds
         self.wake_read, self._wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
 
@@ -245,14 +265,18 @@ class _Channel:
         back go out before any wait. A malformed message is reported on stderr and skipped."""
         if self.pending:
             return self.pending.popleft()
+        self.flush()
         sock = self.sock
+        # One blocking read with a time limit: fewer system calls than asking whether a
+        # message waits and then polling for one.
+        milliseconds = int(min(timeout, 3600.0) * 1000) + 1
+        if milliseconds != self._timeout:
+            sock.setsockopt(zmq.RCVTIMEO, milliseconds)
+            self._timeout = milliseconds
         try:
-            frame = sock.recv(_NOBLOCK, copy=False)
-        except zmq.Again:
-            self.flush()
-            if not self._poller.poll(int(min(timeout, 3600.0) * 1000) + 1):
-                return None
             frame = sock.recv(copy=False)
+        except zmq.Again:
+            return None
         self.pending.extend(_decode(sock, frame))
         return self.pending.popleft() if self.pending else None
 
@@ -370,7 +394,7 @@ class Runner:
 
     def run(self, task: protocol.Task) -> protocol.Outcome:
         running = _Running(task.task_id, time.monotonic(), task.timeout)
-        self.usage.reset_peak()
+        self.usage.task_starts()
         self.running = running
         if self._channel is not None:
             # From here on the watcher may take the socket: loading the task (imports, large
@@ -424,7 +448,7 @@ class Runner:
             running.done = True
             seeding.end()
         seconds = time.perf_counter() - start
-        rss, peak, cpu = self.usage.read()
+        rss, peak, cpu = self.usage.task_ends(seconds)
         messages = tuple(f"{item.category.__name__}: {item.message}" for item in caught)
         if running.interrupt is not None:
             # Interrupted: however the task ended (it may have caught the interruption and
@@ -691,6 +715,8 @@ class _Watcher(threading.Thread):
 
 _TICK = 0.05  # how often the watcher looks at the clocks
 _SECONDS_BUSY = 1.0  # how often a worker on a long task says it is alive, and what it uses
+_SECONDS_MEASURED = 0.001  # a task this long has its memory and CPU time measured
+_SECONDS_USAGE = 0.5  # shorter tasks share figures this old at most
 _UNSENT_MAX = 16  # results kept back at most, to go out together
 _SECONDS_UNSENT = 0.002  # and for at most this long
 _SECONDS_FLUSH = 2.0  # how long a worker that gives up waits for its last words to leave
