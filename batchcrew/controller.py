@@ -22,6 +22,7 @@ from types import ModuleType, TracebackType
 from typing import Any, Literal, Self
 
 import anyio
+import anyio.abc
 import polars as pl
 
 from batchcrew import protocol, scheduling, seeding
@@ -348,6 +349,7 @@ class Controller:
         self._spans: Spans | None = None  # OpenTelemetry, when installed and configured
         self._traces: dict[int, dict[str, str]] = {}  # unresolved tasks' trace contexts
         self._failures: deque[Result] = deque(maxlen=_FAILURES_KEPT)
+        self._group: anyio.abc.TaskGroup | None = None  # the runner's, once started
         self.backup = backup
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -397,11 +399,10 @@ class Controller:
         logger.info("controller %s listening at %s", self.name, self._dispatcher.address)
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
-        dispatcher = self._dispatcher
-        assert dispatcher is not None
         try:
             async with anyio.create_task_group() as group:
-                await group.start(dispatcher.run)
+                await group.start(self._dispatch, group)
+                self._group = group
                 ready.set_result(None)
         except BaseException as error:
             if not ready.done():
@@ -412,6 +413,18 @@ class Controller:
             raise
         finally:
             self._stop()
+
+    async def _dispatch(
+        self, group: anyio.abc.TaskGroup, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        """Run the dispatcher; once it stops, what else runs in the controller's task group
+        (a dashboard) stops too."""
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        try:
+            await dispatcher.run(task_status=task_status)
+        finally:
+            group.cancel_scope.cancel()
 
     async def aclose(self, seconds_grace: float = 5.0) -> None:
         """Stop every worker and resolve every unresolved task as "cancel". Idempotent.
@@ -877,6 +890,33 @@ class Controller:
         if dispatcher is None:
             return Tracker().frame(lambda identity: "gone")
         return dispatcher.tracker.frame(dispatcher.scheduler.state_of)
+
+    async def serve_dashboard(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve a live dashboard of this controller over HTTP, from this process, until the
+        controller closes; return its URL, such as "http://127.0.0.1:40123/".
+
+        The page updates itself every second: tasks per second, tasks by status, the queue,
+        workers by state and the workers table, recent failures and the launcher's errors.
+        It is read-only and has no authentication: it listens on loopback unless `host` says
+        otherwise (then it logs a WARNING). `port` 0 picks a free port. Each call serves
+        another page. To mount it in a web app instead, see `batchcrew.dashboard.asgi_app`.
+
+        Raises `ControllerClosedError` before start or after close, OSError if it cannot
+        listen on `host`:`port`, and ValueError for a bad `host` or `port`.
+        """
+        return await self._serve_dashboard([self], host, port)
+
+    async def _serve_dashboard(self, controllers: list[Controller], host: str, port: int) -> str:
+        """Serve the dashboard of `controllers` (this one, or those of a group it belongs to)
+        as a task of this controller's task group, which ends it when the controller closes."""
+        # Imported here: the dashboard and its web server are loaded only by those who ask.
+        from batchcrew import dashboard
+
+        self._check_running()
+        group = self._group
+        assert group is not None
+        url: str = await group.start(dashboard.serve, controllers, host, port)
+        return url
 
     def timeline(self) -> pl.DataFrame:
         """The last `timeline_max` resolved tasks, one row each: name, worker, status, pushed,

@@ -287,6 +287,18 @@ class ControllerGroup:
         first, in the order tasks ended."""
         return self._tables(Controller.timeline, controllers).sort("ended", nulls_last=True)
 
+    async def serve_dashboard(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        controllers: Iterable[str] | None = None,
+    ) -> str:
+        """`Controller.serve_dashboard` for `controllers` (default: all) on one page, which
+        shows them together (their figures added up) or one at a time. The first of them
+        serves it, so it stops when that one closes (closing the group closes it)."""
+        chosen = self._some(controllers)
+        return await chosen[0]._serve_dashboard(chosen, host, port)
+
     def _tables(
         self, table: Callable[[Controller], pl.DataFrame], controllers: Iterable[str] | None
     ) -> pl.DataFrame:
