@@ -28,6 +28,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run the workers as AWS Batch jobs on a local emulator (the whole AWS path, offline)",
     )
+    demo.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve the live dashboard on loopback while the demo runs, and print its URL",
+    )
+    demo.add_argument(
+        "--dashboard-seconds",
+        type=float,
+        default=5.0,
+        metavar="N",
+        help="with --dashboard, keep it up N seconds after the demo ends (default 5)",
+    )
 
     worker = commands.add_parser("worker", help="run a worker (launchers do this for you)")
     worker.add_argument("--controller", help="address to connect to, e.g. tcp://10.0.0.5:5555")
@@ -70,7 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "aws_command", None) is not None:
         return aws_commands.run(args)
     if args.command == "demo":
-        return asyncio.run(_demo(args))
+        try:
+            return asyncio.run(_demo(args))
+        except KeyboardInterrupt:  # Ctrl-C: the controller has closed, its workers with it
+            return 130
     if args.command == "dockerfile":
         from batchcrew.aws.image import worker_dockerfile
 
@@ -101,9 +116,13 @@ async def _demo(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             console.print(f"[red]--{name} must be at least 1")
             return 2
+    if not args.dashboard_seconds >= 0:
+        console.print("[red]--dashboard-seconds must be 0 or more")
+        return 2
+    watch = {"dashboard": args.dashboard, "dashboard_seconds": args.dashboard_seconds}
     if not args.aws_batch_emulator:
         async with Controller(name="demo", workers=args.workers) as controller:
-            await run_demo(controller, args.tasks, args.draws, console)
+            await run_demo(controller, args.tasks, args.draws, console, **watch)
         return 0
     import os
 
@@ -118,7 +137,7 @@ async def _demo(args: argparse.Namespace) -> int:
         )
         controller = aws.batch_controller(name="demo", workers=args.workers, options=options)
         async with controller:
-            await run_demo(controller, args.tasks, args.draws, console)
+            await run_demo(controller, args.tasks, args.draws, console, **watch)
         jobs = batch.requests_for("SubmitJob")
         sizes = [job.get("arrayProperties", {}).get("size", 1) for job in jobs]
         console.print(

@@ -6,6 +6,7 @@ import math
 import random
 import time
 
+import anyio
 import polars as pl
 from rich.console import Console
 from rich.table import Table
@@ -24,9 +25,22 @@ def sample(seed: int, draws: int) -> int:
 
 
 async def run_demo(
-    controller: Controller, tasks: int, draws: int, console: Console
+    controller: Controller,
+    tasks: int,
+    draws: int,
+    console: Console,
+    *,
+    dashboard: bool = False,
+    dashboard_seconds: float = 5.0,
 ) -> pl.DataFrame:
-    """Run the estimate on `controller` (already started); print it and the summary."""
+    """Run the estimate on `controller` (already started); print it and the summary.
+
+    `dashboard`: serve the live dashboard while it runs, print its URL, and keep it up
+    `dashboard_seconds` longer once the estimate is done, for a person to look at.
+    """
+    if dashboard:
+        url = await controller.serve_dashboard()
+        console.print(f"dashboard at {url}", highlight=False, soft_wrap=True)
     started = time.perf_counter()
     frame = await controller.map(sample, range(tasks), [draws] * tasks, progress=True)
     seconds = time.perf_counter() - started
@@ -37,6 +51,9 @@ async def run_demo(
     )
     summary = controller.summary()
     console.print(_table(summary, title=f"controller {controller.name!r} summary"))
+    if dashboard and dashboard_seconds > 0:
+        console.print(f"the dashboard stays up {dashboard_seconds:g} s more (Ctrl-C to stop)")
+        await anyio.sleep(dashboard_seconds)
     return summary
 
 

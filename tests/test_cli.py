@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 
@@ -30,10 +33,45 @@ def test_the_demo_runs_and_prints_its_summary(where: list[str]) -> None:
         assert "1 SubmitJob call(s) launched 2 worker(s)" in done.stdout
 
 
+def test_the_demo_serves_its_dashboard_until_told_to_stop() -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BATCHCREW_")}
+    command = ["demo", "--tasks", "20", "--draws", "2000"]
+    command += ["--dashboard", "--dashboard-seconds", "50"]
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "batchcrew.cli", *command],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**environment, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert demo.stdout is not None
+        first = demo.stdout.readline()  # printed before any task is pushed
+        found = re.search(r"dashboard at (http://127\.0\.0\.1:\d+/)", first)
+        assert found, first
+        lines = []
+        for line in demo.stdout:  # the estimate and the summary, then the wait
+            lines.append(line)
+            if "the dashboard stays up 50 s more" in line:
+                break
+        assert any("pi ~ 3." in line for line in lines), lines
+        state = httpx.get(found[1] + "state.json", timeout=10).json()  # still up after the run
+        (crew,) = state["controllers"]
+        counts = crew["counts"]
+        assert (crew["name"], counts["success"], counts["unresolved"]) == ("demo", 20, 0)
+        demo.send_signal(signal.SIGINT)  # Ctrl-C ends the wait; the controller closes
+        assert demo.wait(timeout=30) == 130
+    finally:
+        demo.kill()
+        demo.wait()
+
+
 def test_bad_demo_arguments_say_so() -> None:
     done = batchcrew("demo", "--tasks", "0")
     assert done.returncode == 2
     assert "--tasks must be at least 1" in done.stdout
+    done = batchcrew("demo", "--dashboard", "--dashboard-seconds", "-1")
+    assert done.returncode == 2
+    assert "--dashboard-seconds must be 0 or more" in done.stdout
 
 
 def test_a_worker_started_by_hand_without_settings_explains() -> None:
