@@ -73,6 +73,23 @@ async def test_the_app_runs_jobs_and_closing_it_leaves_no_worker(
             assert workers["success"] == 2
             assert workers["tasks"] == 2
             assert 1 <= workers["workers"] <= 2
+
+            # The dashboard, mounted at /dashboard: its page, and the state the page reads.
+            bare = await client.get("/dashboard")
+            assert (bare.status_code, bare.headers["location"]) == (307, "http://app/dashboard/")
+            page = await client.get("/dashboard/")
+            assert page.status_code == 200
+            assert page.headers["content-type"] == "text/html; charset=utf-8"
+            assert b'fetch("state.json"' in page.content  # relative: it works under the mount
+            state = (await client.get("/dashboard/state.json")).json()
+            (crew,) = state["controllers"]
+            assert crew["name"] == "api"
+            assert {key: crew["counts"][key] for key in ("tasks", "success")} == {
+                "tasks": 2,
+                "success": 2,
+            }
+            assert crew["workers_total"] >= 1
+            assert (await client.post("/dashboard/state.json")).status_code == 405
             assert children()
     assert not children()
 

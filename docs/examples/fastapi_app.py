@@ -7,7 +7,8 @@ The controller starts in the app's lifespan and closes with it (every worker wit
 POST /jobs pushes a task and returns its name; GET /jobs/{name} returns its status and, once
 resolved, its result; DELETE /jobs/{name} cancels it (a running job is interrupted on its
 worker, which goes on to the next job) or forgets its result; GET /workers returns the
-controller's summary. No job runs longer than `seconds_timeout` (ten minutes here).
+controller's summary; /dashboard/ is batchcrew's live dashboard of the run. No job runs
+longer than `seconds_timeout` (ten minutes here).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 import batchcrew as bc
+from batchcrew import dashboard
 
 
 def estimate_pi(draws: int, seed: int) -> float:
@@ -40,17 +42,20 @@ class JobRequest(BaseModel):
 def create_app(**controller_options: Any) -> FastAPI:
     """The app, with its controller's options (workers, launcher, ...) as given."""
     options = {"name": "api", "workers": 2, "seconds_timeout": 600, **controller_options}
+    crew = bc.Controller(**options)  # made here, started by the lifespan
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with bc.Controller(**options) as controller:
-            app.state.controller = controller
+        async with crew:
             yield
 
     app = FastAPI(title="batchcrew jobs", lifespan=lifespan)
+    app.state.controller = crew
+    # The live dashboard at /dashboard/. It is read-only, but it shows job names and errors:
+    # put it behind the app's authentication before the app leaves your own machine.
+    app.mount("/dashboard", dashboard.asgi_app(crew))
 
     def controller() -> bc.Controller:
-        crew: bc.Controller = app.state.controller
         return crew
 
     @app.post("/jobs", status_code=202)
