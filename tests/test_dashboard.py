@@ -226,7 +226,7 @@ async def test_the_page_in_a_browser_follows_the_run_and_shows_names_as_text(
     playwright_api = pytest.importorskip("playwright.async_api")
     expect = playwright_api.expect
     expect.set_options(timeout=20_000)  # the page asks every second
-    crew = await controller(workers=2, launcher=FlakyLauncher())
+    crew = await controller(name="analysis", workers=2, launcher=FlakyLauncher())
     url = await crew.serve_dashboard()
     gate = tmp_path / "gate"
     dialogs: list[str] = []
