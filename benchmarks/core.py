@@ -2,6 +2,9 @@
 
     python benchmarks/core.py [--tasks 10000] [--latency 2000] [--repeats 5] [--loop both]
 
+The batchcrew rows are measured with the dashboard closed, then open (a process reading its
+state every second, as the page does), and read ten times a second (which shows whether
+reading costs dispatch anything, beyond the machine's noise).
 Baselines: concurrent.futures.ProcessPoolExecutor(2), and a plain asyncio pyzmq ROUTER/DEALER
 loop with cloudpickle (no scheduling, no security, no retries: the floor a design like this is
 measured against), run with one task in flight per worker and with as many in flight as
@@ -25,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import cloudpickle
 import zmq
 import zmq.asyncio
@@ -57,18 +61,49 @@ def _latency(samples: list[float]) -> tuple[float, float]:
 # -- batchcrew ---------------------------------------------------------------------------------
 
 
-async def batchcrew_run(tasks: int, latency: int, security: str) -> Figures:
+# A browser with the dashboard open, as far as the controller can tell: the page once, then
+# its state `reads` times a second (the page reads it once). It says "ready" once it has
+# started, so that its start-up does not land in the measurement (a browser already open
+# would not).
+PAGE_READER = r"""
+import sys, time, urllib.request
+urllib.request.urlopen(sys.argv[1]).read()
+print("ready", flush=True)
+while True:
+    urllib.request.urlopen(sys.argv[1] + "state.json").read()
+    time.sleep(1 / float(sys.argv[2]))
+"""
+
+
+async def batchcrew_run(tasks: int, latency: int, security: str, reads: float = 0) -> Figures:
+    """`reads`: with the dashboard open, read this many times a second (0: closed)."""
     async with bc.Controller(name="bench", workers=WORKERS, security=security) as controller:  # type: ignore[arg-type]
-        await controller.map(noop, range(400))  # workers up, pipelining learned
+        if not reads:
+            return await _batchcrew_figures(controller, tasks, latency)
+        url = await controller.serve_dashboard()
+        reader = subprocess.Popen(
+            [sys.executable, "-c", PAGE_READER, url, str(reads)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert reader.stdout is not None
+            assert await anyio.to_thread.run_sync(reader.stdout.readline) == "ready\n"
+            return await _batchcrew_figures(controller, tasks, latency)
+        finally:
+            reader.kill()
+            reader.wait()
+
+
+async def _batchcrew_figures(controller: bc.Controller, tasks: int, latency: int) -> Figures:
+    await controller.map(noop, range(400))  # workers up, pipelining learned
+    start = time.perf_counter()
+    for task in controller.walk(noop, range(tasks)):
+        await task
+    throughput = tasks / (time.perf_counter() - start)
+    samples = []
+    for _ in range(latency):
         start = time.perf_counter()
-        for task in controller.walk(noop, range(tasks)):
-            await task
-        throughput = tasks / (time.perf_counter() - start)
-        samples = []
-        for _ in range(latency):
-            start = time.perf_counter()
-            await controller.push(noop)
-            samples.append(time.perf_counter() - start)
+        await controller.push(noop)
+        samples.append(time.perf_counter() - start)
     return Figures(throughput, *_latency(samples))
 
 
@@ -181,6 +216,8 @@ def measure(n: int, m: int, r: int, loop: str) -> dict[str, Figures]:
         "ProcessPoolExecutor(2)": lambda: pool_run(n, m),
         'batchcrew, security="none"': lambda: batchcrew_run(n, m, "none"),
         'batchcrew, security="curve"': lambda: batchcrew_run(n, m, "curve"),
+        "batchcrew, curve, dashboard open": lambda: batchcrew_run(n, m, "curve", 1),
+        "batchcrew, curve, dashboard read 10/s": lambda: batchcrew_run(n, m, "curve", 10),
     }
     runs: dict[str, list[Figures]] = {label: [] for label in systems}
     labels = list(systems)
@@ -228,12 +265,17 @@ def report(rows: dict[str, Figures], n: int, m: int, r: int, loop: str) -> None:
     console = Console(width=130)
     console.print(table)
     curve = rows['batchcrew, security="curve"']
+    watched = rows["batchcrew, curve, dashboard open"]
     checks = [
         (f"throughput vs plain loop, {PIPELINE} in flight", curve.throughput / floor.throughput,
          ">=", 1.0),
         ("round-trip median vs plain loop, 1 in flight", curve.median / single.median, "<=", 1.15),
         ('CURVE on vs security="none", throughput', curve.throughput / plain_off.throughput,
          ">=", 0.9),
+        ("dashboard open vs closed, throughput", watched.throughput / curve.throughput, ">=",
+         0.95),
+        ("dashboard open vs closed, round-trip median", watched.median / curve.median, "<=",
+         1.05),
     ]  # fmt: skip
     for label, ratio, sense, target in checks:
         met = ratio >= target if sense == ">=" else ratio <= target
