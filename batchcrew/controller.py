@@ -915,7 +915,7 @@ class Controller:
         self._check_running()
         group = self._group
         assert group is not None
-        url: str = await group.start(dashboard.serve, controllers, host, port)
+        url: str = await group.start(dashboard._serve, controllers, host, port)
         return url
 
     def timeline(self) -> pl.DataFrame:

@@ -163,7 +163,7 @@ def _state_json(view: Controller | ControllerGroup | Sequence[Controller]) -> by
 # -- serving from the controller's process ---------------------------------------------------
 
 
-async def serve(
+async def _serve(
     controllers: Sequence[Controller],
     host: str,
     port: int,
@@ -190,7 +190,7 @@ async def serve(
             raise web.HTTPMisdirectedRequest(text="this dashboard answers on loopback only\n")
         if request.path == "/state.json":
             return web.Response(body=_state_json(controllers), headers=_JSON_HEADERS)
-        return web.Response(body=PAGE, headers=_PAGE_HEADERS)
+        return web.Response(body=_PAGE, headers=_PAGE_HEADERS)
 
     app = web.Application()
     app.router.add_get("/", page)
@@ -255,7 +255,7 @@ def asgi_app(view: Controller | ControllerGroup) -> ASGIApp:
             location = (scope.get("root_path", "") + "/").encode()
             status, headers, body = 307, [(b"location", location)], b""
         elif path == "/":
-            status, headers, body = 200, _encoded(_PAGE_HEADERS), PAGE
+            status, headers, body = 200, _encoded(_PAGE_HEADERS), _PAGE
         elif path == "/state.json":
             status, headers, body = 200, _encoded(_JSON_HEADERS), _state_json(view)
         else:
@@ -550,7 +550,7 @@ def _hash(source: str) -> str:
     return f"'sha256-{base64.b64encode(digest).decode()}'"
 
 
-PAGE = (
+_PAGE = (
     '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
     '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
     '<link rel="icon" href="data:,">\n<title>batchcrew</title>\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -217,18 +219,15 @@ async def test_the_asgi_app_answers_at_its_root_whatever_the_mount() -> None:
         assert (bare.status_code, bare.headers["location"]) == (307, "/under/")
 
 
-@pytest.mark.timeout(180)
-async def test_the_page_in_a_browser_follows_the_run_and_shows_names_as_text(
-    controller: MakeController, tmp_path: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def browser_page(url: str) -> AsyncIterator[tuple[Any, list[str]]]:
+    """Headless Chromium at `url` (skips where Debian's chromium is not installed); also the
+    messages of any dialog that opened (each dismissed). Fails on an error in the page's
+    console (a script error, or something the page's security policy refused)."""
     if not CHROMIUM.exists():
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     playwright_api = pytest.importorskip("playwright.async_api")
-    expect = playwright_api.expect
-    expect.set_options(timeout=20_000)  # the page asks every second
-    crew = await controller(name="analysis", workers=2, launcher=FlakyLauncher())
-    url = await crew.serve_dashboard()
-    gate = tmp_path / "gate"
+    playwright_api.expect.set_options(timeout=20_000)  # the page asks every second
     dialogs: list[str] = []
     async with playwright_api.async_playwright() as playwright:
         browser = await playwright.chromium.launch(
@@ -241,52 +240,104 @@ async def test_the_page_in_a_browser_follows_the_run_and_shows_names_as_text(
                 dialogs.append(dialog.message)
                 await dialog.dismiss()
 
+            errors: list[str] = []
+
+            def console(message: Any) -> None:
+                if message.type == "error":
+                    errors.append(message.text)
+
             page.on("dialog", dismiss)
+            page.on("console", console)
+            page.on("pageerror", lambda error: errors.append(str(error)))
             await page.goto(url)
-            await expect(page.locator("#status")).to_have_text(re.compile("^updated"))
-            await expect(page.locator("#count-tasks")).to_have_text("0")
-
-            async def page_matches_counts() -> None:
-                counts = crew.counts()
-                for key in ("tasks", "unresolved", "workers"):
-                    await expect(page.locator(f"#count-{key}")).to_have_text(str(counts[key]))
-                for status in ("success", "error", "crash", "cancel", "unresolved"):
-                    await expect(page.locator(f"#status-{status}")).to_have_text(
-                        str(counts[status])
-                    )
-                assert crew.counts() == counts  # nothing moved while the page caught up
-
-            # Three tasks held at a gate: unresolved on the page, running on both workers.
-            held = crew.walk(wait_for, [str(gate)] * 3)
-            await expect(page.locator("#state-busy")).to_have_text("2")
-            await page_matches_counts()
-            await expect(page.locator("#count-unresolved")).to_have_text("3")
-            gate.touch()
-            with anyio.fail_after(60):
-                assert all([(await task).status == "success" for task in held])
-            failed = await crew.push(fail, name=SCRIPT_NAME)
-            assert failed.status == "error"
-            await crew.map(square, range(5))
-            await page_matches_counts()
-            await expect(page.locator("#status-success")).to_have_text("8")
-            await expect(page.locator("#status-error")).to_have_text("1")
-
-            # User data shows as text: no element, no script, no dialog.
-            failure = page.locator("#failures tbody tr").first
-            await expect(failure.locator("td").first).to_have_text(SCRIPT_NAME)
-            await expect(failure).to_contain_text("ValueError: bad input <b>not bold</b>")
-            await expect(page.locator("#launcher-errors tbody tr")).to_contain_text(
-                "quota exceeded <img src=x onerror=alert(2)>"
+            await playwright_api.expect(page.locator("#status")).to_have_text(
+                re.compile("^updated")
             )
-            assert await page.locator("script").count() == 1  # the page's own
-            assert await page.locator("#failures b, #launcher-errors img").count() == 0
-            await expect(page.locator("#workers tbody tr").first).to_be_visible()
-
-            screenshot = tmp_path / "dashboard.png"
-            await page.screenshot(path=str(screenshot), full_page=True)
-            assert screenshot.stat().st_size > 10_000
-            if os.environ.get("BATCHCREW_DOCS_SCREENSHOT"):
-                shutil.copyfile(screenshot, DOCS_SCREENSHOT)  # the picture in docs/observing.md
+            yield page, dialogs
+            assert errors == []
         finally:
             await browser.close()
-    assert dialogs == []
+
+
+@pytest.mark.timeout(180)
+async def test_the_page_in_a_browser_follows_the_run_and_shows_names_as_text(
+    controller: MakeController, tmp_path: Path
+) -> None:
+    crew = await controller(name="analysis", workers=2, launcher=FlakyLauncher())
+    url = await crew.serve_dashboard()
+    gate = tmp_path / "gate"
+    async with browser_page(url) as (page, dialogs):
+        from playwright.async_api import expect
+
+        await expect(page.locator("#count-tasks")).to_have_text("0")
+
+        async def page_matches_counts() -> None:
+            counts = crew.counts()
+            for key in ("tasks", "unresolved", "workers"):
+                await expect(page.locator(f"#count-{key}")).to_have_text(str(counts[key]))
+            for status in ("success", "error", "crash", "cancel", "unresolved"):
+                await expect(page.locator(f"#status-{status}")).to_have_text(str(counts[status]))
+            assert crew.counts() == counts  # nothing moved while the page caught up
+
+        # Three tasks held at a gate: unresolved on the page, running on both workers.
+        held = crew.walk(wait_for, [str(gate)] * 3)
+        await expect(page.locator("#state-busy")).to_have_text("2")
+        await page_matches_counts()
+        await expect(page.locator("#count-unresolved")).to_have_text("3")
+        gate.touch()
+        with anyio.fail_after(60):
+            assert all([(await task).status == "success" for task in held])
+        failed = await crew.push(fail, name=SCRIPT_NAME)
+        assert failed.status == "error"
+        await crew.map(square, range(5))
+        await page_matches_counts()
+        await expect(page.locator("#status-success")).to_have_text("8")
+        await expect(page.locator("#status-error")).to_have_text("1")
+
+        # User data shows as text: no element, no script, no dialog.
+        failure = page.locator("#failures tbody tr").first
+        await expect(failure.locator("td").first).to_have_text(SCRIPT_NAME)
+        await expect(failure).to_contain_text("ValueError: bad input <b>not bold</b>")
+        await expect(page.locator("#launcher-errors tbody tr")).to_contain_text(
+            "quota exceeded <img src=x onerror=alert(2)>"
+        )
+        assert await page.locator("script").count() == 1  # the page's own
+        assert await page.locator("#failures b, #launcher-errors img").count() == 0
+        await expect(page.locator("#workers tbody tr").first).to_be_visible()
+
+        screenshot = tmp_path / "dashboard.png"
+        await page.screenshot(path=str(screenshot), full_page=True)
+        assert screenshot.stat().st_size > 10_000
+        if os.environ.get("BATCHCREW_DOCS_SCREENSHOT"):
+            shutil.copyfile(screenshot, DOCS_SCREENSHOT)  # the picture in docs/observing.md
+        assert dialogs == []
+
+
+@pytest.mark.timeout(180)
+async def test_a_group_page_adds_its_controllers_up_or_shows_one(
+    controller_group: MakeGroup,
+) -> None:
+    small = bc.Controller("small", 1, seconds_heartbeat=5.0)
+    big = bc.Controller("big", 1, seconds_heartbeat=5.0)
+    group = await controller_group(small, big)
+    await group.map(square, range(3), controller="big")
+    await group.map(square, range(2), controller="small")
+    assert (await group.push(fail, name="broken", controller="small")).status == "error"
+    url = await group.serve_dashboard()
+    async with browser_page(url) as (page, dialogs):
+        from playwright.async_api import expect
+
+        await expect(page.locator("#choice")).to_be_visible()
+        await expect(page.locator("#count-tasks")).to_have_text("6")  # all, added up
+        await expect(page.locator("#status-error")).to_have_text("1")
+        await expect(page.locator("#workers th").first).to_have_text("controller")
+        await expect(page.locator("#failures tbody td").first).to_have_text("small")
+        await page.select_option("#controller", "big")
+        await expect(page.locator("#count-tasks")).to_have_text("3")
+        await expect(page.locator("#status-error")).to_have_text("0")
+        await expect(page.locator("#workers th").first).to_have_text("worker")
+        await expect(page.locator("#failures tbody tr")).to_have_count(0)
+        await page.select_option("#controller", "small")
+        await expect(page.locator("#count-tasks")).to_have_text("3")
+        await expect(page.locator("#failures tbody td").first).to_have_text("broken")
+        assert dialogs == []
