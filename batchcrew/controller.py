@@ -912,9 +912,11 @@ class Controller:
         # Imported here: the dashboard and its web server are loaded only by those who ask.
         from batchcrew import dashboard
 
-        self._check_running()
-        group = self._group
-        assert group is not None
+        runner, group = self._runner, self._group
+        if self._state != "running" or runner is None or runner.done() or group is None:
+            self._check_running()  # not started, closed, or stopped on an error: say which
+            raise ControllerClosedError(f"controller {self.name!r} is starting: await start()")
+        # Even once launching has broken: the page shows why.
         url: str = await group.start(dashboard._serve, controllers, host, port)
         return url
 

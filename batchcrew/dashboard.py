@@ -47,13 +47,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def snapshot(view: Controller | ControllerGroup | Sequence[Controller]) -> dict[str, Any]:
-    """The dashboard's state of a controller, or of each controller of a group (or a list of
-    controllers), as a dict ready
-    for `json.dumps`: `time` (seconds since the epoch) and `controllers`, one dict each with
-    `name`, `state`, `launcher`, `counts` (as `Controller.counts()`), `queued`, `launching`,
-    `launches`, `launch_failures`, `workers_by_state`, `workers` (the live ones and the last
-    gone, at most a few hundred rows), `workers_total`, `failures` (recent failed results, the
-    newest first) and `launcher_errors` (the newest first).
+    """The dashboard's state of a controller, or of each controller of a group (or of a list),
+    as a dict ready for `json.dumps`: `time` (seconds since the epoch) and `controllers`, one
+    dict each with `name`, `state` ("new", "running", "closed"), `launcher`, `max_workers`,
+    `counts` (as `Controller.counts()`), `queued`, `launching`, `launches`,
+    `launch_failures`, `workers_by_state`, `workers` (rows of `Controller.workers()`, times in
+    seconds since the epoch: the live ones, then the last gone, a few hundred at most),
+    `workers_total`, `failures` (recent failed results, the newest first) and
+    `launcher_errors` (the newest first). Long errors are cut to 1,000 characters.
 
     Reads running state only (counters, the workers' records, two short queues): a pass over
     the live workers at most, never over the tasks.

@@ -177,6 +177,24 @@ async def test_serve_dashboard_needs_a_running_controller() -> None:
     assert dashboard.snapshot(crew)["controllers"][0]["state"] == "closed"
 
 
+class BrokenLauncher(bc.LocalLauncher):
+    """A launcher (public contract) that never launches."""
+
+    async def launch(self, request: bc.LaunchRequest) -> None:
+        raise RuntimeError("no such job queue")
+
+
+async def test_the_dashboard_shows_why_launching_broke(controller: MakeController) -> None:
+    crew = await controller(workers=1, launcher=BrokenLauncher(), launch_failures_max=1)
+    with pytest.raises(bc.LaunchError):
+        await crew.push(square, 2)
+    url = await crew.serve_dashboard()  # when it is most needed
+    async with httpx.AsyncClient(timeout=10) as client:
+        (mine,) = (await get_state(client, url + "state.json"))["controllers"]
+    assert mine["launch_failures"] == 1
+    assert mine["launcher_errors"][0]["why"] == "RuntimeError: no such job queue"
+
+
 async def test_a_group_serves_one_page_for_its_controllers(controller_group: MakeGroup) -> None:
     small = bc.Controller("small", 1, seconds_heartbeat=5.0)
     big = bc.Controller("big", 1, seconds_heartbeat=5.0)
