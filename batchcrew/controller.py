@@ -899,7 +899,8 @@ class Controller:
         workers by state and the workers table, recent failures and the launcher's errors.
         It is read-only and has no authentication: it listens on loopback unless `host` says
         otherwise (then it logs a WARNING). `port` 0 picks a free port. Each call serves
-        another page. To mount it in a web app instead, see `batchcrew.dashboard.asgi_app`.
+        another page. It serves even once launching has broken, to show why. To mount it in a
+        web app instead, see `batchcrew.dashboard.asgi_app`.
 
         Raises `ControllerClosedError` before start or after close, OSError if it cannot
         listen on `host`:`port`, and ValueError for a bad `host` or `port`.
