@@ -417,14 +417,13 @@ class Controller:
     async def _dispatch(
         self, group: anyio.abc.TaskGroup, *, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
-        """Run the dispatcher; once it stops, what else runs in the controller's task group
-        (a dashboard) stops too."""
+        """Run the dispatcher; once it has stopped, what else runs in the controller's task
+        group (a dashboard) stops too. (If it fails, the group is cancelled by the error; and
+        before it has started, nothing else runs there.)"""
         dispatcher = self._dispatcher
         assert dispatcher is not None
-        try:
-            await dispatcher.run(task_status=task_status)
-        finally:
-            group.cancel_scope.cancel()
+        await dispatcher.run(task_status=task_status)
+        group.cancel_scope.cancel()
 
     async def aclose(self, seconds_grace: float = 5.0) -> None:
         """Stop every worker and resolve every unresolved task as "cancel". Idempotent.
