@@ -143,9 +143,71 @@ class _FunctionCache:
         return function
 
 
+# Text a worker sends about a task (an error, a traceback, a warning) is cut to these lengths,
+# so that a task with a huge message cannot push its report over max_message_size.
+_TEXT_MAX = 100_000
+_WARNING_MAX = 10_000
+_WARNINGS_MAX = 1_000
+
+
 def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    """`Type: message` for an exception. It never raises: a task's exception may have a
+    `__str__` that raises, recurses or returns megabytes, and it must not end the worker."""
+    name = _type_name(error)
+    try:
+        text = _cut(str(error), _TEXT_MAX)
+    except BaseException as failure:
+        return f"{name} (its message cannot be shown: str() of it raised {_type_name(failure)})"
+    return f"{name}: {text}" if text else name
+
+
+def _trace(error: BaseException) -> str:
+    """The formatted traceback of `error`, cut to `_TEXT_MAX`; it never raises."""
+    try:
+        return _cut("".join(traceback.format_exception(error)), _TEXT_MAX)
+    except BaseException as failure:
+        return (
+            f"(the traceback of this {_type_name(error)} cannot be shown: formatting it raised "
+            f"{_type_name(failure)})"
+        )
+
+
+def _warning_texts(caught: Sequence[warnings.WarningMessage]) -> tuple[str, ...]:
+    """`Category: message` for each warning a task issued (the first `_WARNINGS_MAX`); it never
+    raises, whatever the warning's message does when made into text."""
+    texts = []
+    for item in caught[:_WARNINGS_MAX]:
+        category = _class_name(item.category)
+        try:
+            texts.append(f"{category}: {_cut(str(item.message), _WARNING_MAX)}")
+        except BaseException as failure:
+            texts.append(
+                f"{category} (its message cannot be shown: str() of it raised "
+                f"{_type_name(failure)})"
+            )
+    if len(caught) > _WARNINGS_MAX:
+        texts.append(f"... and {len(caught) - _WARNINGS_MAX} more warning(s), not kept")
+    return tuple(texts)
+
+
+def _type_name(value: object) -> str:
+    return _class_name(type(value))
+
+
+def _class_name(cls: type) -> str:
+    # A class's __name__ can come from its metaclass, which is the task's own code too.
+    try:
+        return str.__str__(cls.__name__)
+    except BaseException:
+        return "object"
+
+
+def _cut(text: str, limit: int) -> str:
+    # str() may return a subclass of str whose methods are the task's own: take a plain copy.
+    text = str.__str__(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit:,} more characters cut]"
 
 
 class _Usage:
@@ -389,7 +451,7 @@ class Runner:
             if inspect.isawaitable(value):
                 self._await(value, None)
         except BaseException as error:
-            return protocol.Ready(_describe(error), "".join(traceback.format_exception(error)))
+            return protocol.Ready(_describe(error), _trace(error))
         return protocol.Ready()
 
     def run(self, task: protocol.Task) -> protocol.Outcome:
@@ -419,7 +481,7 @@ class Runner:
                 "error",
                 time.perf_counter() - start,
                 error=f"the task could not be unpickled on the worker: {_describe(error)}",
-                trace=traceback.format_exc(),
+                trace=_trace(error),
             )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -449,11 +511,13 @@ class Runner:
             seeding.end()
         seconds = time.perf_counter() - start
         rss, peak, cpu = self.usage.task_ends(seconds)
-        messages = tuple(f"{item.category.__name__}: {item.message}" for item in caught)
+        # From here on, everything that turns the task's exception, result or warnings into
+        # text or bytes is guarded: nothing a task raises, returns or warns ends its worker.
+        messages = _warning_texts(caught)
         if running.interrupt is not None:
             # Interrupted: however the task ended (it may have caught the interruption and
             # returned), it resolves as cancelled or timed out.
-            trace = None if failure is None else "".join(traceback.format_exception(failure))
+            trace = None if failure is None else _trace(failure)
             return protocol.Outcome(
                 task.task_id,
                 "error",
@@ -471,7 +535,7 @@ class Runner:
                 "error",
                 seconds,
                 error=_describe(failure),
-                trace="".join(traceback.format_exception(failure)),
+                trace=_trace(failure),
                 warnings=messages,
                 memory=peak,
                 rss=rss,
@@ -485,7 +549,7 @@ class Runner:
                 "error",
                 seconds,
                 error=f"the task's result cannot be pickled: {_describe(error)}",
-                trace=traceback.format_exc(),
+                trace=_trace(error),
                 warnings=messages,
                 memory=peak,
                 rss=rss,

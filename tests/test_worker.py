@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import zmq
 
 import batchcrew as bc
 from batchcrew import protocol
+from batchcrew.testing.pytest_plugin import MakeController
 from batchcrew.worker import EXIT_LOST, EXIT_SETUP, EXIT_STUCK, WorkerSettings
 
 
@@ -481,3 +483,152 @@ def test_a_seeded_task_seeds_random_and_numpy_and_sees_its_seed(
 def test_task_seed_outside_a_task_says_where_it_works() -> None:
     with pytest.raises(bc.BatchcrewError, match="only inside a task running on a batchcrew"):
         bc.task_seed()
+
+
+# -- nothing a task raises, returns or warns ends its worker ---------------------------------
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot be shown: its __str__ raises another of its kind."""
+
+    def __str__(self) -> str:
+        raise Unprintable()
+
+
+class Recursive(Exception):
+    def __str__(self) -> str:
+        return str(self)
+
+
+class UnpicklableResult:
+    def __reduce__(self) -> tuple[object, ...]:
+        raise Unprintable()
+
+
+class UnprintableWarning(UserWarning):
+    def __str__(self) -> str:
+        raise Unprintable()
+
+
+class UnprintableMessage:
+    """A warning message that is no Warning: warnings.warn takes it, and str() of it raises."""
+
+    def __str__(self) -> str:
+        raise Unprintable()
+
+    def __hash__(self) -> int:
+        return 0
+
+
+class Lying(str):
+    """A str() result whose own methods raise."""
+
+    def __len__(self) -> int:
+        raise Unprintable()
+
+
+class LyingMessage(Exception):
+    def __str__(self) -> str:
+        return Lying("a message that lies about its length")
+
+
+def raise_unprintable() -> None:
+    raise Unprintable()
+
+
+def return_unpicklable() -> UnpicklableResult:
+    return UnpicklableResult()
+
+
+def warn_unprintable() -> None:
+    warnings.warn(UnprintableWarning(), stacklevel=1)
+
+
+def raise_recursive() -> None:
+    raise Recursive()
+
+
+def raise_huge() -> None:
+    raise ValueError("x" * 10_000_000)
+
+
+def raise_lying() -> None:
+    raise LyingMessage()
+
+
+def warn_unprintable_message() -> int:
+    warnings.warn(UnprintableMessage(), stacklevel=1)  # type: ignore[call-overload]
+    return 7
+
+
+def warn_a_lot() -> int:
+    for number in range(5000):
+        warnings.warn(f"warning {number}", stacklevel=1)
+    return 8
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+async def test_no_exception_result_or_warning_of_a_task_ends_its_worker(
+    controller: MakeController,
+) -> None:
+    # crashes_max=0: a task that ended its worker would resolve "crash" at once.
+    crew = await controller(workers=1, crashes_max=0)
+    first = await crew.push(pid)
+    cases = {
+        raise_unprintable: "Unprintable (its message cannot be shown: str() of it raised "
+        "Unprintable)",
+        return_unpicklable: "the task's result cannot be pickled: Unprintable (its message "
+        "cannot be shown: str() of it raised Unprintable)",
+        warn_unprintable: "Unprintable (its message cannot be shown: str() of it raised "
+        "Unprintable)",
+        raise_recursive: "Recursive (its message cannot be shown: str() of it raised "
+        "RecursionError)",
+        raise_lying: "LyingMessage: a message that lies about its length",
+    }
+    for function, error in cases.items():
+        result = await crew.push(function)
+        assert (result.status, result.error) == ("error", error), function.__name__
+        assert result.trace, function.__name__
+        assert result.worker == first.worker
+    huge = await crew.push(raise_huge)
+    assert huge.status == "error"
+    assert huge.error is not None
+    assert huge.error.startswith("ValueError: xxx")
+    assert huge.error.endswith("... [9,900,000 more characters cut]")
+    assert huge.trace is not None
+    assert len(huge.trace) < 200_000
+    # A warning that cannot be shown is named as such; the task's result stands.
+    warned = await crew.push(warn_unprintable_message)
+    assert (warned.status, warned.result) == ("success", 7)
+    assert warned.warnings == (
+        "UserWarning (its message cannot be shown: str() of it raised Unprintable)",
+    )
+    many = await crew.push(warn_a_lot)
+    assert (many.status, many.result) == ("success", 8)
+    assert len(many.warnings) == 1001
+    assert many.warnings[-1] == "... and 4000 more warning(s), not kept"
+    last = await crew.push(pid)
+    assert (last.result, last.worker) == (first.result, first.worker)  # the same process
+    assert crew.summary()["crash"][0] == 0
+
+
+def test_an_initializer_raising_an_unprintable_exception_is_reported_clearly(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L")
+    identity, _ = receive(sock)
+    setup = protocol.dump_setup(raise_unprintable, ())
+    sock.send_multipart([identity, *protocol.encode(setup)])
+    _, ready = receive(sock)
+    assert isinstance(ready, protocol.Ready)
+    message = "Unprintable (its message cannot be shown: str() of it raised Unprintable)"
+    assert ready.error == message
+    assert ready.trace is not None
+    assert "raise_unprintable" in ready.trace
+    code, errors = finish(process)
+    assert code == EXIT_SETUP
+    assert f"its initializer raised {message}" in errors
