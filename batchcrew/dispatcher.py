@@ -39,6 +39,7 @@ _BATCH = 256  # messages handled before other tasks get a turn
 _SECONDS_BATCH = 0.002  # or this long: a flood of results never holds the loop for longer
 _DROPS_LOGGED = 100  # messages from unknown peers logged at WARNING; the rest at DEBUG
 _SECONDS_CALLS_MAX = 120.0  # at close, the longest wait for launch calls under way
+_SECONDS_EXIT_REPORT = 1.0  # after a local worker disconnects, the wait for its exit report
 # Plain ints: pyzmq's flag enums cost more to combine than the send itself.
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -634,11 +635,28 @@ class Dispatcher:
             self._owed[fd] = owed - 1
             return
         identity = self._fds.pop(fd, None)
-        if identity is not None and self.scheduler.knows(identity):
-            logger.warning("worker %s disconnected", _name(identity))
-            reason = "its connection closed (its process or machine died, or the network failed)"
-            self._apply(self.scheduler.lost(identity, time.monotonic(), clean=False, reason=reason))
-            self._notify()
+        if identity is None or not self.scheduler.knows(identity):
+            return
+        if self.launcher.remote or self._group is None:
+            self._disconnected(identity)
+            return
+        # A local worker's connection closes as its process ends, a moment before the launcher
+        # reaps it and reports its exit code or signal: wait that moment, so that the crash
+        # reason says how the process ended. (Remote launchers learn it only when they poll.)
+        self._group.start_soon(self._await_exit, identity)
+
+    async def _await_exit(self, identity: bytes) -> None:
+        with anyio.move_on_after(_SECONDS_EXIT_REPORT):
+            while self.scheduler.knows(identity):
+                await self._changed.wait()
+        if self.scheduler.knows(identity):
+            self._disconnected(identity)
+
+    def _disconnected(self, identity: bytes) -> None:
+        logger.warning("worker %s disconnected", _name(identity))
+        reason = "its connection closed (its process or machine died, or the network failed)"
+        self._apply(self.scheduler.lost(identity, time.monotonic(), clean=False, reason=reason))
+        self._notify()
 
     def _forget_fd(self, identity: bytes) -> None:
         for fd, owner in list(self._fds.items()):

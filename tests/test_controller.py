@@ -372,9 +372,24 @@ async def test_a_task_crashing_more_than_crashes_max_resolves_as_crash(
     assert result.status == "crash"
     assert result.error is not None
     assert "died 1 time(s)" in result.error
-    assert "signal 9" in result.error or "connection closed" in result.error
+    assert "was killed by SIGKILL, signal 9" in result.error  # not just "its connection closed"
     assert "crashes_max=0" in result.error
     assert (await crew.push(add, 1, 1)).result == 2  # a new worker takes over
+
+
+def exit_now(code: int) -> None:
+    os._exit(code)
+
+
+async def test_a_crash_reason_says_how_the_worker_process_ended(
+    controller: MakeController,
+) -> None:
+    crew = await controller(workers=1, crashes_max=1)
+    result = await crew.push(exit_now, 1)
+    assert result.status == "crash"
+    assert result.error is not None
+    assert result.error.startswith("the worker running this task died 2 time(s), the last time ")
+    assert result.error.endswith(" exited with code 1; crashes_max=1")
 
 
 # -- life cycle ------------------------------------------------------------------------------

@@ -78,10 +78,7 @@ class LocalLauncher(Launcher):
         code = await process.wait()
         self._processes.pop((launch, index), None)
         if not self._closing:
-            reason = f"the worker process {process.pid} exited with code {code}"
-            if code < 0:
-                reason = f"the worker process {process.pid} was killed by signal {-code}"
-            self.report(WorkerExit(launch, index, code, reason))
+            self.report(WorkerExit(launch, index, code, _how_it_ended(process.pid, code)))
 
     async def terminate(self, launch: str, indexes: Sequence[int] | None = None) -> None:
         """SIGTERM the chosen workers, then SIGKILL those still alive after the grace period."""
@@ -108,6 +105,16 @@ class LocalLauncher(Launcher):
                 logger.warning("worker process %d ignored SIGTERM; killing it", process.pid)
                 _signal_group(process, signal.SIGKILL)
                 await process.wait()
+
+
+def _how_it_ended(pid: int, code: int) -> str:
+    if code >= 0:
+        return f"the worker process {pid} exited with code {code}"
+    try:
+        name = f"{signal.Signals(-code).name}, signal {-code}"
+    except ValueError:
+        name = f"signal {-code}"
+    return f"the worker process {pid} was killed by {name}"
 
 
 def _signal_group(process: anyio.abc.Process, signum: int) -> None:
