@@ -37,7 +37,7 @@ logger = logging.getLogger("batchcrew")
 WORKER_COMMAND = ("python", "-m", "batchcrew.worker")
 _BATCH = 256  # messages handled before other tasks get a turn
 _SECONDS_BATCH = 0.002  # or this long: a flood of results never holds the loop for longer
-_DROPS_LOGGED = 100  # messages from unknown peers logged at WARNING; the rest at DEBUG
+_DROPS_LOGGED = 100  # unknown peers' and late messages logged at WARNING; the rest at DEBUG
 _SECONDS_CALLS_MAX = 120.0  # at close, the longest wait for launch calls under way
 _SECONDS_EXIT_REPORT = 1.0  # after a local worker disconnects, the wait for its exit report
 # Plain ints: pyzmq's flag enums cost more to combine than the send itself.
@@ -121,6 +121,12 @@ class Dispatcher:
         """Messages dropped because they came from a peer this controller does not know."""
         self.tracker = Tracker()
         """Records of the workers, launches and launcher errors, for tables and metrics."""
+        self.late = 0
+        """Messages dropped because they came from a worker of this controller written off
+        earlier (its process was reported dead, its connection closed, or it did not connect
+        in time)."""
+        # Every identity this controller issues starts with its launch ids' prefix.
+        self._own_prefix = f"{self.scheduler.instance}-".encode()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -485,6 +491,9 @@ class Dispatcher:
     def _on_frames(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
         if not self.scheduler.knows(identity):
+            if identity.startswith(self._own_prefix):
+                self._drop_late(identity, frames)
+                return
             # Counted, and logged at WARNING only for the first few: a flood of foreign frames
             # neither fills the log nor grows any state.
             self.dropped += 1
@@ -530,6 +539,40 @@ class Dispatcher:
                 logger.warning(
                     "dropped a %s message from worker %s", type(message).__name__, identity
                 )
+
+    def _drop_late(self, identity: bytes, frames: list[zmq.Frame]) -> None:
+        """A frame from a worker this controller launched and has written off: a result that
+        was on its way when the worker was lost, or one sent once a cut link came back. Its
+        task went back to the queue (or resolved) when the worker was written off, so the
+        task may have run twice; it resolves once all the same. The worker is told to leave
+        (it would otherwise wait for tasks that never come). Counted, and logged at WARNING
+        only for the first few."""
+        self.late += 1
+        self._send(identity, _LEAVE)
+        level = logging.WARNING if self.late <= _DROPS_LOGGED else logging.DEBUG
+        if not logger.isEnabledFor(level):
+            return
+        try:
+            kind, task, _ = protocol.decode_header(frames[1].buffer)
+        except (IndexError, ProtocolError):
+            kind, task = None, 0
+        if kind is protocol.Kind.RESULT:
+            what = (
+                f"the result of task {task} from worker {_name(identity)}, written off earlier: "
+                "that task was retried on another worker (or resolved without this result), "
+                "so it may have run twice; it resolves once (execution is at-least-once, "
+                "resolution exactly-once)"
+            )
+        else:
+            what = f"a message from worker {_name(identity)}, written off earlier"
+        logger.log(
+            level,
+            "dropped %s%s",
+            what,
+            f" (late message {_DROPS_LOGGED}: further ones are counted and logged at DEBUG)"
+            if self.late == _DROPS_LOGGED
+            else "",
+        )
 
     def _on_hello(self, identity: bytes, hello: protocol.Hello, frame: zmq.Frame) -> None:
         if self._keys is not None and frame.get("User-Id") != self.scheduler.launch_of(identity):
@@ -691,6 +734,11 @@ class Dispatcher:
                     continue
             self._clock_at = -math.inf  # ticking now: alarms raised meanwhile need no wake-up
             self._apply(self.scheduler.tick(time.monotonic()))
+
+
+_LEAVE = protocol.encode(
+    protocol.Stop("this worker was written off earlier (lost too long): its tasks went elsewhere")
+)
 
 
 def _version_refusal(hello: protocol.Hello) -> str | None:
