@@ -21,6 +21,9 @@ class LocalLauncher(Launcher):
 
     `log_dir`: write each worker's stdout and stderr to `<log_dir>/<launch>-<index>.log`
     instead of the controller's own. `python`: the interpreter to run (default: this one).
+    `prefix`: words run before the worker's command, a program that runs the rest of the
+    command line as its own (`("nice", "-n", "10")`, `("taskset", "-c", "1")`, or
+    `("ip", "netns", "exec", "other")` for a worker in another network namespace).
     `seconds_terminate`: how long a worker gets to exit after SIGTERM before SIGKILL.
     """
 
@@ -31,11 +34,17 @@ class LocalLauncher(Launcher):
         *,
         log_dir: str | os.PathLike[str] | None = None,
         python: str = sys.executable,
+        prefix: Sequence[str] = (),
         seconds_terminate: float = 2.0,
     ) -> None:
         super().__init__()
+        if isinstance(prefix, str) or not all(isinstance(word, str) for word in prefix):
+            raise TypeError(
+                f"prefix must be a sequence of strings such as ('nice', '-n', '10'), not {prefix!r}"
+            )
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.python = python
+        self.prefix = tuple(prefix)
         self.seconds_terminate = seconds_terminate
         self._processes: dict[tuple[str, int], anyio.abc.Process] = {}
         self._closing = False
@@ -47,7 +56,8 @@ class LocalLauncher(Launcher):
 
     async def launch(self, request: LaunchRequest) -> None:
         """Start one process per worker of `request`."""
-        command = (self.python, *request.command[1:]) if request.command else (self.python,)
+        worker = (self.python, *request.command[1:]) if request.command else (self.python,)
+        command = (*self.prefix, *worker)
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         for index in range(request.count):
