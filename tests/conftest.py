@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import psutil
 import pytest
 import zmq
 
 import batchcrew as bc
-from batchcrew.testing.pytest_plugin import MakeController
+from batchcrew.testing.pytest_plugin import MakeController, _close_controllers
+from tests.netns import Host, other_hosts
 
 __all__ = ["MakeController", "RecordingLauncher", "children"]
 
@@ -20,15 +22,21 @@ pytest_plugins = ["pytester"]
 
 
 class RecordingLauncher(bc.LocalLauncher):
-    """A launcher plugin written against the public contract: it records each request."""
+    """A launcher plugin written against the public contract: it records each request, and
+    each worker exit it reports (`time.monotonic()` and how), written-off workers' included."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.requests: list[bc.LaunchRequest] = []
+        self.exits: list[tuple[float, bc.WorkerExit]] = []
 
     async def launch(self, request: bc.LaunchRequest) -> None:
         self.requests.append(request)
         await super().launch(request)
+
+    def report(self, exit: bc.WorkerExit) -> None:
+        self.exits.append((time.monotonic(), exit))
+        super().report(exit)
 
 
 @pytest.fixture
@@ -37,6 +45,20 @@ def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     yield context
     context.destroy(linger=0)
+
+
+@pytest.fixture
+async def hosts(request: pytest.FixtureRequest) -> AsyncIterator[list[Host]]:
+    """Two other hosts for workers: network namespaces joined to the test's by veth pairs
+    (tests/netns.py), removed after the test. Skips the test where they cannot be made.
+
+    The test's controllers close first, whatever order the test names the fixtures in: their
+    workers must still hear the controller tell them to leave."""
+    with other_hosts(2) as made:
+        try:
+            yield made
+        finally:
+            await _close_controllers(request)
 
 
 @pytest.fixture(scope="session")
