@@ -545,17 +545,16 @@ class Dispatcher:
         was on its way when the worker was lost, or one sent once a cut link came back. Its
         task went back to the queue (or resolved) when the worker was written off, so the
         task may have run twice; it resolves once all the same. The worker is told to leave
-        (it would otherwise wait for tasks that never come). Counted, and logged at WARNING
-        only for the first few."""
+        (it would otherwise wait for tasks that never come). Counted; the first few logged, a
+        result at WARNING (its task may have run twice), another message at INFO."""
         self.late += 1
-        self._send(identity, _LEAVE)
-        level = logging.WARNING if self.late <= _DROPS_LOGGED else logging.DEBUG
-        if not logger.isEnabledFor(level):
-            return
         try:
             kind, task, _ = protocol.decode_header(frames[1].buffer)
         except (IndexError, ProtocolError):
             kind, task = None, 0
+        if kind is not protocol.Kind.BYE:
+            self._send(identity, _LEAVE)
+        level = logging.WARNING if self.late <= _DROPS_LOGGED else logging.DEBUG
         if kind is protocol.Kind.RESULT:
             what = (
                 f"the result of task {task} from worker {_name(identity)}, written off earlier: "
@@ -564,6 +563,8 @@ class Dispatcher:
                 "resolution exactly-once)"
             )
         else:
+            # A goodbye, a hello: nothing ran twice for it.
+            level = min(level, logging.INFO)
             what = f"a message from worker {_name(identity)}, written off earlier"
         logger.log(
             level,
@@ -679,6 +680,12 @@ class Dispatcher:
             return
         identity = self._fds.pop(fd, None)
         if identity is None or not self.scheduler.knows(identity):
+            return
+        # Its last frames (a result, a goodbye) reached the socket before its disconnect was
+        # signalled, but may not have been read yet: read them first.
+        if self._router is not None:
+            self._drain(self._router)
+        if not self.scheduler.knows(identity):
             return
         if self.launcher.remote or self._group is None:
             self._disconnected(identity)

@@ -70,7 +70,8 @@ async def test_a_late_result_of_a_written_off_worker_is_dropped_as_such_and_it_i
     assert "unknown peer" not in caplog.text
     late = [r for r in caplog.records if "written off earlier" in r.getMessage()]
     assert len(late) == 120
-    assert [r.levelno for r in late] == [logging.WARNING] * 100 + [logging.DEBUG] * 20
+    levels = [r.levelno for r in late]  # a result may have run twice; a hello is no harm
+    assert levels == [logging.WARNING] + [logging.INFO] * 99 + [logging.DEBUG] * 20
     name = lost_identity.decode()
     assert late[0].getMessage() == (
         f"dropped the result of task {lost_task.task_id} from worker {name}, written off "
