@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,10 +13,11 @@ import pytest
 import zmq
 
 import batchcrew as bc
+from batchcrew.dispatcher import Resolution
 from batchcrew.testing.pytest_plugin import MakeController, _close_controllers
 from tests.netns import Host, other_hosts
 
-__all__ = ["MakeController", "RecordingLauncher", "children"]
+__all__ = ["MakeController", "RecordingLauncher", "children", "watch_resolutions"]
 
 # The `pytester` fixture, for tests of the pytest plugin that run a test file of their own.
 pytest_plugins = ["pytester"]
@@ -37,6 +39,23 @@ class RecordingLauncher(bc.LocalLauncher):
     def report(self, exit: bc.WorkerExit) -> None:
         self.exits.append((time.monotonic(), exit))
         super().report(exit)
+
+
+def watch_resolutions(crew: bc.Controller) -> Counter[int]:
+    """Count, by task id, every resolution the started controller's dispatcher hands it (the
+    controller would absorb a second one silently, so this is where a double shows): a spy
+    that passes each one on."""
+    dispatcher = crew._dispatcher
+    assert dispatcher is not None
+    counts: Counter[int] = Counter()
+    resolve = dispatcher._resolve
+
+    def spy(resolution: Resolution) -> None:
+        counts[resolution.task] += 1
+        resolve(resolution)
+
+    dispatcher._resolve = spy
+    return counts
 
 
 @pytest.fixture

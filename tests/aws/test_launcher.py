@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import polars as pl
 import pytest
 from aiobotocore.session import get_session
 
@@ -20,6 +21,7 @@ from batchcrew import aws
 from batchcrew.aws.launcher import TAG
 from batchcrew.testing import LocalBatch, LocalBatchOptions
 from batchcrew.testing.pytest_plugin import MakeController
+from tests.conftest import watch_resolutions
 
 FINISHED = {"SUCCEEDED", "FAILED"}
 
@@ -259,6 +261,50 @@ async def test_throttled_submissions_are_retried(local_batch: LocalBatch) -> Non
         if request.operation == "SubmitJob" and request.error == "TooManyRequestsException"
     ]
     assert throttled, "the seed makes some SubmitJob calls throttled"
+
+
+WEATHER = LocalBatchOptions(throttle_rate=0.2, fault_rate=0.05, latency={"SubmitJob": 1.0}, seed=42)
+
+
+def double_or_die_once(x: int, markers: str) -> int:
+    """Double `x`; but the first time it is asked for a multiple of 500, end the worker."""
+    marker = Path(markers, str(x))
+    if x % 500 == 0 and not marker.exists():
+        marker.touch()
+        os._exit(1)
+    return 2 * x
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("local_batch_options", [WEATHER])
+async def test_2000_tasks_on_20_workers_through_throttling_and_server_errors(
+    local_batch: LocalBatch, tmp_path: Path
+) -> None:
+    """A fifth of the Batch calls throttled, a twentieth failing with a server error, and a
+    second per SubmitJob. Four workers die during the run, so replacements are submitted
+    through the same weather while tasks flow."""
+    options = options_for(local_batch)
+    controller = aws.batch_controller(name="weather", workers=20, options=options)
+    async with controller:
+        resolutions = watch_resolutions(controller)
+        frame = await controller.map(double_or_die_once, range(2000), [str(tmp_path)] * 2000)
+    assert frame["result"].to_list() == [2 * i for i in range(2000)]
+    assert frame["status"].to_list() == ["success"] * 2000
+    assert len(resolutions) == 2000
+    assert set(resolutions.values()) == {1}  # each task resolved exactly once
+    assert len(list(tmp_path.iterdir())) == 4  # four workers died, four tasks were retried
+    calls = local_batch.requests
+    submits = [r for r in calls if r.operation == "SubmitJob" and r.error is None]
+    assert len(submits) >= 2  # workers were replaced during the run
+    errors = {r.error for r in calls if r.error is not None}
+    assert {"TooManyRequestsException", "ServerException"} <= errors
+    monitor = aws.BatchMonitor(local_batch.job_queue, local_batch.job_definition)
+    ours = pl.col("name").str.starts_with("weather-")
+    with anyio.fail_after(20):
+        while (await monitor.active()).filter(ours).height:
+            await anyio.sleep(0.1)
+    assert (await monitor.inactive()).filter(ours).height == len(submits)
+    assert not local_batch.process_ids()
 
 
 async def test_an_unknown_queue_raises_launch_error_instead_of_hanging(
