@@ -1,8 +1,12 @@
-"""The FastAPI example, driven over ASGI with its lifespan running and real local workers."""
+"""The FastAPI example: driven over ASGI with its lifespan running and real local workers, and
+served by a real uvicorn process with AWS Batch workers on LocalBatch, stopped by SIGTERM."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import socket
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -10,9 +14,12 @@ from typing import Any
 
 import anyio
 import httpx
+import polars as pl
 import pytest
 from asgi_lifespan import LifespanManager
 
+from batchcrew import aws
+from batchcrew.testing import LocalBatch
 from tests.conftest import children
 
 EXAMPLE = Path(__file__).parents[1] / "docs" / "examples" / "fastapi_app.py"
@@ -117,3 +124,76 @@ async def test_deleting_a_running_job_interrupts_it_and_frees_its_worker(
             summary = (await client.get("/workers")).json()
             assert (summary["cancel"], summary["success"]) == (1, 1)
             assert summary["workers"] == 1
+
+
+# -- SIGTERM to the server -------------------------------------------------------------------
+
+GRACE = 30.0
+"""What an orchestrator gives a container between SIGTERM and SIGKILL (the default of ECS's
+stopTimeout and of Kubernetes' terminationGracePeriodSeconds)."""
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_to_uvicorn_ends_every_batch_job_within_the_grace_period(
+    local_batch: LocalBatch, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Jobs run with the emulator's environment (this process's): they import the job
+    # function from there. The server and the monitor reach the emulator the standard way.
+    root = Path(__file__).parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(EXAMPLE.parent), str(root)]))
+    for name, value in local_batch.environment().items():
+        monkeypatch.setenv(name, value)
+    environment = {
+        **os.environ,
+        "BATCHCREW_TEST_JOB_QUEUE": local_batch.job_queue,
+        "BATCHCREW_TEST_JOB_DEFINITION": local_batch.job_definition,
+    }
+    listener = socket.create_server(("127.0.0.1", 0))  # handed to uvicorn: no port race
+    port = listener.getsockname()[1]
+    command = [sys.executable, "-m", "uvicorn", "--factory", "tests.batch_app:create_app"]
+    command += ["--fd", str(listener.fileno()), "--timeout-graceful-shutdown", "5"]
+    log = tmp_path / "uvicorn.log"
+    with log.open("wb") as output, listener:
+        server = await anyio.open_process(
+            command,
+            env=environment,
+            cwd=root,
+            stdin=None,
+            stdout=output,
+            stderr=output,
+            pass_fds=[listener.fileno()],
+        )
+    async with server, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        try:
+            with anyio.fail_after(30):
+                while True:
+                    try:
+                        if (await client.get("/workers")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass  # not listening yet
+                    await anyio.sleep(0.05)
+            for name in ("first", "second"):  # minutes of work each, unless ended
+                job = {"draws": 1_000_000_000, "name": name}
+                assert (await client.post("/jobs", json=job)).status_code == 202
+            with anyio.fail_after(30):
+                while (await client.get("/workers")).json()["workers"] < 2:
+                    await anyio.sleep(0.05)
+            monitor = aws.BatchMonitor(local_batch.job_queue, local_batch.job_definition)
+            ours = pl.col("name").str.starts_with("api-")
+            assert (await monitor.active()).filter(ours).height >= 1
+            assert len(local_batch.process_ids()) == 2  # both workers, running their jobs
+            server.send_signal(signal.SIGTERM)
+            with anyio.fail_after(GRACE):
+                await server.wait()
+                # Recent uvicorn shuts down gracefully, then re-raises the signal it caught.
+                assert server.returncode == -signal.SIGTERM
+                while (await monitor.active()).filter(ours).height:
+                    await anyio.sleep(0.05)
+                while local_batch.process_ids():
+                    await anyio.sleep(0.05)
+        finally:
+            if server.returncode is None:
+                server.kill()
+    assert "Application shutdown complete." in log.read_text()
+    assert (await monitor.inactive()).filter(ours).height >= 1
