@@ -37,7 +37,7 @@ logger = logging.getLogger("batchcrew")
 WORKER_COMMAND = ("python", "-m", "batchcrew.worker")
 _BATCH = 256  # messages handled before other tasks get a turn
 _SECONDS_BATCH = 0.002  # or this long: a flood of results never holds the loop for longer
-_DROPS_LOGGED = 100  # unknown peers' and late messages logged at WARNING; the rest at DEBUG
+_DROPS_LOGGED = 100  # messages from unknown peers, and late ones, logged; the rest at DEBUG
 _SECONDS_CALLS_MAX = 120.0  # at close, the longest wait for launch calls under way
 _SECONDS_EXIT_REPORT = 1.0  # after a local worker disconnects, the wait for its exit report
 # Plain ints: pyzmq's flag enums cost more to combine than the send itself.

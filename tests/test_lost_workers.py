@@ -2,7 +2,7 @@
 that fails (tests/netns.py), or frozen by SIGSTOP.
 
 The rules under test: a worker silent for longer than `seconds_heartbeat` is written off and
-its task retried elsewhere; a cut-off worker exits by itself within its heartbeat of that;
+its task retried elsewhere; a cut-off worker exits by itself about a heartbeat after that;
 nothing a written-off worker sends afterwards is accepted; every task resolves exactly once.
 A silence shorter than the heartbeat costs nothing.
 """
