@@ -75,7 +75,11 @@ class Tally:
     pushed: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     wrong: list[str] = field(default_factory=list)
-    resolutions: Counter[int] = field(default_factory=Counter)  # by task id, at the dispatcher
+    # Task ids pushed and not yet resolved where the dispatcher resolves them (the controller
+    # would absorb a second resolution silently); kept to what is in flight, so that this
+    # bookkeeping does not grow the process it measures.
+    unresolved: set[int] = field(default_factory=set)
+    duplicates: int = 0
     kills: int = 0
     freezes: int = 0
     freezes_past_heartbeat: int = 0
@@ -88,10 +92,6 @@ class Tally:
     @property
     def resolved(self) -> int:
         return sum(self.statuses.values())
-
-    @property
-    def duplicates(self) -> int:
-        return sum(count - 1 for count in self.resolutions.values() if count > 1)
 
 
 def check(result: bc.Result, kind: Kind, value: int) -> str | None:
@@ -141,6 +141,7 @@ async def produce(
                 task = crew.push(large, value, name=name)
             else:
                 task = crew.push(long, number, 60.0, name=name)
+            tally.unresolved.add(task.id)
             consumers.start_soon(consume, crew, task, kind, value, tally)
         await anyio.sleep(0.005)
 
@@ -228,7 +229,10 @@ async def soak(args: argparse.Namespace) -> Tally:
         resolve = dispatcher._resolve
 
         def spy(resolution: Resolution) -> None:
-            tally.resolutions[resolution.task] += 1
+            if resolution.task in tally.unresolved:
+                tally.unresolved.discard(resolution.task)
+            else:
+                tally.duplicates += 1  # resolved before
             resolve(resolution)
 
         dispatcher._resolve = spy
@@ -256,7 +260,8 @@ async def soak(args: argparse.Namespace) -> Tally:
 
 
 def report(args: argparse.Namespace, tally: Tally, console: Console) -> bool:
-    lost = tally.pushed - tally.resolved
+    # Not resolved by the dispatcher, or resolved and never handed to the awaiting consumer.
+    lost = max(len(tally.unresolved), tally.pushed - tally.resolved)
     table = Table(title=f"soak: {args.minutes:g} minutes, {args.workers} workers")
     table.add_column("")
     table.add_column("count", justify="right")
