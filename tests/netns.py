@@ -121,6 +121,7 @@ def _make_host() -> Host:
     except RuntimeError as error:
         pytest.skip(f"cannot make a network namespace here: {error}")
     try:
+        _run(*host.prefix, "true")  # `ip netns exec` needs to mount /sys: some containers refuse
         _run("ip", "link", "add", host.outside, "type", "veth", "peer", "name", host.inside)
         _run("ip", "link", "set", host.inside, "netns", host.namespace)
         _run("ip", "addr", "add", f"{host.gateway}/30", "dev", host.outside)
@@ -138,6 +139,9 @@ def _make_host() -> Host:
                     f"add chain inet {_TABLE} {chain} "
                     f"{{ type filter hook {chain} priority 0 ; policy accept ; }}",
                 )
+    except RuntimeError as error:
+        _remove_host(host)
+        pytest.skip(f"cannot join a network namespace to this one here: {error}")
     except BaseException:
         _remove_host(host)
         raise
