@@ -687,19 +687,18 @@ class Dispatcher:
             self._drain(self._router)
         if not self.scheduler.knows(identity):
             return
-        if self.launcher.remote or self._group is None:
+        if self.launcher.remote or self._loop is None:
             self._disconnected(identity)
             return
         # A local worker's connection closes as its process ends, a moment before the launcher
         # reaps it and reports its exit code or signal: wait that moment, so that the crash
         # reason says how the process ended. (Remote launchers learn it only when they poll.)
-        self._group.start_soon(self._await_exit, identity)
+        self._loop.call_later(_SECONDS_EXIT_REPORT, self._exit_report_late, identity)
 
-    async def _await_exit(self, identity: bytes) -> None:
-        with anyio.move_on_after(_SECONDS_EXIT_REPORT):
-            while self.scheduler.knows(identity):
-                await self._changed.wait()
-        if self.scheduler.knows(identity):
+    def _exit_report_late(self, identity: bytes) -> None:
+        # Still known: no exit report came in time (a frozen process, a worker that closed
+        # its socket and lingers). Written off as a lost connection, unless the run is over.
+        if self._router is not None and self.scheduler.knows(identity):
             self._disconnected(identity)
 
     def _disconnected(self, identity: bytes) -> None:
