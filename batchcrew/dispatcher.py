@@ -40,6 +40,7 @@ _SECONDS_BATCH = 0.002  # or this long: a flood of results never holds the loop 
 _DROPS_LOGGED = 100  # messages from unknown peers, and late ones, logged; the rest at DEBUG
 _SECONDS_CALLS_MAX = 120.0  # at close, the longest wait for launch calls under way
 _SECONDS_EXIT_REPORT = 1.0  # after a local worker disconnects, the wait for its exit report
+_HEARTBEATS_LINGER = 3  # a remote worker written off and not reported gone by then is ended
 # Plain ints: pyzmq's flag enums cost more to combine than the send itself.
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -121,6 +122,7 @@ class Dispatcher:
         """Messages dropped because they came from a peer this controller does not know."""
         self.tracker = Tracker()
         """Records of the workers, launches and launcher errors, for tables and metrics."""
+        self._lingering: dict[bytes, asyncio.TimerHandle] = {}  # remote workers written off
         self.late = 0
         """Messages dropped because they came from a worker of this controller written off
         earlier (its process was reported dead, its connection closed, or it did not connect
@@ -201,6 +203,9 @@ class Dispatcher:
         if self._context is not None:
             self._context.term()
         self._router = self._monitor = self._zap = self._context = None
+        for lingering in self._lingering.values():
+            lingering.cancel()  # the launcher ends whatever is left as it closes
+        self._lingering.clear()
 
     async def close(self, seconds_grace: float) -> None:
         """Stop the workers and cancel (interrupting) every unresolved task; let launch calls
@@ -693,6 +698,7 @@ class Dispatcher:
         # A local worker's connection closes as its process ends, a moment before the launcher
         # reaps it and reports its exit code or signal: wait that moment, so that the crash
         # reason says how the process ended. (Remote launchers learn it only when they poll.)
+        self.scheduler.cut(identity)
         self._loop.call_later(_SECONDS_EXIT_REPORT, self._exit_report_late, identity)
 
     def _exit_report_late(self, identity: bytes) -> None:
@@ -706,6 +712,20 @@ class Dispatcher:
         reason = "its connection closed (its process or machine died, or the network failed)"
         self._apply(self.scheduler.lost(identity, time.monotonic(), clean=False, reason=reason))
         self._notify()
+        if self.launcher.remote and self._loop is not None:
+            # Cut off by the network, it leaves by itself within about a heartbeat; hung (its
+            # machine stalled, its process stopped), it never would, and its job would bill
+            # on. Unless its exit is reported by then, the launcher ends it.
+            self._lingering[identity] = self._loop.call_later(
+                _HEARTBEATS_LINGER * self.network.seconds_heartbeat, self._end_lingering, identity
+            )
+
+    def _end_lingering(self, identity: bytes) -> None:
+        if self._lingering.pop(identity, None) is not None and self._router is not None:
+            beats = f"{_HEARTBEATS_LINGER} x seconds_heartbeat"
+            reason = f"written off, and not gone {beats} later (hung, or cut off)"
+            logger.warning("ending worker %s: %s", _name(identity), reason)
+            self._background(self._end_worker, identity, reason)
 
     def _forget_fd(self, identity: bytes) -> None:
         for fd, owner in list(self._fds.items()):
@@ -714,6 +734,9 @@ class Dispatcher:
 
     def _on_exit(self, exit: WorkerExit) -> None:
         identity = f"{exit.launch}:{exit.index}".encode()
+        lingering = self._lingering.pop(identity, None)
+        if lingering is not None:
+            lingering.cancel()  # written off, and gone now: nothing to end
         if not self.scheduler.knows(identity):
             return
         # Its last frames (a result, a goodbye) may still wait in the socket: read them first.

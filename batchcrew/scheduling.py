@@ -182,6 +182,7 @@ class _Worker:
     greeted: bool = False  # said hello: being set up
     connected: bool = False  # set up and ready for tasks
     leaving: bool = False
+    cut: bool = False  # its connection closed: it gets no task, and is lost soon
     assigned: deque[int] = field(default_factory=deque)
     sent: int = 0
     head_since: float = 0.0  # when assigned[0] became the task the worker runs
@@ -554,6 +555,15 @@ class Scheduler:
         self._scale(now, decisions)
         return decisions
 
+    def cut(self, identity: bytes) -> None:
+        """A worker's connection closed, and the report of how its process ended is on its
+        way (`lost` follows): until then, it is sent no task, which could never arrive."""
+        worker = self._workers.get(identity)
+        if worker is not None:
+            worker.cut = True
+            self._idle[worker.launch.level].pop(identity, None)
+            self._room[worker.launch.level].pop(identity, None)
+
     def launch_failed(self, launch_id: str, now: float, reason: str) -> list[Decision]:
         """The launcher could not start launch `launch_id`."""
         launch = self._launches.get(launch_id)
@@ -724,7 +734,7 @@ class Scheduler:
         identity, level = worker.identity, worker.launch.level
         self._idle[level].pop(identity, None)
         self._room[level].pop(identity, None)
-        if worker.leaving or worker.sent >= self.settings.tasks_max:
+        if worker.leaving or worker.cut or worker.sent >= self.settings.tasks_max:
             return
         if not worker.assigned:
             self._idle[level][identity] = worker

@@ -177,15 +177,19 @@ class HostLauncher(bc.LocalLauncher):
     `remote`, as a launcher of workers on other machines is, so that the controller listens
     on an address they reach. `move_to` sends later launches to another host. `launched` and
     `exits` record when (`time.monotonic()`) each launch was asked for and each worker ended
-    (with how: written-off workers' exits included).
+    (with how: written-off workers' exits included); `ended` when the controller asked to end
+    one. With `can_end=False` ending a worker fails, as TerminateJob does while AWS is out of
+    reach: the worker must then leave by itself.
     """
 
     name = "netns"
     remote = True
 
-    def __init__(self, host: Host, **options: object) -> None:
+    def __init__(self, host: Host, *, can_end: bool = True, **options: object) -> None:
         super().__init__(prefix=host.prefix, **options)  # type: ignore[arg-type]
+        self.can_end = can_end
         self.launched: list[float] = []
+        self.ended: list[float] = []
         self.exits: list[tuple[float, bc.WorkerExit]] = []
 
     def move_to(self, host: Host) -> None:
@@ -194,6 +198,12 @@ class HostLauncher(bc.LocalLauncher):
     async def launch(self, request: bc.LaunchRequest) -> None:
         self.launched.append(time.monotonic())
         await super().launch(request)
+
+    async def end_worker(self, launch: str, index: int, reason: str) -> None:
+        self.ended.append(time.monotonic())
+        if not self.can_end:
+            raise ConnectionError("the launcher's API is out of reach")
+        await super().end_worker(launch, index, reason)
 
     def report(self, exit: bc.WorkerExit) -> None:
         self.exits.append((time.monotonic(), exit))

@@ -9,6 +9,7 @@ A silence shorter than the heartbeat costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -198,6 +199,40 @@ async def test_a_partition_longer_than_the_heartbeat_writes_the_worker_off(
     assert (await crew.push(pid)).result == retry_pid  # the replacement carries on
     assert sorted(resolutions.values()) == [1, 1]  # each resolved once
     assert crew.counts()["crash"] == 0
+    assert launcher.ended == []  # reported gone: nothing to end
+
+
+async def test_a_hung_remote_worker_written_off_is_ended(
+    controller: MakeController, hosts: list[Host], tmp_path: Path
+) -> None:
+    """A worker on another host that stops answering but never leaves (its machine stalled,
+    its process stopped): its job would bill on, so the controller has the launcher end it."""
+    launcher = HostLauncher(hosts[0])
+    crew = await controller(
+        workers=1, launcher=launcher, host=hosts[0].gateway, seconds_heartbeat=HEARTBEAT
+    )
+    started, go = tmp_path / "started", tmp_path / "go"
+    started.mkdir()
+    task = crew.push(once_started, str(started), str(go))
+    (hung,) = await started_pids(started, 1, within=20)
+    os.kill(hung, signal.SIGSTOP)
+    go.touch()  # the retry finishes at once
+    try:
+        # Written off after the heartbeat; its task retried (on the same host: not cut off).
+        _, retry = await started_pids(started, 2, within=HEARTBEAT * 2 + 20)
+        written_off_at = launcher.launched[1]
+        with anyio.fail_after(HEARTBEAT * 3 + 10):
+            while not launcher.exits:
+                await anyio.sleep(0.01)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # ended, as it should be
+            os.kill(hung, signal.SIGCONT)
+    ((_, exit),) = launcher.exits
+    assert exit.code == -signal.SIGTERM  # ended, though it was stopped
+    (ended_at,) = launcher.ended
+    assert ended_at - written_off_at >= 3 * HEARTBEAT - 0.5  # after its chance to leave
+    result = await task
+    assert (result.status, result.result) == ("success", retry)
 
 
 # -- a frozen worker -------------------------------------------------------------------------

@@ -167,6 +167,20 @@ def test_only_the_running_task_of_a_pipelined_worker_counts_a_crash() -> None:
     assert sorted(scheduler.unresolved_tasks()) == [3, 4]
 
 
+def test_a_worker_whose_connection_closed_gets_no_task_while_its_exit_report_comes() -> None:
+    # A local worker's connection closes a moment before its exit report: a task pushed in
+    # between waits for another worker, and counts no crash when the first is lost.
+    scheduler = Scheduler(Settings(workers=2, crashes_max=0))
+    gone, _ = start_worker(scheduler)
+    scheduler.result(gone, 99_000, 0.5, 0.0)  # its task done: idle
+    scheduler.cut(gone)
+    assert not of(Assign, scheduler.push(1, 0.1))
+    decisions = scheduler.lost(gone, 0.2, clean=False, reason="killed by SIGKILL")
+    assert not of(Fail, decisions)
+    (other,) = launched(decisions)
+    assert of(Assign, scheduler.connected_worker(other, 0.3)) == [Assign(other, 1)]
+
+
 def test_a_crashed_task_escalates_and_other_tasks_stay_at_the_first_level() -> None:
     scheduler = Scheduler(Settings(workers=4, levels=3, crashes_max=5))
     small = launched(scheduler.push(1, 0.0))[0]
@@ -430,9 +444,9 @@ def test_close_stops_connected_workers_and_launches_nothing_more() -> None:
 
 
 class SchedulerMachine(RuleBasedStateMachine):
-    """Random pushes, connects, results, clean and unclean losses, cancels, launch failures,
-    clock ticks and close, at 1 to 3 levels; after every step the scheduler's decisions are
-    checked against a plain model of what must hold."""
+    """Random pushes, connects, results, connections closing, clean and unclean losses,
+    cancels, launch failures, clock ticks and close, at 1 to 3 levels; after every step the
+    scheduler's decisions are checked against a plain model of what must hold."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -446,6 +460,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.waiting: list[bytes] = []  # launched, not connected
         self.running: dict[bytes, list[int]] = {}  # connected: tasks sent, oldest first
         self.sent: dict[bytes, int] = {}
+        self.cut: set[bytes] = set()  # connections closed, exit reports awaited
         self.closed = False
 
     @initialize(
@@ -489,6 +504,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert not self.closed, "assigned after close"
                 worker = decision.worker
                 assert worker in self.running, "assigned to a worker that is not connected"
+                assert worker not in self.cut, "assigned to a worker whose connection closed"
                 assert self.level_of(decision.task) <= self.live[worker], "worker too small"
                 self.running[worker].append(decision.task)
                 self.sent[worker] += 1
@@ -510,6 +526,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.s.launching == len(self.waiting)
 
     def forget(self, identity: bytes) -> None:
+        self.cut.discard(identity)
         self.live.pop(identity, None)
         self.running.pop(identity, None)
         if identity in self.waiting:
@@ -554,6 +571,13 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.crashes[head] = self.crashes.get(head, 0) + 1
         self.forget(identity)
         self.apply(decisions)
+
+    @rule(pick=st.integers(0, 50))
+    def cut_off(self, pick: int) -> None:
+        if self.running:
+            identity = sorted(self.running)[pick % len(self.running)]
+            self.cut.add(identity)
+            self.s.cut(identity)
 
     @rule(pick=st.integers(0, 50))
     def busy(self, pick: int) -> None:

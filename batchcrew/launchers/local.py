@@ -107,6 +107,7 @@ class LocalLauncher(Launcher):
     async def _end(self, processes: list[anyio.abc.Process]) -> None:
         for process in processes:
             _signal_group(process, signal.SIGTERM)
+            _signal_group(process, signal.SIGCONT)  # a stopped process acts on it once woken
         with anyio.move_on_after(self.seconds_terminate):
             for process in processes:
                 await process.wait()
