@@ -17,6 +17,7 @@ import httpx
 import polars as pl
 import pytest
 from asgi_lifespan import LifespanManager
+from prometheus_client.parser import text_string_to_metric_families
 
 from batchcrew import aws
 from batchcrew.testing import LocalBatch
@@ -97,6 +98,21 @@ async def test_the_app_runs_jobs_and_closing_it_leaves_no_worker(
             }
             assert crew["workers_total"] >= 1
             assert (await client.post("/dashboard/state.json")).status_code == 405
+
+            # Prometheus metrics, mounted at /metrics: they read the same counters.
+            metrics = await client.get("/metrics/")
+            assert metrics.status_code == 200
+            samples = {
+                (sample.name, sample.labels.get("status")): sample.value
+                for family in text_string_to_metric_families(metrics.text)
+                for sample in family.samples
+                if sample.labels.get("controller") == "api"
+            }
+            counts = app.state.controller.counts()
+            assert samples[("batchcrew_tasks_pushed_total", None)] == counts["tasks"] == 2
+            for status in ("success", "error", "crash", "cancel"):
+                assert samples[("batchcrew_tasks_total", status)] == counts[status]
+            assert samples[("batchcrew_task_seconds_count", None)] == 2
             assert children()
     assert not children()
 

@@ -1,14 +1,14 @@
 """A FastAPI backend that runs jobs on batchcrew workers for the life of the app.
 
-    pip install batchcrew fastapi uvicorn
+    pip install "batchcrew[prometheus]" fastapi uvicorn
     uvicorn fastapi_app:app
 
 The controller starts in the app's lifespan and closes with it (every worker with it).
 POST /jobs pushes a task and returns its name; GET /jobs/{name} returns its status and, once
 resolved, its result; DELETE /jobs/{name} cancels it (a running job is interrupted on its
 worker, which goes on to the next job) or forgets its result; GET /workers returns the
-controller's summary; /dashboard/ is batchcrew's live dashboard of the run. No job runs
-longer than `seconds_timeout` (ten minutes here).
+controller's summary; /dashboard/ is batchcrew's live dashboard of the run, and /metrics/ its
+Prometheus metrics. No job runs longer than `seconds_timeout` (ten minutes here).
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import prometheus_client
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 import batchcrew as bc
+import batchcrew.metrics
 from batchcrew import dashboard
 
 
@@ -54,6 +56,11 @@ def create_app(**controller_options: Any) -> FastAPI:
     # The live dashboard at /dashboard/. It is read-only, but it shows job names and errors:
     # put it behind the app's authentication before the app leaves your own machine.
     app.mount("/dashboard", dashboard.asgi_app(crew))
+    # Prometheus metrics at /metrics/: tasks by status, workers by state, launches, run times.
+    # A registry of the app's own (an app made twice in one process registers nothing twice).
+    registry = prometheus_client.CollectorRegistry()
+    batchcrew.metrics.register(crew, registry)
+    app.mount("/metrics", prometheus_client.make_asgi_app(registry))
 
     def controller() -> bc.Controller:
         return crew
