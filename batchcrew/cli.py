@@ -40,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="with --dashboard, keep it up N seconds after the demo ends (default 5)",
     )
+    demo.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help="draw the run's timeline (a lane per worker, a bar per task) to FILE, such as "
+        "run.png or run.svg (needs batchcrew[plot])",
+    )
 
     worker = commands.add_parser("worker", help="run a worker (launchers do this for you)")
     worker.add_argument("--controller", help="address to connect to, e.g. tcp://10.0.0.5:5555")
@@ -107,6 +113,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _command.run(args)
 
 
+def _timeline_problem(path: str) -> str | None:
+    """Why the timeline cannot be drawn to `path`, said before the run rather than after."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return 'drawing it needs matplotlib: pip install "batchcrew[plot]"'
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        return f"{path!r} needs a picture suffix: one of {', '.join(sorted(formats))}"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"the folder {folder!r} does not exist"
+    return None
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from batchcrew.controller import Controller
     from batchcrew.demo import run_demo
@@ -119,7 +144,16 @@ async def _demo(args: argparse.Namespace) -> int:
     if not args.dashboard_seconds >= 0:
         console.print("[red]--dashboard-seconds must be 0 or more")
         return 2
-    watch = {"dashboard": args.dashboard, "dashboard_seconds": args.dashboard_seconds}
+    if args.timeline is not None:
+        problem = _timeline_problem(args.timeline)
+        if problem is not None:
+            console.print(f"[red]--timeline: {problem}", highlight=False, soft_wrap=True)
+            return 2
+    watch = {
+        "dashboard": args.dashboard,
+        "dashboard_seconds": args.dashboard_seconds,
+        "timeline": args.timeline,
+    }
     if not args.aws_batch_emulator:
         async with Controller(name="demo", workers=args.workers) as controller:
             await run_demo(controller, args.tasks, args.draws, console, **watch)

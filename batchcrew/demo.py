@@ -1,17 +1,22 @@
-"""`batchcrew demo`: a Monte Carlo estimate of pi, split into tasks on auto-scaled workers."""
+"""`batchcrew demo`: a Monte Carlo estimate of pi, split into tasks on auto-scaled workers.
+
+Workers import this module to run `sample`: so it imports nothing heavy at the top, and a
+worker's first task costs what batchcrew costs, not polars' import.
+"""
 
 from __future__ import annotations
 
 import math
 import random
 import time
+from typing import TYPE_CHECKING
 
-import anyio
-import polars as pl
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    import polars as pl
+    from rich.console import Console
+    from rich.table import Table
 
-from batchcrew.controller import Controller
+    from batchcrew.controller import Controller
 
 
 def sample(seed: int, draws: int) -> int:
@@ -32,11 +37,13 @@ async def run_demo(
     *,
     dashboard: bool = False,
     dashboard_seconds: float = 5.0,
+    timeline: str | None = None,
 ) -> pl.DataFrame:
     """Run the estimate on `controller` (already started); print it and the summary.
 
     `dashboard`: serve the live dashboard while it runs, print its URL, and keep it up
     `dashboard_seconds` longer once the estimate is done, for a person to look at.
+    `timeline`: a file to draw the run's timeline to (`batchcrew.plot.timeline`).
     """
     if dashboard:
         url = await controller.serve_dashboard()
@@ -51,7 +58,14 @@ async def run_demo(
     )
     summary = controller.summary()
     console.print(_table(summary, title=f"controller {controller.name!r} summary"))
+    if timeline is not None:
+        from batchcrew import plot
+
+        plot.timeline(controller, timeline, title=f"batchcrew demo: {tasks} tasks")
+        console.print(f"timeline drawn to {timeline}", highlight=False, soft_wrap=True)
     if dashboard and dashboard_seconds > 0:
+        import anyio
+
         console.print(f"the dashboard stays up {dashboard_seconds:g} s more (Ctrl-C to stop)")
         await anyio.sleep(dashboard_seconds)
     return summary
@@ -59,6 +73,8 @@ async def run_demo(
 
 def _table(frame: pl.DataFrame, title: str) -> Table:
     """A one-row frame as a two-column table (it fits a terminal); more rows as they are."""
+    from rich.table import Table
+
     if frame.height == 1:
         table = Table("", "", title=title, show_header=False)
         for column, value in frame.row(0, named=True).items():

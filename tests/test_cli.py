@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -63,6 +64,30 @@ def test_the_demo_serves_its_dashboard_until_told_to_stop() -> None:
     finally:
         demo.kill()
         demo.wait()
+
+
+def test_the_demo_draws_its_timeline(tmp_path: Path) -> None:
+    picture = tmp_path / "run.png"
+    done = batchcrew("demo", "--tasks", "12", "--draws", "2000", "--timeline", str(picture))
+    assert done.returncode == 0, done.stderr
+    assert f"timeline drawn to {picture}" in done.stdout
+    assert picture.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("run.txt", "needs a picture suffix: one of"),
+        ("missing/run.png", "does not exist"),
+    ],
+)
+def test_a_timeline_that_cannot_be_drawn_is_refused_before_the_run(
+    tmp_path: Path, where: str, message: str
+) -> None:
+    done = batchcrew("demo", "--timeline", str(tmp_path / where))
+    assert done.returncode == 2
+    assert message in done.stdout
+    assert "pi ~" not in done.stdout  # said before any task ran
 
 
 def test_bad_demo_arguments_say_so() -> None:
