@@ -987,8 +987,13 @@ class Controller:
         if result.seconds is not None:
             self._seconds += result.seconds
         self._resolved[task.id] = task
+        name = task._name  # None: generated from its id, made only if the timeline is read
         self._timeline.add(
-            task.name, result.worker, result.status, task._batch.pushed, result.seconds
+            task.id if name is None else name,
+            result.worker,
+            result.status,
+            task._batch.pushed,
+            result.seconds,
         )
         if result.status != "success":
             self._failures.append(result)

@@ -56,7 +56,11 @@ class Kind(IntEnum):
     SETUP = 13
 
 
-@dataclass(frozen=True, slots=True)
+# Messages are made and read for every task: plain slotted classes, as the scheduler's
+# decisions are (a frozen dataclass costs several times as much to build). Read-only by use.
+
+
+@dataclass(slots=True)
 class Hello:
     """A worker has connected: who it is, and the versions it runs (checked before any task)."""
 
@@ -68,7 +72,7 @@ class Hello:
     job: str = ""  # its AWS Batch job (or array child), if it is one
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Setup:
     """The controller accepts a worker: run `initializer(*initargs)` (pickled; empty: none)."""
 
@@ -76,7 +80,7 @@ class Setup:
     initargs: Buffer = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ready:
     """A worker ran its setup: it is ready for tasks; or, with `error`, it failed and exits."""
 
@@ -84,7 +88,7 @@ class Ready:
     trace: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bye:
     """A worker is leaving on its own (idle, wall time, tasks_max): requeue what it was sent.
 
@@ -96,7 +100,7 @@ class Bye:
     end: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Busy:
     """A worker is alive and still on task `task_id`, and uses `rss` resident bytes and `cpu`
     CPU seconds so far: said every second while a task runs longer than that."""
@@ -106,14 +110,14 @@ class Busy:
     cpu: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stop:
     """The controller tells a worker to exit."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancel:
     """The controller tells a worker to interrupt task `task_id` (running or not yet started)."""
 
@@ -121,7 +125,7 @@ class Cancel:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Task:
     """A task as the worker receives it: pickled function, pickled arguments, their buffers.
 
@@ -139,7 +143,7 @@ class Task:
     trace: Mapping[str, str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """A task's outcome as the worker reports it; `value` stays pickled until someone loads it.
 

@@ -19,9 +19,12 @@ from typing import Literal
 
 # ---------------------------------------------------------------------------------------------
 # Decisions
+#
+# Made for every task, so plain slotted classes: a frozen dataclass sets each field through
+# object.__setattr__, several times the cost of building it. Nothing changes one once made.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Assign:
     """Send task `task` to worker `worker`."""
 
@@ -29,7 +32,7 @@ class Assign:
     task: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Launch:
     """Start `len(identities)` workers at resource `level`, one per identity, as launch `launch`."""
 
@@ -38,7 +41,7 @@ class Launch:
     identities: tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Complete:
     """Resolve `task` with the outcome that worker `worker` reported for it (after `crashes`
     workers died under it)."""
@@ -48,7 +51,7 @@ class Complete:
     crashes: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Fail:
     """Resolve `task` without a worker's outcome: it crashed too often, was cancelled, or ran
     past its timeout on a worker that never answered ("error")."""
@@ -59,7 +62,7 @@ class Fail:
     worker: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Interrupt:
     """Tell worker `worker` to interrupt task `task` (running, or sent and not yet started)."""
 
@@ -68,7 +71,7 @@ class Interrupt:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class End:
     """Have the launcher end worker `worker`: a task on it did not stop when interrupted."""
 
@@ -76,14 +79,14 @@ class End:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Alarm:
     """Call `tick` at `at` (or sooner): a new deadline came before every other one."""
 
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Gone:
     """Worker `worker` is gone (it left, died, was ended or written off) because of `reason`;
     `crashed`: a task was running on it when it died."""
@@ -93,7 +96,7 @@ class Gone:
     crashed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stop:
     """Tell a connected worker to exit (the controller is closing)."""
 
@@ -101,7 +104,7 @@ class Stop:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Abandon:
     """These launched workers did not connect in time: end them if they are still around."""
 
@@ -110,14 +113,14 @@ class Abandon:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Retire:
     """Launch `launch` has no live or awaited worker left: forget its keys, free what it holds."""
 
     launch: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Broken:
     """Launching has failed `failures` times in a row: waiting calls must raise instead of hang."""
 
@@ -145,7 +148,7 @@ Decision = (
 # Records
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Push:
     """What the tasks pushed together share: the record of each task still fresh in the queue.
     A task gets a `_Task` of its own once a worker takes it; a million queued tasks cost one."""

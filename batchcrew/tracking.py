@@ -8,8 +8,10 @@ needs a pass over the tasks. Tables are built only when someone asks for one.
 
 from __future__ import annotations
 
+import array
 import bisect
 import datetime
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -168,39 +170,60 @@ class Tracker:
 
 class Timeline:
     """The last `size` resolved tasks: who ran each, when it was pushed, started and ended;
-    and a histogram of task run times. A few microseconds per task."""
+    and a histogram of task run times. Kept in preallocated columns, written in turn: a task
+    costs a few stores, and no object lives on for it."""
 
     def __init__(self, size: int) -> None:
-        self._rows: deque[tuple[str, str | None, str, float, float | None, float]] = deque(
-            maxlen=size
-        )
+        self._size = size
+        self._added = 0
+        # A generated name is kept as its task id, and made only for a table.
+        self._names: list[str | int] = [0] * size
+        self._workers: list[str | None] = [None] * size
+        self._statuses: list[str] = [""] * size
+        self._times = array.array("d", bytes(24 * size))  # pushed, run seconds (NaN), ended
         self.buckets = [0] * (len(SECONDS_BUCKETS) + 1)  # the last: above every bound
         self.seconds_sum = 0.0
 
     def add(
         self,
-        name: str,
+        name: str | int,
         worker: str | None,
         status: str,
         pushed: float,
         seconds: float | None,
     ) -> None:
-        ended = time.time()
-        started = None
+        """A task resolved now. `name`: its name, or its id if its name is generated."""
         if seconds is not None:
-            started = max(pushed, ended - seconds)
             self.buckets[bisect.bisect_left(SECONDS_BUCKETS, seconds)] += 1
             self.seconds_sum += seconds
-        self._rows.append((name, worker, status, pushed, started, ended))
+        size = self._size
+        if not size:
+            return
+        row = self._added % size
+        self._added += 1
+        self._names[row] = name
+        self._workers[row] = worker
+        self._statuses[row] = status
+        times, at = self._times, 3 * row
+        times[at] = pushed
+        times[at + 1] = math.nan if seconds is None else seconds
+        times[at + 2] = time.time()
 
     def frame(self) -> pl.DataFrame:
+        size, added = self._size, self._added
+        first = added - min(added, size)
         rows: list[dict[str, Any]] = []
-        for name, worker, status, pushed, started, ended in self._rows:
+        for position in range(first, added):
+            row = position % size
+            name = self._names[row]
+            pushed, seconds, ended = self._times[3 * row : 3 * row + 3]
+            # Started when its code began, by its run time (never before it was pushed).
+            started = None if math.isnan(seconds) else max(pushed, ended - seconds)
             rows.append(
                 {
-                    "name": name,
-                    "worker": worker,
-                    "status": status,
+                    "name": f"task-{name}" if isinstance(name, int) else name,
+                    "worker": self._workers[row],
+                    "status": self._statuses[row],
                     "pushed": _utc(pushed),
                     "started": _utc(started),
                     "ended": _utc(ended),
