@@ -144,7 +144,7 @@ class Dispatcher:
         if self._zap is not None:
             fds.append(self._zap.fileno())
         try:
-            loop.add_reader(fds[0], self._on_readable)
+            loop.add_reader(fds[0], self._on_signalled)
             for fd in fds[1:]:
                 loop.add_reader(fd, self._on_side_readable)
             async with anyio.create_task_group() as group:
@@ -430,8 +430,15 @@ class Dispatcher:
         assert self._fault is not None
         await self._fault
 
+    def _on_signalled(self) -> None:
+        """The socket's descriptor signalled: read what waits, unless a read is due anyway.
+        Under a flood the descriptor signals again while a read that stopped at its bound has
+        the rest scheduled: reading both in one turn of the loop would double that turn."""
+        if not self._read_scheduled:
+            self._on_readable()
+
     def _on_readable(self) -> None:
-        """The socket's descriptor signalled, or a read was scheduled: read what waits."""
+        """Read what waits (the descriptor signalled, or a read was scheduled)."""
         self._read_scheduled = False
         router = self._router
         if router is None:
