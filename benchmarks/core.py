@@ -13,12 +13,22 @@ rounds whose order rotates; ratios compare medians measured in this same run, so
 machine moves both sides alike.
 With --loop both (the default when uvloop is installed), the table is measured once on
 asyncio's default loop and once on uvloop, the baselines included.
+
+To compare versions, --against takes other checkouts of batchcrew (git worktrees, say):
+batchcrew with CURVE from each, and from this checkout, is then also measured in a fresh
+interpreter of its own (importing batchcrew from there) in the same rotating rounds, this
+checkout also with the dashboard open; the last lines give this checkout over each.
+
+    git worktree add /tmp/before <commit>
+    python benchmarks/core.py --loop asyncio --against /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -105,6 +116,25 @@ async def _batchcrew_figures(controller: bc.Controller, tasks: int, latency: int
         await controller.push(noop)
         samples.append(time.perf_counter() - start)
     return Figures(throughput, *_latency(samples))
+
+
+def checkout_run(checkout: Path, tasks: int, latency: int, loop: str, reads: float) -> Figures:
+    """batchcrew with CURVE, imported from `checkout`, in an interpreter of its own."""
+    environment = {**os.environ, "PYTHONPATH": str(checkout)}
+    command = [sys.executable, __file__, "--tasks", str(tasks), "--latency", str(latency)]
+    command += ["--loop", loop, "--one", str(reads)]
+    # Run there, so that its workers (`python -m batchcrew.worker`) import batchcrew from there.
+    output = subprocess.run(
+        command, env=environment, cwd=checkout, check=True, capture_output=True, text=True
+    )
+    return Figures(*json.loads(output.stdout.splitlines()[-1]))
+
+
+def _revision(checkout: Path) -> str:
+    found = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return found.stdout.strip() or checkout.name
 
 
 # -- ProcessPoolExecutor -----------------------------------------------------------------------
@@ -205,7 +235,7 @@ def once(run: Callable[[], Figures | Awaitable[Figures]]) -> Figures:
     return RUN(outcome) if asyncio.iscoroutine(outcome) else outcome  # type: ignore[return-value]
 
 
-def measure(n: int, m: int, r: int, loop: str) -> dict[str, Figures]:
+def measure(n: int, m: int, r: int, loop: str, against: list[Path]) -> dict[str, Figures]:
     """Run every system `r` times, in rounds whose order rotates (so a machine that drifts
     moves them all alike), and keep the median of each figure."""
     global RUN
@@ -219,6 +249,13 @@ def measure(n: int, m: int, r: int, loop: str) -> dict[str, Figures]:
         "batchcrew, curve, dashboard open": lambda: batchcrew_run(n, m, "curve", 1),
         "batchcrew, curve, dashboard read 10/s": lambda: batchcrew_run(n, m, "curve", 10),
     }
+    if against:
+        here = Path(__file__).resolve().parent.parent
+        for checkout, reads in [(here, 0), (here, 1)] + [(path, 0) for path in against]:
+            label = f"batchcrew {_revision(checkout)}, curve, own process"
+            if checkout == here:
+                label += ", dashboard open" if reads else ", this checkout"
+            systems[label] = lambda c=checkout, d=reads: checkout_run(c, n, m, loop, d)
     runs: dict[str, list[Figures]] = {label: [] for label in systems}
     labels = list(systems)
     for round_ in range(r):
@@ -282,6 +319,23 @@ def report(rows: dict[str, Figures], n: int, m: int, r: int, loop: str) -> None:
         console.print(
             f"{label}: {ratio:.2f}x (target {sense} {target}x) {'met' if met else 'MISSED'}"
         )
+    mine = [label for label in rows if label.endswith("this checkout")]
+    if not mine:
+        return
+    here = rows[mine[0]]
+    for label, figures in rows.items():
+        if label.endswith("dashboard open") and "own process" in label:
+            what = "this checkout with the dashboard open over closed"
+            ratios = (figures.throughput / here.throughput, figures.median / here.median)
+        elif label.endswith("own process"):
+            what = f"this checkout over {label.split()[1].rstrip(',')}"
+            ratios = (here.throughput / figures.throughput, here.median / figures.median)
+        else:
+            continue
+        console.print(
+            f"{what} (own processes): throughput {ratios[0]:.2f}x, round-trip median "
+            f"{ratios[1]:.2f}x"
+        )
 
 
 RUN: Callable[[Any], Any] = asyncio.run
@@ -293,8 +347,23 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=2_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--loop", choices=("asyncio", "uvloop", "both"), default=None)
+    parser.add_argument(
+        "--against",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="CHECKOUT",
+        help="other checkouts of batchcrew to measure in the same run",
+    )
+    parser.add_argument("--one", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     loop = args.loop
+    if args.one is not None:  # a run of --against: one measurement, printed as JSON
+        global RUN
+        RUN = _uvloop_run() if loop == "uvloop" else asyncio.run
+        figures = RUN(batchcrew_run(args.tasks, args.latency, "curve", args.one))
+        print(json.dumps([figures.throughput, figures.median, figures.p99]))
+        return
     if loop is None:
         try:
             import uvloop  # noqa: F401
@@ -303,7 +372,7 @@ def main() -> None:
         else:
             loop = "both"
     for name in ("asyncio", "uvloop") if loop == "both" else (loop,):
-        rows = measure(args.tasks, args.latency, args.repeats, name)
+        rows = measure(args.tasks, args.latency, args.repeats, name, args.against)
         report(rows, args.tasks, args.latency, args.repeats, name)
 
 
