@@ -213,15 +213,21 @@ def test_ctrl_c_in_the_caller_cancels_and_interrupts_what_runs(
             failed.append(error)
         os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does: KeyboardInterrupt in main
 
+    # Python turns SIGINT into KeyboardInterrupt unless the process was started ignoring it
+    # (a background job of a shell without job control is): be sure it does here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     presser = threading.Thread(target=press_ctrl_c, daemon=True)
     presser.start()
-    with (
-        joblib.parallel_config(backend="batchcrew", controller=executor.controller),
-        pytest.raises(KeyboardInterrupt),
-    ):
-        Parallel(n_jobs=3, batch_size=1)(
-            delayed(announce_then_run_long)(folder, i) for i in range(20)
-        )
+    try:
+        with (
+            joblib.parallel_config(backend="batchcrew", controller=executor.controller),
+            pytest.raises(KeyboardInterrupt),
+        ):
+            Parallel(n_jobs=3, batch_size=1)(
+                delayed(announce_then_run_long)(folder, i) for i in range(20)
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     presser.join(timeout=10)
     assert not failed
     counts = executor.controller.counts()
