@@ -343,7 +343,8 @@ class Controller:
         self._settled = _Signal()  # nothing is left unresolved
         self._counts = dict.fromkeys(("tasks", "success", "error", "crash", "cancel", "warning"), 0)
         self._seconds = 0.0
-        self._functions: dict[Callable[..., Any], bytes] = {}
+        # Pickled functions, with what each was pickled from (see _pickled_function).
+        self._functions: dict[Callable[..., Any], tuple[tuple[Any, ...], bytes]] = {}
         self._timeline = Timeline(timeline_max)
         self._tracer_provider = tracer_provider
         self._spans: Spans | None = None  # OpenTelemetry, when installed and configured
@@ -652,25 +653,32 @@ class Controller:
 
     def _pickled_function(self, function: Callable[..., Any]) -> bytes:
         """The function's pickle. One found by its module and name pickles to a reference
-        that never changes, so it is pickled once; others (closures, lambdas, functions of
-        `__main__` or of `modules`) travel by value and are pickled at every push."""
-        by_reference = self._modules == () and protocol.pickles_by_reference(function)
-        if by_reference:
-            with contextlib.suppress(TypeError):  # an unhashable callable
-                cached = self._functions.get(function)
-                if cached is not None:
-                    return cached
+        that never changes, so it is pickled once. One that travels by value (a function of
+        `__main__`, a notebook's) is pickled again only when something it is made from may
+        have changed (see `protocol.by_value_inputs`); closures, lambdas naming data, and
+        functions of `modules` are pickled at every push."""
+        inputs: tuple[Any, ...] | None = None
+        if self._modules == ():
+            if protocol.pickles_by_reference(function):
+                inputs = ()
+            else:
+                inputs = protocol.by_value_inputs(function)
+            if inputs is not None:
+                with contextlib.suppress(TypeError):  # an unhashable callable
+                    cached = self._functions.get(function)
+                    if cached is not None and protocol.same_inputs(cached[0], inputs):
+                        return cached[1]
         try:
             pickled = protocol.dump_function(function)
         except Exception as error:
             raise SerializationError(
                 f"cannot pickle the function {function!r:.80}: {type(error).__name__}: {error}"
             ) from error
-        if by_reference:
+        if inputs is not None:
             with contextlib.suppress(TypeError):
-                if len(self._functions) >= _FUNCTIONS_CACHED:
+                if function not in self._functions and len(self._functions) >= _FUNCTIONS_CACHED:
                     del self._functions[next(iter(self._functions))]
-                self._functions[function] = pickled
+                self._functions[function] = (inputs, pickled)
         return pickled
 
     def _payload(self, task_id: int) -> protocol.Task:

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from types import ModuleType
+from types import CodeType, FunctionType, ModuleType
 from typing import Any, Final, Literal
 
 import cloudpickle
@@ -511,6 +511,67 @@ def pickles_by_reference(function: Callable[..., Any]) -> bool:
     for part in qualname.split("."):
         found = getattr(found, part, None)
     return found is function
+
+
+_ATOMS: Final = (type(None), bool, int, float, complex, str, bytes)
+_ABSENT: Final = object()
+
+
+def by_value_inputs(function: Any) -> tuple[Any, ...] | None:
+    """Everything cloudpickle's by-value pickle of `function` is made from, when that can be
+    shown not to change behind its back; else None.
+
+    A function of `__main__` (or of a module pickled by value) is pickled whole: its code, and
+    the current values of the globals it names. Its pickle can be reused while every one of
+    these objects is the same one (compare with `same_inputs`) and none can change in place:
+    a plain function, no closure and no attributes, defaults and keyword defaults of plain
+    values, and every global it names a module, a plain value, or a function or class found
+    by its module and name. Anything else (a global list, a closure, a lambda naming a
+    notebook's data frame) is pickled again at every push.
+    """
+    if not isinstance(function, FunctionType) or function.__closure__ is not None:
+        return None
+    if function.__dict__ or function.__annotations__:
+        return None
+    defaults = function.__defaults__ or ()
+    keywords = function.__kwdefaults__ or {}
+    if not all(type(value) in _ATOMS for value in (*defaults, *keywords.values())):
+        return None
+    found: list[Any] = [
+        function.__code__, function.__defaults__, function.__name__, function.__qualname__,
+        function.__module__, function.__doc__, *keywords, *keywords.values(),
+    ]  # fmt: skip
+    namespace = function.__globals__
+    codes = [function.__code__]
+    while codes:
+        code = codes.pop()
+        for name in code.co_names:
+            value = namespace.get(name, _ABSENT)
+            if not (
+                value is _ABSENT
+                or type(value) in _ATOMS
+                or (isinstance(value, ModuleType) and _imported(value))
+                or (isinstance(value, FunctionType | type) and pickles_by_reference(value))
+            ):
+                return None
+            found.append(value)
+        codes.extend(const for const in code.co_consts if isinstance(const, CodeType))
+    return tuple(found)
+
+
+def _imported(module: ModuleType) -> bool:
+    """Whether cloudpickle pickles `module` as a reference (an import on the worker)."""
+    name = module.__name__
+    return (
+        name != "__main__"
+        and sys.modules.get(name) is module
+        and name not in cloudpickle.list_registry_pickle_by_value()
+    )
+
+
+def same_inputs(these: tuple[Any, ...], those: tuple[Any, ...]) -> bool:
+    """Whether two `by_value_inputs` are made of the very same objects."""
+    return len(these) == len(those) and all(a is b for a, b in zip(these, those, strict=True))
 
 
 def dump_function(function: Callable[..., Any]) -> bytes:

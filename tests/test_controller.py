@@ -573,6 +573,46 @@ def test_functions_of_a_script_travel_as_arguments_too(tmp_path: Path) -> None:
     assert done.stdout.strip() == "42"
 
 
+def test_a_script_function_pushed_again_sees_what_changed_since(tmp_path: Path) -> None:
+    """A script's (or notebook's) function travels by value; pushed again, it must carry the
+    globals and defaults it has now, whether its pickle is reused or made again."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import asyncio, math\n"
+        "import batchcrew as bc\n"
+        "THRESHOLD = 1\n"
+        "DATA = [10]\n"
+        "def above(x):\n"
+        "    return math.floor(x) > THRESHOLD\n"
+        "def first():\n"
+        "    return DATA[0]\n"
+        "def scaled(x, factor=2):\n"
+        "    return x * factor\n"
+        "async def main():\n"
+        "    global THRESHOLD, above\n"
+        "    async with bc.Controller(workers=1, seconds_heartbeat=5.0) as crew:\n"
+        "        seen = [(await crew.push(above, 3)).result, (await crew.push(above, 3)).result]\n"
+        "        THRESHOLD = 5\n"
+        "        seen.append((await crew.push(above, 3)).result)\n"
+        "        seen.append((await crew.push(first)).result)\n"
+        "        DATA[0] = 20\n"
+        "        seen.append((await crew.push(first)).result)\n"
+        "        seen.append((await crew.push(scaled, 3)).result)\n"
+        "        scaled.__defaults__ = (10,)\n"
+        "        seen.append((await crew.push(scaled, 3)).result)\n"
+        "        def above(x):\n"
+        "            return x < THRESHOLD\n"
+        "        seen.append((await crew.push(above, 3)).result)\n"
+        "        print(seen)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[True, True, False, 10, 20, 6, 30, True]"
+
+
 class BrokenLauncher(bc.LocalLauncher):
     async def open(self) -> None:
         raise PermissionError("no right to start workers here")

@@ -196,3 +196,59 @@ def test_fuzzed_bodies_behind_a_valid_header_raise_only_protocol_error(
 def test_fuzzed_result_metadata_raises_only_protocol_error(meta: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         protocol.decode([frame(protocol.Kind.RESULT, meta)])
+
+
+# -- reusing a by-value pickle -----------------------------------------------------------------
+
+
+def _script(source: str) -> dict[str, object]:
+    """Run `source` as a script's top level would (its functions travel by value)."""
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    exec(source, namespace)
+    return namespace
+
+
+def _inputs(function: object) -> tuple[object, ...]:
+    found = protocol.by_value_inputs(function)
+    assert found is not None
+    return found
+
+
+def test_a_plain_script_function_can_reuse_its_pickle_until_a_global_it_names_changes() -> None:
+    found = _script(
+        "import math\n"
+        "LIMIT = 3\n"
+        "def below(x, scale=2.0):\n"
+        "    return [math.sqrt(v) for v in range(x)] if x * scale < LIMIT else len([])\n"
+    )
+    below = found["below"]
+    before = _inputs(below)
+    assert protocol.same_inputs(before, _inputs(below))
+    found["LIMIT"] = 4
+    assert not protocol.same_inputs(before, _inputs(below))
+    again = _inputs(below)
+    found["len"] = 0  # shadows the builtin it named
+    assert not protocol.same_inputs(again, _inputs(below))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "DATA = [1]\ndef f():\n    return DATA[0]\n",  # a global that can change in place
+        "def g():\n    return 1\ndef f():\n    return g()\n",  # a function that travels by value
+        "def f(x=[]):\n    return x\n",  # a default that can change in place
+        "def outer():\n    y = 1\n    def f():\n        return y\n    return f\nf = outer()\n",
+        "def f():\n    return 1\nf.tag = 'x'\n",  # attributes travel with it
+        "def f(x: int) -> int:\n    return x\n",  # annotations can be changed in place
+        "import types\nm = types.ModuleType('m')\ndef f():\n    return m\n",  # not importable
+    ],
+)
+def test_a_function_whose_pickle_could_change_in_place_is_pickled_every_time(
+    source: str,
+) -> None:
+    assert protocol.by_value_inputs(_script(source)["f"]) is None
+
+
+def test_only_plain_functions_are_considered() -> None:
+    assert protocol.by_value_inputs(len) is None
+    assert protocol.by_value_inputs(contextlib.suppress) is None
