@@ -125,25 +125,11 @@ def _state(controller: Controller) -> dict[str, Any]:
 
 
 def _worker_row(state: str, record: WorkerRecord) -> dict[str, Any]:
-    return {
-        "worker": record.worker,
-        "launch": record.launch,
-        "level": record.level,
-        "state": state,
-        "host": record.host,
-        "pid": record.pid,
-        "job_id": record.job_id,
-        "launched": _number(record.launched),
-        "connected": _number(record.connected),
-        "ended": _number(record.ended),
-        "tasks": record.tasks,
-        "seconds": _number(record.seconds),
-        "errors": record.errors,
-        "crashes": record.crashes,
-        "reason": _text(record.reason),
-        "rss": record.rss,
-        "cpu": _number(record.cpu),
-    }
+    row = record.row(state)
+    for number in ("launched", "connected", "ended", "seconds", "cpu"):
+        row[number] = _number(row[number])
+    row["reason"] = _text(row["reason"])
+    return row
 
 
 def _number(value: float | None) -> float | None:

@@ -78,6 +78,29 @@ class WorkerRecord:
     rss: int | None = None
     cpu: float | None = None
 
+    def row(self, state: str) -> dict[str, Any]:
+        """The record as a row of the workers table (`WORKERS_SCHEMA`'s columns, in order),
+        its times still seconds since the epoch."""
+        return {
+            "worker": self.worker,
+            "launch": self.launch,
+            "level": self.level,
+            "state": state,
+            "host": self.host,
+            "pid": self.pid,
+            "job_id": self.job_id,
+            "launched": self.launched,
+            "connected": self.connected,
+            "ended": self.ended,
+            "tasks": self.tasks,
+            "seconds": self.seconds,
+            "errors": self.errors,
+            "crashes": self.crashes,
+            "reason": self.reason,
+            "rss": self.rss,
+            "cpu": self.cpu,
+        }
+
 
 class Tracker:
     """Records of the workers a dispatcher launched: live ones, and the last `kept` gone ones;
@@ -144,27 +167,10 @@ class Tracker:
         rows = []
         for record in self.records():
             state = "gone" if record.ended is not None else state_of(record.worker.encode())
-            rows.append(
-                {
-                    "worker": record.worker,
-                    "launch": record.launch,
-                    "level": record.level,
-                    "state": state,
-                    "host": record.host,
-                    "pid": record.pid,
-                    "job_id": record.job_id,
-                    "launched": _utc(record.launched),
-                    "connected": _utc(record.connected),
-                    "ended": _utc(record.ended),
-                    "tasks": record.tasks,
-                    "seconds": record.seconds,
-                    "errors": record.errors,
-                    "crashes": record.crashes,
-                    "reason": record.reason,
-                    "rss": record.rss,
-                    "cpu": record.cpu,
-                }
-            )
+            row = record.row(state)
+            for moment in ("launched", "connected", "ended"):
+                row[moment] = _utc(row[moment])
+            rows.append(row)
         return pl.DataFrame(rows, schema=WORKERS_SCHEMA)
 
 
