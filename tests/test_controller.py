@@ -550,11 +550,22 @@ def test_the_controller_runs_on_uvloop(tmp_path: Path) -> None:
     assert not children()
 
 
+def run_script(folder: Path, source: str) -> str:
+    """Run `source` as a script of its own (its functions are `__main__`'s); its output."""
+    script = folder / "script.py"
+    script.write_text(source)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_functions_of_a_script_travel_as_arguments_too(tmp_path: Path) -> None:
     """A script's own function, passed as an argument, is copied by value like the task's
     function: plain pickle would name `__main__`, which is another module on the worker."""
-    script = tmp_path / "script.py"
-    script.write_text(
+    output = run_script(
+        tmp_path,
         "import asyncio\n"
         "import batchcrew as bc\n"
         "def plus_one(x):\n"
@@ -564,20 +575,16 @@ def test_functions_of_a_script_travel_as_arguments_too(tmp_path: Path) -> None:
         "async def main():\n"
         "    async with bc.Controller(workers=1, seconds_heartbeat=5.0) as crew:\n"
         "        print((await crew.push(apply, plus_one, 41)).result)\n"
-        "asyncio.run(main())\n"
+        "asyncio.run(main())\n",
     )
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "42"
+    assert output == "42"
 
 
 def test_a_script_function_pushed_again_sees_what_changed_since(tmp_path: Path) -> None:
     """A script's (or notebook's) function travels by value; pushed again, it must carry the
     globals and defaults it has now, whether its pickle is reused or made again."""
-    script = tmp_path / "script.py"
-    script.write_text(
+    output = run_script(
+        tmp_path,
         "import asyncio, math\n"
         "import batchcrew as bc\n"
         "THRESHOLD = 1\n"
@@ -604,13 +611,9 @@ def test_a_script_function_pushed_again_sees_what_changed_since(tmp_path: Path) 
         "            return x < THRESHOLD\n"
         "        seen.append((await crew.push(above, 3)).result)\n"
         "        print(seen)\n"
-        "asyncio.run(main())\n"
+        "asyncio.run(main())\n",
     )
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[True, True, False, 10, 20, 6, 30, True]"
+    assert output == "[True, True, False, 10, 20, 6, 30, True]"
 
 
 class BrokenLauncher(bc.LocalLauncher):

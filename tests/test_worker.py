@@ -66,12 +66,21 @@ def receive(sock: zmq.Socket[bytes], within: float = 20.0) -> tuple[bytes, proto
     return unread.pop(0)
 
 
-def greet(sock: zmq.Socket[bytes], setup: protocol.Setup | None = None) -> bytes:
-    """Play the controller's side of the handshake: hello in, setup out, ready in."""
+def set_up(
+    sock: zmq.Socket[bytes], setup: protocol.Setup | None = None
+) -> tuple[bytes, protocol.Message, protocol.Message]:
+    """Play the controller's side of the handshake: hello in, setup out, ready in. Returns
+    the worker's identity, its hello and its ready."""
     identity, hello = receive(sock)
-    assert isinstance(hello, protocol.Hello)
     sock.send_multipart([identity, *protocol.encode(setup or protocol.Setup())])
     _, ready = receive(sock)
+    return identity, hello, ready
+
+
+def greet(sock: zmq.Socket[bytes], setup: protocol.Setup | None = None) -> bytes:
+    """The handshake, which must succeed; the worker's identity."""
+    identity, hello, ready = set_up(sock, setup)
+    assert isinstance(hello, protocol.Hello)
     assert ready == protocol.Ready()
     return identity
 
@@ -417,10 +426,7 @@ def test_an_initializer_that_raises_is_reported_and_the_worker_exits(
 ) -> None:
     sock, address = router
     process = start_worker(controller=address, launch="L")
-    identity, _ = receive(sock)
-    setup = protocol.dump_setup(broken_initializer, ())
-    sock.send_multipart([identity, *protocol.encode(setup)])
-    _, ready = receive(sock)
+    _, _, ready = set_up(sock, protocol.dump_setup(broken_initializer, ()))
     assert isinstance(ready, protocol.Ready)
     assert ready.error == "RuntimeError: no model file"
     assert ready.trace is not None
@@ -620,10 +626,7 @@ def test_an_initializer_raising_an_unprintable_exception_is_reported_clearly(
 ) -> None:
     sock, address = router
     process = start_worker(controller=address, launch="L")
-    identity, _ = receive(sock)
-    setup = protocol.dump_setup(raise_unprintable, ())
-    sock.send_multipart([identity, *protocol.encode(setup)])
-    _, ready = receive(sock)
+    _, _, ready = set_up(sock, protocol.dump_setup(raise_unprintable, ()))
     assert isinstance(ready, protocol.Ready)
     message = "Unprintable (its message cannot be shown: str() of it raised Unprintable)"
     assert ready.error == message
