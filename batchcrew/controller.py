@@ -619,7 +619,9 @@ class Controller:
                     f"cannot pickle the arguments of task{label} ({_culprit(args, kwargs)}): "
                     f"{type(error).__name__}: {error}"
                 ) from error
-            size = len(pickled) + len(arguments) + sum(buffer.nbytes for buffer in buffers)
+            size = len(pickled) + len(arguments)
+            if buffers:
+                size += sum(buffer.nbytes for buffer in buffers)
             if size > limit:
                 raise TaskTooLargeError(
                     f"task{label} is {size} bytes pickled, over max_message_size={limit}; pass "
@@ -664,8 +666,11 @@ class Controller:
             else:
                 inputs = protocol.by_value_inputs(function)
             if inputs is not None:
-                with contextlib.suppress(TypeError):  # an unhashable callable
+                try:
                     cached = self._functions.get(function)
+                except TypeError:  # an unhashable callable
+                    inputs = None
+                else:
                     if cached is not None and protocol.same_inputs(cached[0], inputs):
                         return cached[1]
         try:
@@ -675,10 +680,9 @@ class Controller:
                 f"cannot pickle the function {function!r:.80}: {type(error).__name__}: {error}"
             ) from error
         if inputs is not None:
-            with contextlib.suppress(TypeError):
-                if function not in self._functions and len(self._functions) >= _FUNCTIONS_CACHED:
-                    del self._functions[next(iter(self._functions))]
-                self._functions[function] = (inputs, pickled)
+            if function not in self._functions and len(self._functions) >= _FUNCTIONS_CACHED:
+                del self._functions[next(iter(self._functions))]
+            self._functions[function] = (inputs, pickled)
         return pickled
 
     def _payload(self, task_id: int) -> protocol.Task:

@@ -12,8 +12,10 @@ message is checked before anything in it is unpickled.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
+import operator
 import pickle
 import struct
 import sys
@@ -185,7 +187,8 @@ def _header(kind: Kind, task_id: int = 0, extra: int = 0) -> bytes:
     return _HEADER.pack(MAGIC, VERSION, kind, extra, task_id)
 
 
-def _size(part: Buffer) -> int:
+def nbytes(part: Buffer) -> int:
+    """The size of a frame in bytes."""
     return len(part) if isinstance(part, bytes) else memoryview(part).nbytes
 
 
@@ -208,13 +211,13 @@ def encode(message: Message) -> list[Buffer]:
                 options["trace"] = dict(message.trace)
             meta = _json(options)
         buffers = list(message.buffers)
-        if _size(message.function) + _size(message.arguments) < _ZERO_COPY_MIN:
+        if nbytes(message.function) + nbytes(message.arguments) < _ZERO_COPY_MIN:
             first = b"".join(
                 (
                     _header(Kind.TASK, message.task_id, len(buffers)),
                     _TASK_META.pack(_INLINE, len(meta)),
                     meta,
-                    _LENGTH.pack(_size(message.function)),
+                    _LENGTH.pack(nbytes(message.function)),
                     message.function,
                     message.arguments,
                 )
@@ -235,7 +238,7 @@ def encode(message: Message) -> list[Buffer]:
                 {"error": message.error, "trace": message.trace, "warnings": message.warnings}
             )
         buffers = list(message.buffers)
-        inline = _size(message.value) < _ZERO_COPY_MIN
+        inline = nbytes(message.value) < _ZERO_COPY_MIN
         head = b"".join(
             (
                 _header(Kind.RESULT, message.task_id, len(buffers) + (0 if inline else 1)),
@@ -533,30 +536,43 @@ def by_value_inputs(function: Any) -> tuple[Any, ...] | None:
         return None
     if function.__dict__ or function.__annotations__:
         return None
-    defaults = function.__defaults__ or ()
-    keywords = function.__kwdefaults__ or {}
-    if not all(type(value) in _ATOMS for value in (*defaults, *keywords.values())):
+    defaults = function.__defaults__
+    keywords = function.__kwdefaults__
+    if defaults and not all(type(value) in _ATOMS for value in defaults):
+        return None
+    if keywords and not all(type(value) in _ATOMS for value in keywords.values()):
         return None
     found: list[Any] = [
-        function.__code__, function.__defaults__, function.__name__, function.__qualname__,
-        function.__module__, function.__doc__, *keywords, *keywords.values(),
+        function.__code__, defaults, function.__name__, function.__qualname__,
+        function.__module__, function.__doc__,
     ]  # fmt: skip
+    if keywords:
+        found += [*keywords, *keywords.values()]
     namespace = function.__globals__
-    codes = [function.__code__]
-    while codes:
-        code = codes.pop()
-        for name in code.co_names:
-            value = namespace.get(name, _ABSENT)
-            if not (
-                value is _ABSENT
-                or type(value) in _ATOMS
-                or (isinstance(value, ModuleType) and _imported(value))
-                or (isinstance(value, FunctionType | type) and pickles_by_reference(value))
-            ):
-                return None
-            found.append(value)
-        codes.extend(const for const in code.co_consts if isinstance(const, CodeType))
+    for name in _global_names(function.__code__):
+        value = namespace.get(name, _ABSENT)
+        if not (
+            value is _ABSENT
+            or type(value) in _ATOMS
+            or (isinstance(value, ModuleType) and _imported(value))
+            or (isinstance(value, FunctionType | type) and pickles_by_reference(value))
+        ):
+            return None
+        found.append(value)
     return tuple(found)
+
+
+@functools.lru_cache(maxsize=256)
+def _global_names(code: CodeType) -> tuple[str, ...]:
+    """The names `code` and the code nested in it (lambdas, inner functions) may look up as
+    globals: those that cloudpickle captures."""
+    names: list[str] = []
+    codes = [code]
+    while codes:
+        found = codes.pop()
+        names += found.co_names
+        codes += [const for const in found.co_consts if isinstance(const, CodeType)]
+    return tuple(names)
 
 
 def _imported(module: ModuleType) -> bool:
@@ -571,7 +587,7 @@ def _imported(module: ModuleType) -> bool:
 
 def same_inputs(these: tuple[Any, ...], those: tuple[Any, ...]) -> bool:
     """Whether two `by_value_inputs` are made of the very same objects."""
-    return len(these) == len(those) and all(a is b for a, b in zip(these, those, strict=True))
+    return len(these) == len(those) and all(map(operator.is_, these, those))
 
 
 def dump_function(function: Callable[..., Any]) -> bytes:
@@ -588,11 +604,18 @@ def dump_arguments(
     do (lambdas, local classes among the arguments). `by_value`: cloudpickle only, so that
     objects of modules registered by `pickling_by_value` travel by value too.
     """
+    if not args and not kwargs:
+        return _NO_ARGUMENTS, []
     return dump_value((args, kwargs), by_value=by_value)
+
+
+_NO_ARGUMENTS: Final = pickle.dumps(((), {}), protocol=5)
 
 
 def dump_value(value: Any, *, by_value: bool = False) -> tuple[bytes, list[memoryview]]:
     """Pickle a task's return value: plain pickle first (fast), cloudpickle for the rest."""
+    if type(value) in _ATOMS:  # None, a number, text: nothing out of band, nothing of __main__
+        return pickle.dumps(value, protocol=5), []
     buffers: list[pickle.PickleBuffer] = []
     if not by_value:
         try:

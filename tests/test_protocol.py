@@ -231,6 +231,20 @@ def test_a_plain_script_function_can_reuse_its_pickle_until_a_global_it_names_ch
     assert not protocol.same_inputs(again, _inputs(below))
 
 
+def test_a_global_named_only_in_nested_code_counts_too() -> None:
+    found = _script("SCALE = 2\ndef f(xs):\n    return list(map(lambda v: v * SCALE, xs))\n")
+    before = _inputs(found["f"])
+    found["SCALE"] = 3
+    assert not protocol.same_inputs(before, _inputs(found["f"]))
+
+
+def test_a_keyword_default_changed_in_place_is_seen() -> None:
+    f = _script("def f(*, k=1):\n    return k\n")["f"]
+    before = _inputs(f)
+    f.__kwdefaults__["k"] = 2  # type: ignore[attr-defined]
+    assert not protocol.same_inputs(before, _inputs(f))
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -252,3 +266,16 @@ def test_a_function_whose_pickle_could_change_in_place_is_pickled_every_time(
 def test_only_plain_functions_are_considered() -> None:
     assert protocol.by_value_inputs(len) is None
     assert protocol.by_value_inputs(contextlib.suppress) is None
+
+
+@pytest.mark.parametrize("value", [None, True, 7, 2.5, 1j, "made in __main__", b"\x00" * 100_000])
+def test_plain_values_pickle_in_band_and_come_back_equal(value: object) -> None:
+    data, buffers = protocol.dump_value(value)
+    assert buffers == []
+    assert protocol.load(data) == value
+
+
+def test_no_arguments_pickle_to_empty_args_and_kwargs() -> None:
+    data, buffers = protocol.dump_arguments((), {})
+    assert buffers == []
+    assert protocol.load(data) == ((), {})
