@@ -396,6 +396,62 @@ def _decode(sock: zmq.Socket[bytes], frame: zmq.Frame) -> list[protocol.Message]
         return []
 
 
+class _Warnings:
+    """Records every warning a task issues (the "always" action: none is skipped as a repeat),
+    under the warning filters the worker started with, whatever an earlier task did to them.
+
+    `warnings.catch_warnings` around each task would do it, but entering and leaving it costs
+    more than a tiny task's own work (it copies the filters, and Python drops its caches of them
+    on the way in and out). So it is entered once and stays entered while tasks leave the filter
+    list and `warnings.showwarning` as they found them (the "always" filter at the head decides
+    for every warning whatever follows it), and it is entered afresh after a task that changed
+    them.
+    """
+
+    def __init__(self) -> None:
+        self._context: warnings.catch_warnings[list[warnings.WarningMessage]] | None = None
+        self._caught: list[warnings.WarningMessage] = []
+        self._filters: Sequence[Any] = ()
+        self._length = 0
+        self._head: Any = None
+        self._show: Any = None
+
+    def start(self) -> None:
+        """A task starts: from here on, its warnings are recorded."""
+        if not self._intact():
+            self.close()
+            context = warnings.catch_warnings(record=True)
+            caught = context.__enter__()
+            warnings.simplefilter("always")
+            self._context, self._caught = context, caught
+            self._filters = filters = warnings.filters
+            self._length, self._head = len(filters), filters[0]
+            self._show = warnings.showwarning
+        self._caught.clear()  # the worker's own, between tasks, are not the task's
+
+    def take(self) -> list[warnings.WarningMessage]:
+        """The warnings recorded since `start`."""
+        taken = self._caught[:]
+        self._caught.clear()
+        return taken
+
+    def close(self) -> None:
+        """Put the filters and `showwarning` back as they were before the first task."""
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+            self._context = None
+
+    def _intact(self) -> bool:
+        filters = warnings.filters
+        return (
+            self._context is not None
+            and filters is self._filters
+            and len(filters) == self._length
+            and filters[0] is self._head
+            and warnings.showwarning is self._show
+        )
+
+
 @dataclass(slots=True)
 class _Running:
     """The task on the main thread now, as the watcher sees it."""
@@ -424,6 +480,7 @@ class Runner:
 
     def __init__(self, channel: _Channel | None = None) -> None:
         self._functions = _FunctionCache()
+        self._warnings = _Warnings()
         self.usage = _Usage()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel = channel
@@ -483,37 +540,37 @@ class Runner:
                 error=f"the task could not be unpickled on the worker: {_describe(error)}",
                 trace=_trace(error),
             )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            failure: BaseException | None = None
-            seeding.begin(task.seed)
-            running.started = time.monotonic()  # its time limit counts from here
-            try:
-                # The SIGINT handler raises only between these two flags: an interruption
-                # that lands in the worker's own bookkeeping is dropped, not raised there.
-                self._interruptible = True
-                if running.interrupt is not None:
-                    raise TaskInterrupted(f"{_interrupt_message(running)} while it loaded")
-                if task.trace is None:
+        self._warnings.start()
+        failure: BaseException | None = None
+        seeding.begin(task.seed)
+        running.started = time.monotonic()  # its time limit counts from here
+        try:
+            # The SIGINT handler raises only between these two flags: an interruption
+            # that lands in the worker's own bookkeeping is dropped, not raised there.
+            self._interruptible = True
+            if running.interrupt is not None:
+                raise TaskInterrupted(f"{_interrupt_message(running)} while it loaded")
+            # (None, the commonest return, is not awaitable: not asking saves time.)
+            if task.trace is None:
+                value = function(*args, **kwargs)
+                if value is not None and inspect.isawaitable(value):
+                    value = self._await(value, running)
+            else:
+                with tracing.joined(task.trace):  # in the trace of whoever pushed it
                     value = function(*args, **kwargs)
-                    if inspect.isawaitable(value):
+                    if value is not None and inspect.isawaitable(value):
                         value = self._await(value, running)
-                else:
-                    with tracing.joined(task.trace):  # in the trace of whoever pushed it
-                        value = function(*args, **kwargs)
-                        if inspect.isawaitable(value):
-                            value = self._await(value, running)
-                self._interruptible = False
-            except BaseException as error:
-                self._interruptible = False
-                value, failure = None, error
-            running.done = True
-            seeding.end()
+            self._interruptible = False
+        except BaseException as error:
+            self._interruptible = False
+            value, failure = None, error
+        running.done = True
+        seeding.end()
         seconds = time.perf_counter() - start
         rss, peak, cpu = self.usage.task_ends(seconds)
         # From here on, everything that turns the task's exception, result or warnings into
         # text or bytes is guarded: nothing a task raises, returns or warns ends its worker.
-        messages = _warning_texts(caught)
+        messages = _warning_texts(self._warnings.take())
         if running.interrupt is not None:
             # Interrupted: however the task ended (it may have caught the interruption and
             # returned), it resolves as cancelled or timed out.
@@ -583,6 +640,7 @@ class Runner:
         return self._loop.run_until_complete(coroutine)
 
     def close(self) -> None:
+        self._warnings.close()
         if self._loop is not None:
             self._loop.close()
 
@@ -930,7 +988,7 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
         else:
             outcome = runner.run(message)
         out = protocol.encode(outcome)
-        size = sum(memoryview(part).nbytes for part in out)
+        size = sum(map(protocol.nbytes, out))
         if 0 < settings.max_message_size < size:
             outcome = protocol.Outcome(
                 outcome.task_id,

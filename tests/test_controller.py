@@ -43,6 +43,16 @@ def pid() -> int:
     return os.getpid()
 
 
+def silence_warnings(how: str) -> None:
+    """Change the worker's warning machinery, as a careless task might."""
+    if how == "ignore":
+        warnings.simplefilter("ignore")
+    elif how == "reset":
+        warnings.resetwarnings()
+    else:
+        warnings.showwarning = lambda *args, **kwargs: None
+
+
 def crash_once(marker: str, started: str) -> str:
     """Crash-prone task: the first run announces itself and hangs (the test kills it)."""
     if Path(marker).exists():
@@ -237,6 +247,23 @@ async def test_warnings_are_captured(controller: MakeController) -> None:
     result = await crew.push(warn_and_return, 5)
     assert result.warnings == ("UserWarning: careful with 5",)
     assert result.result == 5
+
+
+async def test_a_task_that_changes_the_warning_filters_does_not_hide_the_next_ones(
+    controller: MakeController,
+) -> None:
+    crew = await controller(workers=1)
+    for how in ("ignore", "reset", "showwarning"):
+        # The same warning twice in a row is recorded twice: each task sees all of its own.
+        for _ in range(2):
+            assert (await crew.push(warn_and_return, 1)).warnings == (
+                "UserWarning: careful with 1",
+            )
+        changed = await crew.push(silence_warnings, how)
+        assert changed.status == "success"
+        after = await crew.push(warn_and_return, 2)
+        assert after.warnings == ("UserWarning: careful with 2",), how
+        assert after.worker == changed.worker
 
 
 async def test_large_arguments_and_results_cross_intact(controller: MakeController) -> None:
