@@ -524,42 +524,53 @@ def by_value_inputs(function: Any) -> tuple[Any, ...] | None:
     """Everything cloudpickle's by-value pickle of `function` is made from, when that can be
     shown not to change behind its back; else None.
 
-    A function of `__main__` (or of a module pickled by value) is pickled whole: its code, and
-    the current values of the globals it names. Its pickle can be reused while every one of
-    these objects is the same one (compare with `same_inputs`) and none can change in place:
-    a plain function, no closure and no attributes, defaults and keyword defaults of plain
-    values, and every global it names a module, a plain value, or a function or class found
-    by its module and name. Anything else (a global list, a closure, a lambda naming a
-    notebook's data frame) is pickled again at every push.
+    A function of `__main__` (or of a module pickled by value) is pickled whole: its code, its
+    defaults and annotations, and the current values of the globals it names. Its pickle can be
+    reused while every one of these objects is the same one (compare with `same_inputs`) and
+    none can change in place: a plain function, no closure and no attributes, and every default,
+    annotation and global it names a plain value (None, a number, text), a module, or a
+    function or class found by its module and name. Anything else (a global list, a closure, a
+    lambda naming a notebook's data frame) is pickled again at every push.
     """
     if not isinstance(function, FunctionType) or function.__closure__ is not None:
         return None
-    if function.__dict__ or function.__annotations__:
+    if function.__dict__:
+        return None
+    try:
+        annotations = function.__annotations__  # evaluated here on Python 3.14: may raise
+    except Exception:
         return None
     defaults = function.__defaults__
     keywords = function.__kwdefaults__
-    if defaults and not all(type(value) in _ATOMS for value in defaults):
-        return None
-    if keywords and not all(type(value) in _ATOMS for value in keywords.values()):
-        return None
     found: list[Any] = [
         function.__code__, defaults, function.__name__, function.__qualname__,
         function.__module__, function.__doc__,
     ]  # fmt: skip
-    if keywords:
-        found += [*keywords, *keywords.values()]
+    # Dictionaries can change in place: what they hold now is compared, not the dictionary.
+    for mapping in (keywords, annotations):
+        if mapping:
+            if not all(map(_unchanging, mapping.values())):
+                return None
+            found += [*mapping, *mapping.values()]
+    if defaults and not all(map(_unchanging, defaults)):
+        return None
     namespace = function.__globals__
     for name in _global_names(function.__code__):
         value = namespace.get(name, _ABSENT)
-        if not (
-            value is _ABSENT
-            or type(value) in _ATOMS
-            or (isinstance(value, ModuleType) and _imported(value))
-            or (isinstance(value, FunctionType | type) and pickles_by_reference(value))
-        ):
+        if value is not _ABSENT and not _unchanging(value):
             return None
         found.append(value)
     return tuple(found)
+
+
+def _unchanging(value: Any) -> bool:
+    """Whether `value` pickles the same for as long as it is the same object: a plain value,
+    or something pickled as a reference to where it is defined."""
+    return (
+        type(value) in _ATOMS
+        or (isinstance(value, ModuleType) and _imported(value))
+        or (isinstance(value, FunctionType | type) and pickles_by_reference(value))
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -238,6 +238,18 @@ def test_a_global_named_only_in_nested_code_counts_too() -> None:
     assert not protocol.same_inputs(before, _inputs(found["f"]))
 
 
+def test_annotations_of_classes_and_text_count_and_a_change_in_place_is_seen() -> None:
+    for source in (
+        "def f(x: int = 1, *, k: str = 'a') -> float:\n    return x\n",
+        "from __future__ import annotations\ndef f(x: object = None) -> None:\n    return None\n",
+    ):
+        f = _script(source)["f"]
+        before = _inputs(f)
+        assert protocol.same_inputs(before, _inputs(f))
+        f.__annotations__["x"] = bytes  # type: ignore[attr-defined]
+        assert not protocol.same_inputs(before, _inputs(f))
+
+
 def test_a_keyword_default_changed_in_place_is_seen() -> None:
     f = _script("def f(*, k=1):\n    return k\n")["f"]
     before = _inputs(f)
@@ -253,7 +265,10 @@ def test_a_keyword_default_changed_in_place_is_seen() -> None:
         "def f(x=[]):\n    return x\n",  # a default that can change in place
         "def outer():\n    y = 1\n    def f():\n        return y\n    return f\nf = outer()\n",
         "def f():\n    return 1\nf.tag = 'x'\n",  # attributes travel with it
-        "def f(x: int) -> int:\n    return x\n",  # annotations can be changed in place
+        # Annotations set as objects (this file's source has them as text): one that can change
+        # in place, and a class that travels by value.
+        "def f(x):\n    return x\nf.__annotations__['x'] = [int]\n",
+        "class Local: pass\ndef f(x):\n    return x\nf.__annotations__['x'] = Local\n",
         "import types\nm = types.ModuleType('m')\ndef f():\n    return m\n",  # not importable
     ],
 )
