@@ -132,14 +132,20 @@ class _FunctionCache:
     def __init__(self, size: int = 32) -> None:
         self._size = size
         self._functions: dict[bytes, Callable[..., Any]] = {}
+        self._last: tuple[bytes, Callable[..., Any]] | None = None
 
-    def get(self, data: bytes) -> Callable[..., Any]:
-        function = self._functions.get(data)
+    def get(self, data: protocol.Buffer) -> Callable[..., Any]:
+        last = self._last
+        if last is not None and last[0] == data:  # the last task's: neither copied nor hashed
+            return last[1]
+        key = bytes(data)
+        function = self._functions.get(key)
         if function is None:
-            function = protocol.load(data)
+            function = protocol.load(key)
             if len(self._functions) >= self._size:
                 self._functions.pop(next(iter(self._functions)))
-            self._functions[data] = function
+            self._functions[key] = function
+        self._last = (key, function)
         return function
 
 
@@ -530,7 +536,7 @@ class Runner:
     def _run(self, task: protocol.Task, running: _Running) -> protocol.Outcome:
         start = time.perf_counter()
         try:
-            function = self._functions.get(bytes(task.function))
+            function = self._functions.get(task.function)
             args, kwargs = protocol.load(task.arguments, task.buffers)
         except BaseException as error:
             return protocol.Outcome(
@@ -1002,14 +1008,17 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
             out = protocol.encode(outcome)
         # Results of short tasks go back together while more tasks wait here: one message
         # instead of several, and the controller answers with the next tasks together.
-        channel.send_later(out)
-        if (
-            len(out) > 1
-            or len(channel.unsent) >= _UNSENT_MAX
-            or time.monotonic() - channel.unsent_since >= _SECONDS_UNSENT
-            or not channel.waiting()
-        ):
-            channel.flush()
+        if not channel.unsent and not channel.waiting():
+            channel.send(out)  # alone: straight out
+        else:
+            channel.send_later(out)
+            if (
+                len(out) > 1
+                or len(channel.unsent) >= _UNSENT_MAX
+                or time.monotonic() - channel.unsent_since >= _SECONDS_UNSENT
+                or not channel.waiting()
+            ):
+                channel.flush()
         done += 1
         last = time.monotonic()
         if done >= settings.tasks_max:

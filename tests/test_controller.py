@@ -242,6 +242,21 @@ async def test_summary_counts_outcomes(controller: MakeController) -> None:
     assert row["seconds"] > 0
 
 
+async def test_functions_in_turn_on_one_worker_each_run_as_themselves(
+    controller: MakeController,
+) -> None:
+    # The worker keeps the last function it unpickled at hand: a different one must not be
+    # taken for it.
+    crew = await controller(workers=1)
+    calls = [(add, (1, 2)), (add, (3, 4)), (fail, ("no",)), (add, (5, 6)), (pid, ())]
+    results = [await crew.push(function, *args) for function, args in calls]
+    assert [result.result for result in results[:2]] == [3, 7]
+    assert (results[2].status, results[2].error) == ("error", "ValueError: no")
+    assert results[3].result == 11
+    assert isinstance(results[4].result, int)
+    assert len({result.worker for result in results}) == 1
+
+
 async def test_warnings_are_captured(controller: MakeController) -> None:
     crew = await controller()
     result = await crew.push(warn_and_return, 5)
