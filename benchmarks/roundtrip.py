@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import cloudpickle
 import zmq
@@ -132,11 +133,14 @@ async def _batchcrew_trips(trips: int, security: str) -> tuple[list[int], ...]:
 
     starts: list[int] = []
     ends: list[int] = []
-    with _patched(
-        (dispatcher, "WORKER_COMMAND", (sys.executable, __file__, "--worker")),
-        (dispatcher.Dispatcher, "_send", timed_send),
-        (dispatcher.Dispatcher, "_on_readable", timed_readable),
-        (dispatcher.Dispatcher, "_on_frames", timed_frames),
+    with (
+        mock.patch.object(dispatcher, "WORKER_COMMAND", (sys.executable, __file__, "--worker")),
+        mock.patch.multiple(
+            dispatcher.Dispatcher,
+            _send=timed_send,
+            _on_readable=timed_readable,
+            _on_frames=timed_frames,
+        ),
     ):
         async with bc.Controller(name="roundtrip", workers=1, security=security) as crew:  # type: ignore[arg-type]
             await crew.map(noop, range(400))
@@ -147,18 +151,6 @@ async def _batchcrew_trips(trips: int, security: str) -> tuple[list[int], ...]:
                 await crew.push(noop)
                 ends.append(now())
     return starts, sent[:trips], read[:trips], ends
-
-
-@contextlib.contextmanager
-def _patched(*changes: tuple[Any, str, Any]) -> Any:
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in changes]
-    for owner, name, value in changes:
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
 
 
 # -- the plain loop ----------------------------------------------------------------------------
