@@ -1067,7 +1067,7 @@ class Controller:
 
     def _result(self, name: str, resolution: Resolution, history: tuple[str, ...] = ()) -> Result:
         outcome = resolution.outcome
-        worker = resolution.worker.decode(errors="replace") if resolution.worker else None
+        worker = resolution.worker
         launcher = self.launcher.describe()
         if outcome is None:
             message = resolution.message

@@ -57,7 +57,7 @@ class Resolution:
     status: Literal["success", "error", "crash", "cancel"]
     outcome: protocol.Outcome | None
     message: str | None
-    worker: bytes | None
+    worker: str | None  # its name, shared by the results of one worker
     crashes: int = 0  # workers that died under it before
 
 
@@ -255,7 +255,13 @@ class Dispatcher:
             elif isinstance(decision, scheduling.Fail):
                 message = why if why and decision.status == "cancel" else decision.message
                 self._resolve(
-                    Resolution(decision.task, decision.status, None, message, decision.worker)
+                    Resolution(
+                        decision.task,
+                        decision.status,
+                        None,
+                        message,
+                        None if decision.worker is None else self.tracker.name(decision.worker),
+                    )
                 )
             elif isinstance(decision, scheduling.Interrupt):
                 self._post(
@@ -680,12 +686,12 @@ class Dispatcher:
                 _name(identity),
             )
             return
-        self.tracker.outcome(identity, outcome)
+        worker = self.tracker.outcome(identity, outcome)
         for decision in decisions:
             if isinstance(decision, scheduling.Complete):
                 self._resolve(
                     Resolution(
-                        decision.task, outcome.status, outcome, None, identity, decision.crashes
+                        decision.task, outcome.status, outcome, None, worker, decision.crashes
                     )
                 )
             else:

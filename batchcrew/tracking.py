@@ -120,6 +120,12 @@ class Tracker:
         for identity in identities:
             self._live[identity] = WorkerRecord(identity.decode(), launch, level, now)
 
+    def name(self, identity: bytes) -> str:
+        """A worker's name. A live worker's is its record's, so that the results it sends share
+        one string rather than each decoding its own."""
+        record = self._live.get(identity)
+        return record.worker if record is not None else identity.decode(errors="replace")
+
     def hello(self, identity: bytes, hello: protocol.Hello) -> None:
         record = self._live.get(identity)
         if record is not None:
@@ -127,15 +133,18 @@ class Tracker:
             record.host, record.pid = hello.host, hello.pid
             record.job_id = hello.job or None
 
-    def outcome(self, identity: bytes, outcome: protocol.Outcome) -> None:
+    def outcome(self, identity: bytes, outcome: protocol.Outcome) -> str:
+        """Count a worker's outcome; return the worker's name (see `name`)."""
         record = self._live.get(identity)
-        if record is not None:
-            record.tasks += 1
-            record.seconds += outcome.seconds
-            if outcome.status == "error":
-                record.errors += 1
-            if outcome.rss:
-                record.rss, record.cpu = outcome.rss, outcome.cpu
+        if record is None:
+            return identity.decode(errors="replace")
+        record.tasks += 1
+        record.seconds += outcome.seconds
+        if outcome.status == "error":
+            record.errors += 1
+        if outcome.rss:
+            record.rss, record.cpu = outcome.rss, outcome.cpu
+        return record.worker
 
     def busy(self, identity: bytes, busy: protocol.Busy) -> None:
         record = self._live.get(identity)

@@ -417,6 +417,8 @@ async def test_a_task_crashing_more_than_crashes_max_resolves_as_crash(
     assert "was killed by SIGKILL, signal 9" in result.error  # not just "its connection closed"
     assert "crashes_max=0" in result.error
     assert (await crew.push(add, 1, 1)).result == 2  # a new worker takes over
+    workers = crew.workers()
+    assert workers.filter(pl.col("state") == "gone")["worker"].to_list() == [result.worker]
 
 
 def exit_now(code: int) -> None:
