@@ -38,7 +38,7 @@ from batchcrew.errors import (
 from batchcrew.launchers.base import Launcher
 from batchcrew.launchers.local import LocalLauncher
 from batchcrew.progress import progress_bar
-from batchcrew.results import ErrorMode, Result, handle_failures, results_frame
+from batchcrew.results import ErrorMode, Result, Status, handle_failures, results_frame
 from batchcrew.tracing import Spans
 from batchcrew.tracking import Timeline, Tracker
 
@@ -50,6 +50,15 @@ _FAILURES_KEPT = 50  # recent failed results, for the dashboard
 
 _Arguments = tuple[bytes, tuple[memoryview, ...]]
 """A task's pickled arguments and their out-of-band buffers (only when it has some)."""
+
+_Fields = tuple[
+    Any, Status, str | None, str | None, tuple[str, ...], float | None, str | None, str, str,
+    int | None,
+]  # fmt: skip
+"""A resolved task's `Result` until someone asks for it: the fields after `name`, in order.
+A plain tuple of plain values (numbers, text, None) drops out of the garbage collector's sight,
+so a million held results do not lengthen its pauses; the `Result`, and a generated name, are
+made only when asked for."""
 
 
 @dataclass(slots=True)
@@ -79,7 +88,7 @@ class Task:
     ) -> None:
         self._batch = batch
         self._future: asyncio.Future[Result] | None = None
-        self._result: Result | None = None
+        self._result: Result | _Fields | None = None
         self._watch: _Watch | None = None
         self._payload: bytes | _Arguments | None = payload
         self._name = name
@@ -115,23 +124,33 @@ class Task:
             # Awaited directly, the future wakes this task in one turn of the loop; a
             # cancelled waiter cancels only this future, which the next waiter replaces.
             await future
-        result = self._result
-        assert result is not None
-        controller._take(self)
-        return result
+        return controller._take(self)
 
     def peek(self) -> Result | None:
         """The task's result if it has resolved (without taking it), else None."""
-        return self._result
+        return None if self._result is None else self._resolved_result()
 
-    def _resolve(self, result: Result) -> None:
-        self._result = result
+    def _resolved_result(self) -> Result:
+        held = self._result
+        assert held is not None
+        if isinstance(held, Result):
+            return held
+        result = self._result = Result(self.name, *held)
+        return result
+
+    def _succeeded(self) -> bool:
+        held = self._result
+        assert held is not None
+        return (held.status if isinstance(held, Result) else held[1]) == "success"
+
+    def _resolve(self, fields: _Fields) -> None:
+        self._result = fields
         self._payload = None
         future = self._future
         if future is not None and not future.done():
-            future.set_result(result)
+            future.set_result(self._resolved_result())
         if self._watch is not None:
-            self._watch.resolved(result)
+            self._watch.resolved(self)
 
     def _fail(self, error: BaseException) -> None:
         future = self._future
@@ -182,12 +201,12 @@ class _Watch:
         for task in tasks:
             task._watch = self
             if task._result is not None:
-                self.resolved(task._result)
+                self.resolved(task)
 
-    def resolved(self, result: Result) -> None:
+    def resolved(self, task: Task) -> None:
         self._remaining -= 1
-        if result.status != "success" and self.failure is None:
-            self.failure = result
+        if self.failure is None and not task._succeeded():
+            self.failure = task._resolved_result()
             if self._stop_early:
                 self._done()
         if not self._remaining:
@@ -978,38 +997,36 @@ class Controller:
             # counted there.
             origin, history = adopted
             self._traces.pop(task.id, None)
-            result = self._result(origin.name, resolution, history)
-            origin._batch.controller._settle(origin, result, resolution.crashes)
+            fields = self._fields(resolution, history)
+            origin._batch.controller._settle(origin, fields, resolution.crashes)
             if not self._tasks:
                 self._settled.notify()
             return
-        self._settle(task, self._result(task.name, resolution), resolution.crashes)
+        self._settle(task, self._fields(resolution), resolution.crashes)
 
-    def _settle(self, task: Task, result: Result, retries: int = 0) -> None:
-        """`task` resolved with `result`: count it, hold it, and wake who waits."""
+    def _settle(self, task: Task, fields: _Fields, retries: int = 0) -> None:
+        """`task` resolved with the fields of its result: count it, hold it, and wake who
+        waits."""
         if self._tasks.pop(task.id, None) is None:
             return  # resolved already (cancelled while a backup ran it)
         self._handed.pop(task.id, None)
-        if self._spans is not None:
-            self._traces.pop(task.id, None)
-            self._spans.end(task.id, result, retries)
-        self._counts[result.status] += 1
-        if result.warnings:
+        _, status, _, _, warnings, seconds, worker, _, _, _ = fields
+        self._counts[status] += 1
+        if warnings:
             self._counts["warning"] += 1
-        if result.seconds is not None:
-            self._seconds += result.seconds
+        if seconds is not None:
+            self._seconds += seconds
         self._resolved[task.id] = task
         name = task._name  # None: generated from its id, made only if the timeline is read
         self._timeline.add(
-            task.id if name is None else name,
-            result.worker,
-            result.status,
-            task._batch.pushed,
-            result.seconds,
+            task.id if name is None else name, worker, status, task._batch.pushed, seconds
         )
-        if result.status != "success":
-            self._failures.append(result)
-        task._resolve(result)
+        task._resolve(fields)
+        if status != "success":
+            self._failures.append(task._resolved_result())
+        if self._spans is not None:
+            self._traces.pop(task.id, None)
+            self._spans.end(task.id, task._resolved_result(), retries)
         self._resolutions.notify()
         if not self._tasks:
             self._settled.notify()
@@ -1029,11 +1046,11 @@ class Controller:
             copy = backup._adopt(origin, task, history)
         except BatchcrewError as error:
             reason = f"{message}; its backup controller {backup.name!r} could not take it: {error}"
-            result = Result(
-                origin.name, None, "crash", reason, None, (), None, None,
-                self.launcher.describe(), self.name,
+            fields: _Fields = (
+                None, "crash", reason, None, (), None, None, self.launcher.describe(), self.name,
+                None,
             )  # fmt: skip
-            owner._settle(origin, result)
+            owner._settle(origin, fields)
             return
         owner._handed[origin.id] = (backup, copy.id)
         logger.warning(
@@ -1065,7 +1082,8 @@ class Controller:
         dispatcher.push([copy.id], batch.timeout)
         return copy
 
-    def _result(self, name: str, resolution: Resolution, history: tuple[str, ...] = ()) -> Result:
+    def _fields(self, resolution: Resolution, history: tuple[str, ...] = ()) -> _Fields:
+        """The fields of the `Result` of a task resolved here (after its name)."""
         outcome = resolution.outcome
         worker = resolution.worker
         launcher = self.launcher.describe()
@@ -1073,9 +1091,9 @@ class Controller:
             message = resolution.message
             if history and resolution.status == "crash":
                 message = f"on controller {self.name!r}: {message} (before: {'; '.join(history)})"
-            return Result(
-                name, None, resolution.status, message, None, (), None, worker,
-                launcher, self.name,
+            return (
+                None, resolution.status, message, None, (), None, worker, launcher, self.name,
+                None,
             )  # fmt: skip
         value = None
         status, message, trace = outcome.status, outcome.error, outcome.trace
@@ -1087,9 +1105,9 @@ class Controller:
             except Exception as error:
                 status = "error"
                 message = f"the result cannot be unpickled here: {type(error).__name__}: {error}"
-        return Result(
-            name, value, status, message, trace, outcome.warnings, outcome.seconds, worker,
-            launcher, self.name, outcome.memory or None,
+        return (
+            value, status, message, trace, outcome.warnings, outcome.seconds, worker, launcher,
+            self.name, outcome.memory or None,
         )  # fmt: skip
 
     def _on_broken(self, broken: scheduling.Broken) -> None:
@@ -1109,9 +1127,7 @@ class Controller:
         self._resolved.pop(task.id, None)
         if task._name is not None and self._named.get(task._name) is task:
             del self._named[task._name]
-        result = task._result
-        assert result is not None
-        return result
+        return task._resolved_result()
 
     def _stop(self) -> None:
         # Waiters of unresolved tasks must not hang: a broken launcher or a dead runner

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -120,6 +121,28 @@ async def test_awaiting_a_task_takes_its_result(controller: MakeController) -> N
     assert crew.pop() is None
     assert crew.collect().height == 0
     assert (await task).result == 2  # awaiting again still answers
+
+
+async def test_a_held_result_is_made_when_asked_for_and_is_the_same_each_time(
+    controller: MakeController,
+) -> None:
+    crew = await controller(workers=1)
+    tasks = crew.walk(add, range(3), range(3))
+    await crew.wait("all")
+    gc.collect()
+    # Held as a tuple of plain values, out of the garbage collector's sight, until asked for.
+    assert not any(gc.is_tracked(task._result) for task in tasks)
+    first = tasks[0].peek()
+    assert first is not None
+    assert (first.name, first.result, first.status, first.controller) == (
+        tasks[0].name,
+        0,
+        "success",
+        crew.name,
+    )
+    assert tasks[0].peek() is first
+    assert await tasks[0] is first
+    assert crew.collect()["result"].to_list() == [2, 4]
 
 
 async def test_generated_names_are_unique_and_given_names_must_be(
