@@ -262,6 +262,11 @@ class Scheduler:
         levels = range(settings.levels)
         self._tasks: dict[int, _Task | _Push] = {}  # unresolved
         self._detached: dict[int, _Task] = {}  # resolved while a worker holds them (cancelled)
+        # Records of completed tasks, for tasks taken next: at most as many as were ever on
+        # workers at once. A record made for each task taken would live through young
+        # garbage collections while its task runs, be promoted, and bring on full collections
+        # (a pause of tens of milliseconds with many tasks held) in the middle of a run.
+        self._spare: list[_Task] = []
         self._queues: list[deque[int]] = [deque() for _ in levels]  # may hold resolved ids
         self._queued = [0] * settings.levels  # unresolved tasks waiting in each queue
         self._demand = [0] * settings.levels  # unresolved tasks by level
@@ -469,6 +474,7 @@ class Scheduler:
             assert isinstance(entry, _Task)
             self._demand[entry.level] -= 1
             decisions.append(Complete(task, identity, entry.crashes))
+            self._spare.append(entry)
         if worker.assigned:
             self._became_head(worker, now, decisions)
         self._place(worker)
@@ -728,7 +734,14 @@ class Scheduler:
                     continue  # cancelled while queued
                 self._queued[queue_level] -= 1
                 if isinstance(entry, _Push):
-                    entry = tasks[task] = _Task(task, timeout=entry.timeout)
+                    timeout = entry.timeout
+                    if self._spare:
+                        entry = self._spare.pop()
+                        entry.id, entry.level, entry.crashes = task, 0, 0
+                        entry.worker, entry.timeout = None, timeout
+                    else:
+                        entry = _Task(task, timeout=timeout)
+                    tasks[task] = entry
                 return entry
         return None
 

@@ -137,6 +137,18 @@ def test_a_crash_requeues_the_task_at_the_front_until_crashes_max() -> None:
     assert scheduler.unresolved_tasks() == [2]
 
 
+def test_a_task_after_a_crashed_one_starts_with_no_crash_or_level_of_its_own() -> None:
+    # A completed task's record is kept for the next task taken: it must start afresh.
+    scheduler = Scheduler(Settings(workers=1, levels=2, crashes_max=2))
+    first = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(first, 0.0)
+    (bigger,) = launched(scheduler.lost(first, 1.0, clean=False, reason="killed"))
+    assert of(Assign, scheduler.connected_worker(bigger, 1.0)) == [Assign(bigger, 1)]
+    assert of(Complete, scheduler.result(bigger, 1, 0.1, 2.0)) == [Complete(1, bigger, 1)]
+    assert of(Assign, scheduler.push(2, 2.0)) == [Assign(bigger, 2)]
+    assert of(Complete, scheduler.result(bigger, 2, 0.1, 3.0)) == [Complete(2, bigger, 0)]
+
+
 def test_crashes_max_zero_resolves_the_first_crash() -> None:
     scheduler = Scheduler(Settings(workers=1, crashes_max=0))
     identity = launched(scheduler.push(1, 0.0))[0]
@@ -513,6 +525,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             elif isinstance(decision, Complete | Fail):
                 assert decision.task not in self.resolved, "resolved twice"
                 self.resolved.append(decision.task)
+                if isinstance(decision, Complete):
+                    assert decision.crashes == self.crashes.get(decision.task, 0), "crash count"
             elif isinstance(decision, Abandon):
                 for identity in decision.identities:
                     self.forget(identity)
