@@ -141,7 +141,7 @@ class Task:
     def _succeeded(self) -> bool:
         held = self._result
         assert held is not None
-        return (held.status if isinstance(held, Result) else held[1]) == "success"
+        return (held.status if isinstance(held, Result) else held[1]) == "success"  # 1: status
 
     def _resolve(self, fields: _Fields) -> None:
         self._result = fields
