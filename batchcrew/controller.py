@@ -138,11 +138,6 @@ class Task:
         result = self._result = Result(self.name, *held)
         return result
 
-    def _succeeded(self) -> bool:
-        held = self._result
-        assert held is not None
-        return (held.status if isinstance(held, Result) else held[1]) == "success"  # 1: status
-
     def _resolve(self, fields: _Fields) -> None:
         self._result = fields
         self._payload = None
@@ -150,7 +145,7 @@ class Task:
         if future is not None and not future.done():
             future.set_result(self._resolved_result())
         if self._watch is not None:
-            self._watch.resolved(self)
+            self._watch.resolved(self._resolved_result())  # a map takes every result anyway
 
     def _fail(self, error: BaseException) -> None:
         future = self._future
@@ -201,12 +196,12 @@ class _Watch:
         for task in tasks:
             task._watch = self
             if task._result is not None:
-                self.resolved(task)
+                self.resolved(task._resolved_result())
 
-    def resolved(self, task: Task) -> None:
+    def resolved(self, result: Result) -> None:
         self._remaining -= 1
-        if self.failure is None and not task._succeeded():
-            self.failure = task._resolved_result()
+        if result.status != "success" and self.failure is None:
+            self.failure = result
             if self._stop_early:
                 self._done()
         if not self._remaining:

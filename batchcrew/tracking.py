@@ -137,7 +137,7 @@ class Tracker:
         """Count a worker's outcome; return the worker's name (see `name`)."""
         record = self._live.get(identity)
         if record is None:
-            return identity.decode(errors="replace")
+            return self.name(identity)
         record.tasks += 1
         record.seconds += outcome.seconds
         if outcome.status == "error":

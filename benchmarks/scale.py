@@ -156,12 +156,12 @@ async def drain_seconds(queued: int, rounds: int = 1) -> float:
     async with bc.Controller(workers=2) as controller:
         await controller.map(noop, range(400))  # workers up, pipelining learned
         controller.collect()
-        for round in range(1, rounds + 1):
+        for done in range(1, rounds + 1):
             tasks = controller.walk(noop, range(queued))
             start = time.perf_counter()
             await controller.wait("all")
             seconds += time.perf_counter() - start
-            assert controller.counts()["success"] == 400 + round * queued, controller.counts()
+            assert controller.counts()["success"] == 400 + done * queued, controller.counts()
             assert all(task.done() for task in tasks)
             assert len({task.name for task in tasks}) == queued
             assert controller.collect().height == queued  # each resolved once, none lost
