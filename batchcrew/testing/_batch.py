@@ -10,12 +10,12 @@ import fnmatch
 import functools
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import botocore.model
 
+from batchcrew.testing._rules import Rules, platform_of, requirement
 from batchcrew.testing._wire import ACCOUNT_ID, ApiError, Params, service_model
 
 STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
@@ -30,8 +30,6 @@ FAILED_TO_START = "Task failed to start"
 DEPENDENCY_FAILED = "Dependent Job failed"
 ARRAY_CHILD_FAILED = "Array Child Job failed"
 
-_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _ARN = re.compile(r"^arn:aws[a-z-]*:batch:[^:]*:[0-9]*:(?P<kind>[a-z-]+)/(?P<rest>.+)$")
 _PAGE_DEFAULT = 100
 
@@ -44,14 +42,6 @@ def _arn(region: str, kind: str, rest: str) -> str:
     return f"arn:aws:batch:{region}:{ACCOUNT_ID}:{kind}/{rest}"
 
 
-def _check_name(kind: str, name: str) -> None:
-    if not _RESOURCE_NAME.match(name):
-        raise _client(
-            f"{kind} name {name!r} is invalid: up to 128 letters, numbers, hyphens and "
-            "underscores, starting with a letter or number"
-        )
-
-
 @dataclass
 class ComputeEnvironment:
     name: str
@@ -61,6 +51,11 @@ class ComputeEnvironment:
     compute_resources: Params | None
     service_role: str | None
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def platform(self) -> str:
+        """What its jobs run on: "EC2" or "FARGATE" (or "MANAGED_INSTANCES")."""
+        return platform_of(self.type, self.compute_resources)
 
     def describe(self, tags: dict[str, str]) -> Params:
         return {
@@ -107,18 +102,36 @@ class JobQueue:
 
 @dataclass
 class JobDefinition:
+    """A revision of a job definition: a container one (`container_properties`), a multi-node
+    one (`node_properties`) or an EKS one (`eks_properties`). Only container ones run."""
+
     name: str
     revision: int
     arn: str
     type: str
     parameters: dict[str, str]
-    container_properties: Params
+    container_properties: Params | None
     retry_strategy: Params | None
     timeout: Params | None
-    propagate_tags: bool
-    platform_capabilities: list[str]
+    propagate_tags: bool | None
+    platform_capabilities: list[str] | None
     scheduling_priority: int | None
+    node_properties: Params | None = None
+    eks_properties: Params | None = None
     status: str = "ACTIVE"
+
+    @property
+    def kind(self) -> str:
+        """ "container", "multinode" or "eks"."""
+        if self.eks_properties is not None:
+            return "eks"
+        return "multinode" if self.type == "multinode" else "container"
+
+    @property
+    def platform(self) -> str:
+        """The platform its jobs run on: "EC2" (the default) or "FARGATE"."""
+        platforms = self.platform_capabilities or ["EC2"]
+        return "FARGATE" if "FARGATE" in platforms else platforms[0]
 
     def describe(self, tags: dict[str, str]) -> Params:
         return {
@@ -131,11 +144,13 @@ class JobDefinition:
             "parameters": self.parameters,
             "retryStrategy": self.retry_strategy,
             "containerProperties": self.container_properties,
+            "nodeProperties": self.node_properties,
+            "eksProperties": self.eks_properties,
             "timeout": self.timeout,
             "tags": tags,
             "propagateTags": self.propagate_tags,
             "platformCapabilities": self.platform_capabilities,
-            "containerOrchestrationType": "ECS",
+            "containerOrchestrationType": "EKS" if self.kind == "eks" else "ECS",
         }
 
 
@@ -161,6 +176,8 @@ class Job:
     depends_on: list[Params]
     tags: dict[str, str]
     propagate_tags: bool
+    share_identifier: str | None = None
+    scheduling_priority: int | None = None
     status: str = "SUBMITTED"
     status_reason: str | None = None
     started_at: int | None = None
@@ -171,6 +188,7 @@ class Job:
     container_reason: str | None = None
     log_stream_name: str | None = None
     task_arn: str | None = None
+    compute_environment: ComputeEnvironment | None = None  # where the current attempt runs
     # array jobs
     array_size: int | None = None
     array_index: int | None = None
@@ -195,6 +213,10 @@ class Job:
     @property
     def timeout_seconds(self) -> int | None:
         return (self.timeout or {}).get("attemptDurationSeconds")
+
+    @property
+    def platform(self) -> str:
+        return self.definition.platform
 
     def status_summary(self) -> dict[str, int]:
         summary = dict.fromkeys(STATUSES, 0)
@@ -227,13 +249,6 @@ def _merge_requirements(base: Iterable[Params], override: Iterable[Params]) -> l
     return list(merged.values())
 
 
-def _requirement(requirements: list[Params], kind: str, container: Params, legacy: str) -> Any:
-    for requirement in requirements:
-        if requirement["type"] == kind:
-            return requirement["value"]
-    return container.get(legacy)
-
-
 def substitute(command: Iterable[str], parameters: dict[str, str]) -> list[str]:
     """The command with each `Ref::name` argument replaced by parameter `name` (whole
     arguments only, as Batch does; a reference to an unknown parameter stays as it is)."""
@@ -250,7 +265,9 @@ class BatchState:
         memory_mib: int,
         clock: Callable[[], int],
         on_change: Callable[[], None] = lambda: None,
+        lenient: Collection[str] = (),
     ) -> None:
+        self.rules = Rules(lenient)
         self.vcpus = vcpus
         self.memory_mib = memory_mib
         self._clock = clock
@@ -336,7 +353,7 @@ class BatchState:
 
     def create_compute_environment(self, params: Params, region: str) -> Params:
         name = params["computeEnvironmentName"]
-        _check_name("Compute environment", name)
+        self.rules.compute_environment(params)
         if name in self.compute_environments:
             raise _client(f"Object already exists: compute environment {name}")
         environment = ComputeEnvironment(
@@ -384,15 +401,11 @@ class BatchState:
 
     def create_job_queue(self, params: Params, region: str) -> Params:
         name = params["jobQueueName"]
-        _check_name("Job queue", name)
+        self.rules.resource_name("Job queue", name)
+        self.rules.tags(params.get("tags"))
         if name in self.queues:
             raise _client(f"Object already exists: job queue {name}")
-        order = []
-        for entry in params.get("computeEnvironmentOrder", []):
-            environment = self._compute_environment(entry["computeEnvironment"])
-            order.append({"order": entry["order"], "computeEnvironment": environment.arn})
-        if not order:
-            raise _client("computeEnvironmentOrder must name at least one compute environment")
+        order = self._order(params.get("computeEnvironmentOrder", []))
         queue = JobQueue(
             name=name,
             arn=_arn(region, "job-queue", name),
@@ -420,18 +433,23 @@ class BatchState:
         page, token = _page(described, params, "jobQueues")
         return {"jobQueues": page, "nextToken": token}
 
+    def _order(self, entries: list[Params]) -> list[Params]:
+        """A queue's computeEnvironmentOrder, each environment named by its ARN."""
+        environments = [self._compute_environment(e["computeEnvironment"]) for e in entries]
+        self.rules.queue_order([environment.platform for environment in environments])
+        if not environments:  # lenient: the emulator needs somewhere to run
+            raise _client("computeEnvironmentOrder must name at least one compute environment")
+        return [
+            {"order": entry["order"], "computeEnvironment": environment.arn}
+            for entry, environment in zip(entries, environments, strict=True)
+        ]
+
     def update_job_queue(self, params: Params, region: str) -> Params:
         queue = self._queue(params["jobQueue"])
+        if "computeEnvironmentOrder" in params:
+            queue.compute_environment_order = self._order(params["computeEnvironmentOrder"])
         queue.state = params.get("state", queue.state)
         queue.priority = params.get("priority", queue.priority)
-        if "computeEnvironmentOrder" in params:
-            queue.compute_environment_order = [
-                {
-                    "order": e["order"],
-                    "computeEnvironment": self._compute_environment(e["computeEnvironment"]).arn,
-                }
-                for e in params["computeEnvironmentOrder"]
-            ]
         self.on_change()
         return {"jobQueueName": queue.name, "jobQueueArn": queue.arn}
 
@@ -446,25 +464,20 @@ class BatchState:
     # -- job definitions --------------------------------------------------------------------
 
     def register_job_definition(self, params: Params, region: str) -> Params:
-        name = params["jobDefinitionName"]
-        _check_name("Job definition", name)
-        if params["type"] != "container" or "containerProperties" not in params:
+        self.rules.job_definition(params)
+        if params.get("ecsProperties") is not None:
             raise _client(
-                "LocalBatch runs container job definitions only: give type 'container' and "
-                "containerProperties (multinode, EKS and ECS properties are not emulated)"
+                "LocalBatch does not emulate ecsProperties job definitions: give "
+                "containerProperties (or eksProperties or nodeProperties, which it stores but "
+                "does not run)"
             )
-        _check_retry_and_timeout(params)
-        container = dict(params["containerProperties"])
-        for key in (
-            "volumes",
-            "environment",
-            "mountPoints",
-            "ulimits",
-            "resourceRequirements",
-            "secrets",
-        ):
-            container.setdefault(key, [])
-        _resources(container.get("resourceRequirements", []), container)  # validates values
+        name = params["jobDefinitionName"]
+        eks = params.get("eksProperties")
+        container = params.get("containerProperties")
+        platforms = params.get("platformCapabilities")
+        if container is not None:
+            container = _container_defaults(container, platforms or ["EC2"])
+            _resources(container)  # the emulator's own needs, whatever is lenient
         revisions = self.definitions.setdefault(name, [])
         revision = len(revisions) + 1
         definition = JobDefinition(
@@ -476,9 +489,12 @@ class BatchState:
             container_properties=container,
             retry_strategy=params.get("retryStrategy"),
             timeout=params.get("timeout"),
-            propagate_tags=bool(params.get("propagateTags", False)),
-            platform_capabilities=list(params.get("platformCapabilities", ["EC2"])),
+            # AWS describes an EKS definition without these two, which it must not be given.
+            propagate_tags=None if eks is not None else bool(params.get("propagateTags", False)),
+            platform_capabilities=None if eks is not None else list(platforms or ["EC2"]),
             scheduling_priority=params.get("schedulingPriority"),
+            node_properties=params.get("nodeProperties"),
+            eks_properties=eks,
         )
         revisions.append(definition)
         self.tags[definition.arn] = dict(params.get("tags", {}))
@@ -515,30 +531,47 @@ class BatchState:
     # -- jobs -------------------------------------------------------------------------------
 
     def submit_job(self, params: Params, region: str) -> Params:
+        rules = self.rules
         name = params["jobName"]
-        if not _JOB_NAME.match(name):
-            raise _client(
-                f"Job name {name!r} is invalid: up to 128 letters, numbers, hyphens and "
-                "underscores, starting with a letter or number"
-            )
+        rules.job_name(name)
         queue = self._queue(params["jobQueue"])
         if queue.state != "ENABLED":
             raise _client(f"JobQueue {queue.name} is not ENABLED; jobs can't be submitted to it.")
+        rules.job_definition_reference(params["jobDefinition"])
         definition = self._definition(params["jobDefinition"], active_only=True)
-        _check_retry_and_timeout(params)
+        rules.tags(params.get("tags"))
+        rules.share_identifier(
+            params.get("shareIdentifier"), queue.scheduling_policy_arn is not None
+        )
+        rules.scheduling_priority(
+            "schedulingPriorityOverride", params.get("schedulingPriorityOverride")
+        )
+        rules.retry_and_timeout(params)
         size = (params.get("arrayProperties") or {}).get("size")
-        if size is not None and not 2 <= size <= 10_000:
-            raise _client(f"arrayProperties.size must be between 2 and 10000, got {size}")
+        rules.array_size(size, definition.kind == "multinode")
+        if size is not None and not 2 <= size <= 10_000:  # lenient: what the emulator can run
+            raise _client(f"LocalBatch runs array jobs of 2 to 10000 children, not {size}")
         depends_on = list(params.get("dependsOn", []))
-        if len(depends_on) > 20:
-            raise _client("A job can depend upon a maximum of 20 jobs")
+        rules.depends_on(depends_on, size is not None)
         for dependency in depends_on:
             if dependency.get("jobId") is not None:
                 self._job(dependency["jobId"])
-            elif dependency.get("type") != "SEQUENTIAL" or size is None:
-                raise _client("dependsOn needs a jobId, except SEQUENTIAL for array jobs")
-
+        platforms = definition.platform_capabilities or []
+        rules.overrides(params, definition.kind, platforms)
         overrides = params.get("containerOverrides") or {}
+        if definition.container_properties is None:
+            # Every rule AWS applies has passed: the job would run on AWS, but not here.
+            kind = {"eks": "EKS", "multinode": "multi-node parallel"}.get(definition.kind)
+            if kind is None:  # a definition without properties, let through by leniency
+                raise _client(
+                    f"LocalBatch cannot run jobs of job definition {definition.name}: it has "
+                    "no containerProperties"
+                )
+            raise _client(
+                f"LocalBatch does not run {kind} jobs: job definition {definition.name} is "
+                "registered and described, but its jobs cannot be submitted to this emulator. "
+                "Use a container job definition (containerProperties)."
+            )
         container = dict(definition.container_properties)
         for legacy in ("vcpus", "memory", "instanceType"):
             if overrides.get(legacy) is not None:
@@ -546,15 +579,11 @@ class BatchState:
         container["environment"] = _merge_environment(
             container.get("environment", []), overrides.get("environment", [])
         )
-        for pair in container["environment"]:
-            if pair["name"].startswith("AWS_BATCH"):
-                raise _client(
-                    f"Environment variable {pair['name']} uses the reserved prefix AWS_BATCH"
-                )
         container["resourceRequirements"] = _merge_requirements(
             container.get("resourceRequirements", []), overrides.get("resourceRequirements", [])
         )
-        vcpus, memory = _resources(container["resourceRequirements"], container)
+        rules.container(container, platforms or ["EC2"], registering=False)
+        vcpus, memory = _resources(container)
         parameters = {**definition.parameters, **params.get("parameters", {})}
         command = substitute(overrides.get("command") or container.get("command") or [], parameters)
         container["command"] = command
@@ -583,6 +612,10 @@ class BatchState:
                 depends_on=depends_on if parent is None else [],
                 tags=dict(params.get("tags", {})) if parent is None else {},
                 propagate_tags=bool(propagate),
+                share_identifier=params.get("shareIdentifier"),
+                scheduling_priority=params.get(
+                    "schedulingPriorityOverride", definition.scheduling_priority
+                ),
                 array_size=size if parent is None else None,
                 array_index=index,
                 parent=parent,
@@ -611,8 +644,7 @@ class BatchState:
 
     def describe_jobs(self, params: Params, region: str) -> Params:
         ids = params["jobs"]
-        if len(ids) > 100:
-            raise _client("DescribeJobs accepts at most 100 job IDs")
+        self.rules.describe_jobs(ids)
         # AWS leaves out IDs it does not know rather than failing the call.
         return {"jobs": [self.describe_job(self.jobs[i]) for i in ids if i in self.jobs]}
 
@@ -635,6 +667,8 @@ class BatchState:
             "jobId": job.job_id,
             "jobQueue": job.queue.arn,
             "status": job.status,
+            "shareIdentifier": job.share_identifier,
+            "schedulingPriority": job.scheduling_priority,
             "attempts": job.attempts,
             "statusReason": job.status_reason,
             "createdAt": job.created_at,
@@ -715,25 +749,65 @@ class BatchState:
         return summary
 
     def cancel_job(self, params: Params, region: str) -> Params:
-        job = self._job(params["jobId"])
-        for target in job.children or [job]:
-            if target.status in _NOT_STARTED:
-                target.is_cancelled = True
-                self._finish(target, "FAILED", params["reason"])
+        self.rules.reason(params["reason"])
+        self._cancel(self._job(params["jobId"]), params["reason"])
         self.on_change()
         return {}
 
     def terminate_job(self, params: Params, region: str) -> Params:
-        job = self._job(params["jobId"])
+        self.rules.reason(params["reason"])
+        self._terminate(self._job(params["jobId"]), params["reason"])
+        self.on_change()
+        return {}
+
+    def cancel_jobs(self, params: Params, region: str) -> Params:
+        """CancelJob for up to 50 jobs, each reported on its own."""
+        return self._bulk(params, self._cancel)
+
+    def terminate_jobs(self, params: Params, region: str) -> Params:
+        """TerminateJob for up to 50 jobs, each reported on its own."""
+        return self._bulk(params, self._terminate)
+
+    def _bulk(self, params: Params, end: Callable[[Job, str], None]) -> Params:
+        self.rules.bulk_jobs(params["jobs"])
+        self.rules.reason(params["reason"])
+        successful, errors = [], []
+        for job_id in params["jobs"]:
+            if self.rules.malformed_job_id(job_id):
+                errors.append(
+                    {
+                        "job": job_id,
+                        "code": "ValidationException",
+                        "message": f"Job id {job_id} is not valid: a job id is a UUID, followed "
+                        "by :N for an array child",
+                    }
+                )
+                continue
+            job = self.jobs.get(job_id)
+            if job is not None:
+                end(job, params["reason"])
+            # "Jobs that can't be found are treated as successfully processed." (CancelJobs,
+            # TerminateJobs)
+            successful.append(job_id)
+        self.on_change()
+        return {"successful": successful, "errors": errors}
+
+    def _cancel(self, job: Job, reason: str) -> None:
+        """Fail the job (an array parent: its children) if it has not started."""
         for target in job.children or [job]:
             if target.status in _NOT_STARTED:
                 target.is_cancelled = True
-                self._finish(target, "FAILED", params["reason"])
+                self._finish(target, "FAILED", reason)
+
+    def _terminate(self, job: Job, reason: str) -> None:
+        """Cancel the job (or an array parent's children) if not started, else stop it."""
+        for target in job.children or [job]:
+            if target.status in _NOT_STARTED:
+                target.is_cancelled = True
+                self._finish(target, "FAILED", reason)
             elif target.status in ("STARTING", "RUNNING") and target.kill_reason is None:
-                target.kill_reason = params["reason"]
+                target.kill_reason = reason
                 target.is_terminated = True
-        self.on_change()
-        return {}
 
     # -- tags -------------------------------------------------------------------------------
 
@@ -743,10 +817,12 @@ class BatchState:
         return self.tags.setdefault(arn, {})
 
     def tag_resource(self, params: Params, region: str) -> Params:
+        self.rules.tags(params["tags"])
         self._tagged(params["resourceArn"]).update(params["tags"])
         return {}
 
     def untag_resource(self, params: Params, region: str) -> Params:
+        self.rules.untag(params["tagKeys"])
         tags = self._tagged(params["resourceArn"])
         for key in params["tagKeys"]:
             tags.pop(key, None)
@@ -779,13 +855,17 @@ class BatchState:
         runnable = [j for j in self.jobs.values() if j.status == "RUNNABLE"]
         runnable.sort(key=lambda j: (-j.queue.priority, j.sequence))
         started = []
+        environments = {env.arn: env for env in self.compute_environments.values()}
         for job in runnable:
             memory = job.memory_mib or 0
+            environment = self._placement(job, environments)
             if (
-                job.vcpus <= self.vcpus - self.vcpus_used + 1e-9
+                environment is not None
+                and job.vcpus <= self.vcpus - self.vcpus_used + 1e-9
                 and memory <= self.memory_mib - self.memory_used
                 and job.queue.state == "ENABLED"
             ):
+                job.compute_environment = environment
                 self.vcpus_used += job.vcpus
                 self.memory_used += memory
                 job.status = "STARTING"
@@ -797,6 +877,24 @@ class BatchState:
                 self._touch_parent(job)
                 started.append(job)
         return started
+
+    @staticmethod
+    def _placement(
+        job: Job, environments: dict[str, ComputeEnvironment]
+    ) -> ComputeEnvironment | None:
+        """The first ENABLED compute environment of the job's queue, in its order, that runs
+        the job's platform: a Fargate job in a queue of EC2 environments waits RUNNABLE, as on
+        AWS (RegisterJobDefinitionRequest.platformCapabilities: "To run the job on Fargate
+        resources, specify FARGATE")."""
+        for entry in sorted(job.queue.compute_environment_order, key=lambda e: e["order"]):
+            environment = environments.get(entry["computeEnvironment"])
+            if (
+                environment is not None
+                and environment.state == "ENABLED"
+                and environment.platform == job.platform
+            ):
+                return environment
+        return None
 
     def _waiting(self) -> Iterable[Job]:
         return [j for j in self.jobs.values() if j.status in ("SUBMITTED", "PENDING")]
@@ -914,32 +1012,51 @@ def _filter_matches(filter_: Params, job: Job) -> bool:
     )
 
 
-def _check_retry_and_timeout(params: Params) -> None:
-    attempts = (params.get("retryStrategy") or {}).get("attempts")
-    if attempts is not None and not 1 <= attempts <= 10:
-        raise _client(f"retryStrategy.attempts must be between 1 and 10, got {attempts}")
-    # AWS requires at least 60 seconds; the emulator accepts any positive value so that tests
-    # can exercise timeouts quickly.
-    seconds = (params.get("timeout") or {}).get("attemptDurationSeconds")
-    if seconds is not None and seconds < 1:
-        raise _client(f"timeout.attemptDurationSeconds must be >= 1, got {seconds}")
+def _container_defaults(container: Params, platforms: list[str]) -> Params:
+    """A definition's containerProperties as AWS describes them: the lists it fills in empty,
+    and on Fargate the network and platform settings it defaults (NetworkConfiguration.
+    assignPublicIp: 'The default value is "DISABLED"'; FargatePlatformConfiguration.
+    platformVersion: 'If one isn't specified, the LATEST platform version is used')."""
+    container = dict(container)
+    for key in ("volumes", "environment", "mountPoints", "ulimits", "resourceRequirements"):
+        container.setdefault(key, [])
+    container.setdefault("secrets", [])
+    if "FARGATE" in platforms:
+        container["networkConfiguration"] = {
+            "assignPublicIp": "DISABLED",
+            **(container.get("networkConfiguration") or {}),
+        }
+        container["fargatePlatformConfiguration"] = {
+            "platformVersion": "LATEST",
+            **(container.get("fargatePlatformConfiguration") or {}),
+        }
+    return container
 
 
-def _resources(requirements: list[Params], container: Params) -> tuple[float, int | None]:
+def _resources(container: Params) -> tuple[float, int | None]:
     """The (vCPUs, MiB) a container needs: resourceRequirements first, then the legacy
-    `vcpus`/`memory` fields; 1 vCPU and no memory limit when neither says."""
-    vcpus_value = _requirement(requirements, "VCPU", container, "vcpus")
-    memory_value = _requirement(requirements, "MEMORY", container, "memory")
+    `vcpus`/`memory` fields; 1 vCPU and no memory limit when neither says (which AWS refuses
+    unless `resources_required` is lenient).
+
+    The rules have checked the values; this refuses only what the emulator cannot schedule
+    whatever is lenient: a VCPU that is not a positive number, a MEMORY that is not a positive
+    whole number of MiB."""
+    vcpus_value = requirement(container, "VCPU")
+    if vcpus_value is None:
+        vcpus_value = container.get("vcpus")
+    memory_value = requirement(container, "MEMORY")
+    if memory_value is None:
+        memory_value = container.get("memory")
     try:
         vcpus = float(vcpus_value) if vcpus_value is not None else 1.0
         memory = int(memory_value) if memory_value is not None else None
     except ValueError:
+        vcpus = memory = -1
+    if not vcpus > 0 or (memory is not None and memory <= 0):
         raise _client(
-            f"resourceRequirements VCPU and MEMORY must be numbers, got VCPU={vcpus_value!r}, "
-            f"MEMORY={memory_value!r}"
-        ) from None
-    if vcpus <= 0 or (memory is not None and memory < 4):
-        raise _client(f"VCPU must be > 0 and MEMORY >= 4 MiB, got {vcpus} and {memory}")
+            "LocalBatch schedules a job by its VCPU (a number > 0) and MEMORY (a whole number "
+            f"of MiB > 0); got VCPU={vcpus_value!r}, MEMORY={memory_value!r}"
+        )
     return vcpus, memory
 
 

@@ -14,6 +14,7 @@ import sys
 
 from batchcrew.testing._localbatch import LocalBatch, is_loopback
 from batchcrew.testing._options import LocalBatchOptions, PerOperation
+from batchcrew.testing._rules import RULES
 
 
 def _per_operation(values: list[str] | None, flag: str) -> PerOperation:
@@ -51,7 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="queues",
         metavar="NAME",
-        help="create this job queue (repeatable; default: one queue named 'localbatch')",
+        help="create this job queue on EC2 (repeatable; default: one queue named 'localbatch')",
+    )
+    parser.add_argument(
+        "--fargate-queue",
+        action="append",
+        dest="fargate_queues",
+        metavar="NAME",
+        help="create this job queue on Fargate, for jobs of Fargate job definitions (repeatable)",
     )
     parser.add_argument(
         "--job-definition",
@@ -84,6 +92,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the throttle/fault draws")
     parser.add_argument("--region", default="us-east-1", help="default region")
     parser.add_argument("--log-group", default="/aws/batch/job", help="log group of job output")
+    parser.add_argument(
+        "--lenient",
+        action="append",
+        metavar="RULE",
+        choices=sorted(RULES),
+        help="do not enforce this AWS rule (repeatable), e.g. timeout_minimum to accept job "
+        "timeouts under 60 seconds; by default every request is checked as AWS checks it. "
+        "Rules: " + ", ".join(sorted(RULES)),
+    )
 
 
 def _options(args: argparse.Namespace) -> LocalBatchOptions:
@@ -97,6 +114,7 @@ def _options(args: argparse.Namespace) -> LocalBatchOptions:
         seed=args.seed,
         region=args.region,
         log_group=args.log_group,
+        lenient=frozenset(args.lenient or ()),
     )
 
 
@@ -106,8 +124,10 @@ async def _serve(args: argparse.Namespace, options: LocalBatchOptions) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     queues = args.queues or ["localbatch"]
+    fargate_queues = args.fargate_queues or []
     batch = LocalBatch(
         queues=queues,
+        fargate_queues=fargate_queues,
         job_definition=args.job_definition,
         options=options,
         host=args.host,
@@ -121,10 +141,13 @@ async def _serve(args: argparse.Namespace, options: LocalBatchOptions) -> None:
                 "Remote access allowed: only requests signed with the credentials below are "
                 "answered. From another machine, use this machine's address in AWS_ENDPOINT_URL."
             )
+        fargate = f"; Fargate queues: {', '.join(fargate_queues)}" if fargate_queues else ""
         print(
-            f"queues: {', '.join(queues)}; capacity: {options.vcpus:g} vCPUs, "
+            f"queues: {', '.join(queues)}{fargate}; capacity: {options.vcpus:g} vCPUs, "
             f"{options.memory_mib} MiB"
         )
+        if options.lenient:
+            print(f"AWS rules not enforced: {', '.join(sorted(options.lenient))}")
         print("Point AWS SDKs and the AWS CLI at it with:")
         for name, value in batch.environment().items():
             print(f"  export {name}={shlex.quote(value)}")

@@ -9,13 +9,15 @@ import asyncio
 import getpass
 import ipaddress
 import logging
+import math
 import secrets
 import time
 from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import anyio
+import botocore
 from aiohttp import web
 from botocore.credentials import Credentials
 
@@ -24,7 +26,14 @@ from batchcrew.testing._logs import LogsState
 from batchcrew.testing._options import LocalBatchOptions
 from batchcrew.testing._runner import JobRunner
 from batchcrew.testing._server import ApiRequest, ApiServer
-from batchcrew.testing._wire import ApiError, service_model, shape_output
+from batchcrew.testing._wire import (
+    ACCOUNT_ID,
+    ApiError,
+    check_request,
+    compile_patterns,
+    service_model,
+    shape_output,
+)
 
 logger = logging.getLogger("batchcrew.testing")
 
@@ -32,8 +41,20 @@ logger = logging.getLogger("batchcrew.testing")
 #: without some. With `allow_remote`, the secret is a fresh random one instead.
 DUMMY_ACCESS_KEY_ID = "localbatch"
 DUMMY_SECRET_ACCESS_KEY = "localbatch"
-#: The compute environment behind the queues LocalBatch creates itself.
+#: The compute environments behind the queues LocalBatch creates itself: an UNMANAGED one for
+#: EC2 queues, a MANAGED Fargate one for Fargate queues.
 COMPUTE_ENVIRONMENT = "localbatch"
+FARGATE_COMPUTE_ENVIRONMENT = "localbatch-fargate"
+#: Made-up roles and network for the resources LocalBatch creates itself (AWS requires them;
+#: nothing here checks or uses them). The ids are the placeholders of AWS's documentation.
+SERVICE_ROLE = (
+    f"arn:aws:iam::{ACCOUNT_ID}:role/aws-service-role/batch.amazonaws.com/AWSServiceRoleForBatch"
+)
+EXECUTION_ROLE = f"arn:aws:iam::{ACCOUNT_ID}:role/ecsTaskExecutionRole"
+SUBNETS = ("subnet-0123456789abcdef0",)
+SECURITY_GROUPS = ("sg-0123456789abcdef0",)
+
+Platform = Literal["EC2", "FARGATE"]
 
 
 def _now_ms() -> int:
@@ -61,11 +82,15 @@ class LocalBatch:
             async with session.create_client("batch", **batch.client_kwargs()) as client:
                 ...
 
-    - `queues`: job queues to create up front (the first is `job_queue`).
+    - `queues`: job queues to create up front, on EC2 (the first is `job_queue`).
+    - `fargate_queues`: job queues to create up front on Fargate (a MANAGED compute environment
+      of type FARGATE): jobs of Fargate job definitions run there, and only there.
     - `job_definition`: if given, a container job definition of that name is registered up front
       (1 vCPU, 2048 MiB, command `python -c "print('hello from LocalBatch')"`), as
       `job_definition`; submit with `containerOverrides.command` to run something else.
-    - `options`: capacity, delays and injected failures (`LocalBatchOptions`).
+    - `options`: capacity, delays, injected failures and the AWS rules not enforced
+      (`LocalBatchOptions`). Every request is checked as AWS checks it unless a rule is named
+      in `options.lenient`; that includes the set-up helpers below (`ValueError`).
     - `host`, `port`: where the server listens; port 0 picks a free port. `host` must be a
       loopback address ("127.0.0.1", "::1", "localhost") unless `allow_remote` is True:
       whoever can reach the server can run any command as this user.
@@ -76,7 +101,8 @@ class LocalBatch:
     Attributes and helpers: `endpoint_url`, `region`, `options`, `allow_remote`, `job_queue`,
     `job_definition`, `environment()`, `client_kwargs()`, `requests` (every `ApiRequest`
     received), `requests_for(operation)`, `describe_job(id)`, `await wait_for_job(id)`,
-    `log_messages(id)`, `process_ids()`, `create_queue(name)`, `register_job_definition(...)`.
+    `log_messages(id)`, `process_ids()`, `create_queue(name, platform=...)`,
+    `register_job_definition(..., platform=...)`.
 
     On exit every job process it started is killed, with its whole process group, and reaped.
     Commands whose first word is `python` or `python3` run with this interpreter
@@ -88,14 +114,18 @@ class LocalBatch:
         self,
         *,
         queues: Sequence[str] = ("localbatch",),
+        fargate_queues: Sequence[str] = (),
         job_definition: str | None = None,
         options: LocalBatchOptions | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         allow_remote: bool = False,
     ) -> None:
-        if isinstance(queues, str):
-            raise TypeError(f"queues must be a sequence of queue names, got the string {queues!r}")
+        for name, value in (("queues", queues), ("fargate_queues", fargate_queues)):
+            if isinstance(value, str):
+                raise TypeError(
+                    f"{name} must be a sequence of queue names, got the string {value!r}"
+                )
         if not allow_remote and not is_loopback(host):
             raise ValueError(
                 f"LocalBatch will not listen on host={host!r}, which is not a loopback address: "
@@ -113,7 +143,10 @@ class LocalBatch:
             secrets.token_urlsafe(30) if allow_remote else DUMMY_SECRET_ACCESS_KEY,
         )
         self._batch = BatchState(
-            vcpus=self.options.vcpus, memory_mib=self.options.memory_mib, clock=_now_ms
+            vcpus=self.options.vcpus,
+            memory_mib=self.options.memory_mib,
+            clock=_now_ms,
+            lenient=self.options.lenient,
         )
         self._logs = LogsState(clock=_now_ms)
         self._server = ApiServer(
@@ -134,6 +167,8 @@ class LocalBatch:
         self._logs.create_log_group({"logGroupName": self.options.log_group}, self.options.region)
         for name in self._queue_names:
             self.create_queue(name)
+        for name in fargate_queues:
+            self.create_queue(name, platform="FARGATE")
         if job_definition is not None:
             self.register_job_definition(
                 job_definition, command=["python", "-c", "print('hello from LocalBatch')"]
@@ -157,6 +192,7 @@ class LocalBatch:
         """Start serving and running jobs. Raises OSError if the port is taken."""
         if self._web_runner is not None:
             raise RuntimeError("LocalBatch is already started; start it once")
+        await anyio.to_thread.run_sync(compile_patterns)
         # In-flight requests get a short grace at close: an emulator should stop fast.
         web_runner = web.AppRunner(
             self._server.application(), access_log=None, shutdown_timeout=0.25
@@ -240,7 +276,7 @@ class LocalBatch:
 
     @property
     def job_queue(self) -> str:
-        """The name of the first queue created at construction."""
+        """The name of the first (EC2) queue created at construction."""
         if not self._queue_names:
             raise AttributeError("this LocalBatch was made with queues=(); it has no job_queue")
         return self._queue_names[0]
@@ -306,20 +342,45 @@ class LocalBatch:
 
     # -- set-up without a client ------------------------------------------------------------
 
-    def create_queue(self, name: str, *, priority: int = 1) -> str:
-        """Create job queue `name` (and the `localbatch` compute environment behind it, once);
-        return its ARN. Raises ValueError if the name is taken or invalid."""
-        if COMPUTE_ENVIRONMENT not in self._batch.compute_environments:
-            self._call(
-                self._batch.create_compute_environment,
-                {"computeEnvironmentName": COMPUTE_ENVIRONMENT, "type": "UNMANAGED"},
-            )
-        params = {
+    def create_queue(self, name: str, *, priority: int = 1, platform: Platform = "EC2") -> str:
+        """Create job queue `name` on `platform` and return its ARN.
+
+        An EC2 queue is backed by the UNMANAGED compute environment `localbatch`, a Fargate
+        queue by the MANAGED one `localbatch-fargate` (computeResources of type FARGATE, with
+        made-up subnets and security groups); each is created with its first queue. Both draw
+        on the one capacity of `options`. Raises ValueError if the name is taken or invalid,
+        or `platform` is neither "EC2" nor "FARGATE".
+        """
+        if platform == "EC2":
+            environment = COMPUTE_ENVIRONMENT
+            params: dict[str, Any] = {
+                "computeEnvironmentName": environment,
+                "type": "UNMANAGED",
+                "serviceRole": SERVICE_ROLE,
+            }
+        elif platform == "FARGATE":
+            environment = FARGATE_COMPUTE_ENVIRONMENT
+            params = {
+                "computeEnvironmentName": environment,
+                "type": "MANAGED",
+                "serviceRole": SERVICE_ROLE,
+                "computeResources": {
+                    "type": "FARGATE",
+                    "maxvCpus": math.ceil(self.options.vcpus),
+                    "subnets": list(SUBNETS),
+                    "securityGroupIds": list(SECURITY_GROUPS),
+                },
+            }
+        else:
+            raise ValueError(f'platform must be "EC2" or "FARGATE", got {platform!r}')
+        if environment not in self._batch.compute_environments:
+            self._call("CreateComputeEnvironment", params)
+        queue = {
             "jobQueueName": name,
             "priority": priority,
-            "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": COMPUTE_ENVIRONMENT}],
+            "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": environment}],
         }
-        return str(self._call(self._batch.create_job_queue, params)["jobQueueArn"])
+        return str(self._call("CreateJobQueue", queue)["jobQueueArn"])
 
     def register_job_definition(
         self,
@@ -330,25 +391,43 @@ class LocalBatch:
         memory_mib: int = 2048,
         environment: Mapping[str, str] | None = None,
         image: str = "localbatch",
+        platform: Platform = "EC2",
+        execution_role_arn: str | None = None,
     ) -> str:
-        """Register a revision of container job definition `name`; return its ARN."""
+        """Register a revision of container job definition `name` on `platform`; return its
+        ARN.
+
+        The request is checked as RegisterJobDefinition checks it: on EC2 `vcpus` is a whole
+        number; on Fargate `vcpus` and `memory_mib` are a pair Fargate offers (the defaults, 1
+        vCPU and 2048 MiB, are) and the definition needs an execution role, `execution_role_arn`
+        or else a made-up one (`EXECUTION_ROLE`). Raises ValueError with AWS's message for
+        values AWS refuses.
+        """
+        container: dict[str, Any] = {
+            "image": image,
+            "command": list(command),
+            "resourceRequirements": [
+                {"type": "VCPU", "value": f"{vcpus:g}"},
+                {"type": "MEMORY", "value": str(memory_mib)},
+            ],
+            "environment": [{"name": k, "value": v} for k, v in (environment or {}).items()],
+        }
+        if execution_role_arn is not None or platform == "FARGATE":
+            container["executionRoleArn"] = execution_role_arn or EXECUTION_ROLE
         params = {
             "jobDefinitionName": name,
             "type": "container",
-            "containerProperties": {
-                "image": image,
-                "command": list(command),
-                "resourceRequirements": [
-                    {"type": "VCPU", "value": f"{vcpus:g}"},
-                    {"type": "MEMORY", "value": str(memory_mib)},
-                ],
-                "environment": [{"name": k, "value": v} for k, v in (environment or {}).items()],
-            },
+            "platformCapabilities": [platform],
+            "containerProperties": container,
         }
-        return str(self._call(self._batch.register_job_definition, params)["jobDefinitionArn"])
+        return str(self._call("RegisterJobDefinition", params)["jobDefinitionArn"])
 
-    def _call(self, method: Any, params: dict[str, Any]) -> dict[str, Any]:
+    def _call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run a Batch operation as a request would, checked as AWS checks it; an error AWS
+        would answer is a ValueError with its message."""
+        method = getattr(self._batch, botocore.xform_name(operation))
         try:
+            check_request("batch", service_model("batch").operation_model(operation), params)
             result: dict[str, Any] = method(params, self.options.region)
         except ApiError as error:
             raise ValueError(error.message) from None

@@ -6,9 +6,10 @@ One frozen value, validated once at construction, so a test states its weather i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 
+from batchcrew.testing._rules import check_lenient
 from batchcrew.testing._wire import operation_names
 
 #: Per-operation values: one number for every operation, or a mapping from operation name
@@ -55,6 +56,9 @@ class LocalBatchOptions:
     - `log_group`: the CloudWatch Logs group job output goes to.
     - `kill_grace`: seconds between SIGTERM and SIGKILL when a job is terminated or times out.
     - `memory_poll_interval`: seconds between two reads of the jobs' memory use.
+    - `lenient`: names of AWS rules the emulator does not enforce (see
+      `batchcrew.testing._rules.RULES`), such as {"timeout_minimum"} to let a test time a job
+      out after 1 second. Empty by default: the emulator refuses what AWS refuses.
     """
 
     vcpus: float = 256.0
@@ -68,8 +72,11 @@ class LocalBatchOptions:
     log_group: str = "/aws/batch/job"
     kill_grace: float = 2.0
     memory_poll_interval: float = 0.05
+    lenient: Collection[str] = field(default=frozenset())
 
     def __post_init__(self) -> None:
+        # A frozenset, however given: the options stay hashable and compare by value.
+        object.__setattr__(self, "lenient", check_lenient(self.lenient))
         if not (self.vcpus > 0 and math.isfinite(self.vcpus)):
             raise ValueError(f"vcpus must be a positive number, got {self.vcpus!r}")
         if not self.memory_mib > 0:

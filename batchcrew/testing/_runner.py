@@ -320,13 +320,12 @@ class JobRunner:
         env["AWS_ENDPOINT_URL_CLOUDWATCH_LOGS"] = self._endpoint_url()
         for pair in job.container.get("environment", []):
             env[pair["name"]] = pair["value"]
-        order = sorted(job.queue.compute_environment_order, key=lambda e: e["order"])
         env["AWS_BATCH_JOB_ID"] = job.job_id
         env["AWS_BATCH_JOB_ATTEMPT"] = str(job.attempt_number)
         env["AWS_BATCH_JQ_NAME"] = job.queue.name
-        env["AWS_BATCH_CE_NAME"] = (
-            order[0]["computeEnvironment"].rsplit("/", 1)[-1] if order else ""
-        )
+        # The compute environment the scheduler placed this attempt in.
+        placed = job.compute_environment
+        env["AWS_BATCH_CE_NAME"] = placed.name if placed is not None else ""
         if job.array_index is not None:
             env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(job.array_index)
         return env

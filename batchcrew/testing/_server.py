@@ -33,6 +33,7 @@ from batchcrew.testing._wire import (
     ApiError,
     Params,
     Service,
+    check_request,
     client_error,
     parse_body,
     parse_rest_request,
@@ -40,7 +41,6 @@ from batchcrew.testing._wire import (
     route_rest,
     service_model,
     shape_output,
-    validate,
 )
 
 logger = logging.getLogger("batchcrew.testing")
@@ -277,10 +277,7 @@ class ApiServer:
             raise ApiError(*_THROTTLED[service])
         if fault_draw < self._options.fault_rate_of(name):
             raise ApiError(*_FAULT[service])
-        if operation.input_shape is not None:
-            problems = validate(params, operation.input_shape)
-            if problems:
-                raise client_error(service, "; ".join(problems))
+        check_request(service, operation, params)
         handler = self._handlers.get((service, name))
         if handler is None:
             raise client_error(

@@ -4,10 +4,13 @@ Registered through the `pytest11` entry point. Importing it starts nothing and i
 emulator only when a test asks for a fixture. Fixtures:
 
 - `local_batch_options`: the `LocalBatchOptions` of `local_batch`; override it in a conftest.py
-  (or a test module) to change capacity, delays or injected failures.
-- `local_batch`: a started `LocalBatch` with queue `local_batch.job_queue` ("batchcrew-test")
-  and job definition `local_batch.job_definition` ("batchcrew-test") registered; closed, with
-  every job process killed, after the test.
+  (or a test module), or parametrize it for one test, to change capacity, delays, injected
+  failures or the AWS rules not enforced (`LocalBatchOptions(lenient={"timeout_minimum"})`
+  for a job timeout under AWS's 60 seconds).
+- `local_batch`: a started `LocalBatch` with queue `local_batch.job_queue` ("batchcrew-test",
+  on EC2) and job definition `local_batch.job_definition` ("batchcrew-test", EC2, 1 vCPU and
+  2048 MiB) registered; closed, with every job process killed, after the test. It refuses what
+  AWS refuses unless `local_batch_options` names a rule lenient.
 - `controller`: a factory, `await controller(**options)`, of started controllers (local
   launcher, two workers, a short heartbeat unless told otherwise), every one closed after the
   test, its workers with it.

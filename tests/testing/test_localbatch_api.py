@@ -76,26 +76,43 @@ async def test_malformed_requests_get_the_real_errors_and_the_server_keeps_servi
         aws_session.create_client("batch", config=UNVALIDATED, **kwargs) as batch,
         aws_session.create_client("logs", config=UNVALIDATED, **kwargs) as logs,
     ):
-        with pytest.raises(batch.exceptions.ClientException, match="jobName is required"):
+        with pytest.raises(batch.exceptions.ClientException) as missing:
             await batch.submit_job(jobQueue=local_batch.job_queue, jobDefinition="x")
-        with pytest.raises(batch.exceptions.ClientException, match=r"size must be of type integer"):
+        assert missing.value.response["Error"]["Message"] == (
+            "1 validation error detected: Value null at 'jobName' failed to satisfy "
+            "constraint: Member must not be null"
+        )
+        with pytest.raises(ClientError) as mistyped:
             await batch.submit_job(
                 jobName="j",
                 jobQueue=local_batch.job_queue,
                 jobDefinition=local_batch.job_definition,
                 arrayProperties={"size": "three"},
             )
-        with pytest.raises(batch.exceptions.ClientException, match="between 2 and 10000"):
+        assert mistyped.value.response["Error"] == {
+            "Code": "SerializationException",
+            "Message": "STRING_VALUE can not be converted to an Integer",
+        }
+        with pytest.raises(batch.exceptions.ClientException, match="greater than or equal to 2"):
             await batch.submit_job(
                 jobName="j",
                 jobQueue=local_batch.job_queue,
                 jobDefinition=local_batch.job_definition,
                 arrayProperties={"size": 1},
             )
-        with pytest.raises(batch.exceptions.ClientException, match="jobStatus must be one of"):
+        with pytest.raises(batch.exceptions.ClientException) as bad_status:
             await batch.list_jobs(jobQueue=local_batch.job_queue, jobStatus="DONE")
-        with pytest.raises(logs.exceptions.InvalidParameterException, match="limit must be >= 1"):
+        assert bad_status.value.response["Error"]["Message"] == (
+            "1 validation error detected: Value 'DONE' at 'jobStatus' failed to satisfy "
+            "constraint: Member must satisfy enum value set: [SUBMITTED, PENDING, RUNNABLE, "
+            "STARTING, RUNNING, SUCCEEDED, FAILED]"
+        )
+        with pytest.raises(logs.exceptions.InvalidParameterException) as bad_limit:
             await logs.get_log_events(logGroupName="/aws/batch/job", logStreamName="s", limit=0)
+        assert bad_limit.value.response["Error"]["Message"] == (
+            "1 validation error detected: Value '0' at 'limit' failed to satisfy constraint: "
+            "Member must have value greater than or equal to 1"
+        )
 
         def corrupt_body(request: Any, **_: Any) -> None:
             request.body = b'{"jobName": '
@@ -214,7 +231,14 @@ async def test_describe_job_definitions_pages_and_filters(
         response = await batch_client.register_job_definition(
             jobDefinitionName="paged",
             type="container",
-            containerProperties={"image": "x", "command": ["echo", str(n)]},
+            containerProperties={
+                "image": "x",
+                "command": ["echo", str(n)],
+                "resourceRequirements": [
+                    {"type": "VCPU", "value": "1"},
+                    {"type": "MEMORY", "value": "128"},
+                ],
+            },
         )
         assert response["revision"] == n + 1
         assert response["jobDefinitionArn"] == (
@@ -399,7 +423,13 @@ async def test_queues_compute_environments_and_tags(
         computeEnvironmentName="ce",
         type="MANAGED",
         tags={"team": "a"},
-        computeResources={"type": "EC2", "maxvCpus": 4, "subnets": [], "instanceRole": "r"},
+        computeResources={
+            "type": "EC2",
+            "maxvCpus": 4,
+            "subnets": [],
+            "securityGroupIds": ["sg-1"],
+            "instanceRole": "r",
+        },
     )
     queue = await batch_client.create_job_queue(
         jobQueueName="second",
