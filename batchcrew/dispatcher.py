@@ -553,6 +553,10 @@ class Dispatcher:
                 log = logger.warning if message.end else logger.info
                 log("worker %s left: %s", _name(identity), message.reason)
                 self._forget_fd(identity)
+                if not message.end:
+                    # It exits by itself: its job ends as it does, with nothing to end.
+                    launch, index = identity.decode().rsplit(":", 1)
+                    self.launcher.worker_left(launch, int(index))
                 self._apply(
                     self.scheduler.lost(
                         identity, now, clean=True, reason=message.reason, end=message.end

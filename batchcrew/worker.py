@@ -848,6 +848,7 @@ _SECONDS_USAGE = 0.5  # shorter tasks share figures this old at most
 _UNSENT_MAX = 16  # results kept back at most, to go out together
 _SECONDS_UNSENT = 0.002  # and for at most this long
 _SECONDS_FLUSH = 2.0  # how long a worker that gives up waits for its last words to leave
+_SECONDS_EXIT = 5.0  # after its goodbye, the longest a worker's process may take to end
 _LONG = 0.05  # a task running this long has its socket watched for a cancel
 
 
@@ -1054,8 +1055,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(settings)
     except SetupError as error:
         print(f"batchcrew worker {settings.identity.decode()}: {error}", file=sys.stderr)
+        _exit_soon(EXIT_SETUP)
         return EXIT_SETUP
+    _exit_soon(0)
     return 0
+
+
+def _exit_soon(code: int) -> None:
+    """Make sure the process ends within `_SECONDS_EXIT` of saying goodbye: the controller
+    trusts a worker that said goodbye to be gone (it does not end its job), and a thread a
+    task left running (a non-daemon thread, an atexit hook that waits) would otherwise hold the
+    interpreter, and its machine, forever."""
+
+    def leave() -> None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(_SECONDS_EXIT, leave)
+    timer.daemon = True  # it must not itself keep the interpreter alive
+    timer.start()
 
 
 if __name__ == "__main__":

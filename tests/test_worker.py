@@ -167,6 +167,31 @@ def test_a_worker_runs_tasks_in_order_and_stops_when_told(
     assert finish(process)[0] == 0
 
 
+def leave_a_thread_running() -> int:
+    """Start a non-daemon thread that never ends: Python's exit waits for such threads."""
+    import threading
+    import time
+
+    threading.Thread(target=time.sleep, args=(3600,), name="never ends").start()
+    return 1
+
+
+def test_a_worker_that_said_goodbye_exits_even_if_a_task_left_a_thread_running(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    """The controller does not end the job of a worker that said goodbye: its process must
+    end by itself, whatever a task left behind."""
+    sock, address = router
+    process = start_worker(controller=address, launch="L", tasks_max=1)
+    identity = greet(sock)
+    sock.send_multipart([identity, *task(1, leave_a_thread_running)])
+    assert outcome(sock).status == "success"
+    _, message = receive(sock)
+    assert message == protocol.Bye("tasks_max=1 reached")
+    code, _ = finish(process, within=20)  # the exit watchdog fires after 5 s
+    assert code == 0
+
+
 def test_a_malformed_task_is_dropped_and_the_worker_carries_on(
     router: tuple[zmq.Socket[bytes], str],
 ) -> None:

@@ -58,7 +58,8 @@ class Launcher(ABC):
     """Starts and ends workers for a controller. Subclass it to add a backend.
 
     Override `launch` and `terminate`; override `open` and `close` to hold resources (a client,
-    a session) for the launcher's life, and `end_worker` to end one worker with a reason.
+    a session) for the launcher's life, `end_worker` to end one worker with a reason, and
+    `worker_left` to hear of workers that leave by themselves.
     `levels` says how many resource levels the backend offers for retries after a crash;
     `remote` says whether workers run on other machines (then the controller listens on a
     non-loopback address by default).
@@ -96,6 +97,12 @@ class Launcher(ABC):
         override it where one worker can be ended more precisely or with its reason.
         """
         await self.terminate(launch, [index])
+
+    def worker_left(self, launch: str, index: int) -> None:  # noqa: B027 - optional hook
+        """Worker `index` of `launch` said goodbye and is exiting by itself (idle, done, or told
+        to stop), so it needs no ending: a backend that ends what is left at close (a job
+        queue) can leave it out. Called on the event loop; must not block. Does nothing by
+        default."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire what the launcher needs for its life (called at each controller start)."""
