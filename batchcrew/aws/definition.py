@@ -4,14 +4,16 @@ definition, each answer a polars DataFrame (crew.aws.batch's definition class, a
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import botocore.model
 import polars as pl
 
+from batchcrew.aws import _rules
 from batchcrew.aws._client import map_errors
+from batchcrew.aws._rules import MemoryUnits, mebibytes
 from batchcrew.aws._tables import (
     ClientScope,
     ScopedClients,
@@ -24,11 +26,12 @@ from batchcrew.aws._tables import (
     table,
     value_of,
 )
-from batchcrew.aws.options import MemoryUnits, mebibytes
 from batchcrew.errors import BatchError
 
 if TYPE_CHECKING:
     from batchcrew.aws.monitor import BatchMonitor
+
+logger = logging.getLogger("batchcrew.aws")
 
 #: The command of a definition made by `register()`: a batchcrew worker, which reads its
 #: settings from the BATCHCREW_* variables a launcher sets, so the definition serves a controller.
@@ -124,14 +127,26 @@ class JobDefinition(ScopedClients):
         parameters: Mapping[str, str] | None = None,
         job_role_arn: str | None = None,
         execution_role_arn: str | None = None,
+        assign_public_ip: bool | None = None,
+        platform_version: str | None = None,
     ) -> pl.DataFrame:
         """Register a new revision: a container running `image` with the batchcrew worker as
         its command, output to CloudWatch Logs ("awslogs" driver, the default log group
         /aws/batch/job), and `cpus`, `gpus` (0: none) and `memory` (in `memory_units`,
-        "gigabytes" or "mebibytes"; None leaves cpus or memory out) as its resources.
+        "gigabytes" or "mebibytes") as its resources; AWS requires cpus and memory.
 
-        Returns one row: name, revision, arn. Raises ValueError for a bad argument (before any
-        request) and `BatchError` if AWS refuses.
+        `job_role_arn` is the IAM role the tasks' code runs as. On Fargate
+        (`platform_capabilities="FARGATE"`) AWS requires `execution_role_arn` (the role ECS
+        pulls the image and sends the logs with), memory rounds up to the smallest value Fargate
+        allows with `cpus` (8 gigabytes with 2 vCPUs: 8192 MiB), GPUs are refused,
+        `assign_public_ip=True` gives each job a public IP (needed to pull the image in a subnet
+        without a NAT gateway, such as a default VPC's; AWS's default is no public IP) and
+        `platform_version` picks the Fargate platform ("LATEST" by default). A
+        `seconds_timeout` is at least 60 (AWS's minimum).
+
+        Returns one row: name, revision, arn. Raises ValueError for a bad argument or one AWS
+        would refuse (before any request), naming it and the fix, and `BatchError` if AWS
+        refuses.
         """
         params = register_parameters(
             self.job_definition,
@@ -148,6 +163,8 @@ class JobDefinition(ScopedClients):
             parameters=parameters,
             job_role_arn=job_role_arn,
             execution_role_arn=execution_role_arn,
+            assign_public_ip=assign_public_ip,
+            platform_version=platform_version,
         )
         async with self._scope.batch() as client:
             with map_errors(f"registering job definition {self.job_definition!r}"):
@@ -227,6 +244,29 @@ class JobDefinition(ScopedClients):
         return chosen
 
 
+async def find_definition(client: Any, reference: str) -> dict[str, Any] | None:
+    """The job definition `reference` names, as DescribeJobDefinitions answers it: a name's
+    latest ACTIVE revision, or the revision a "name:revision" or ARN names (whatever its
+    status). None when there is none. Paging through every page; the caller maps errors."""
+    by_revision = ":" in reference  # name:revision, or an ARN
+    found: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"nextToken": token} if token else {}
+        if by_revision:
+            kwargs["jobDefinitions"] = [reference]
+        else:
+            kwargs.update(jobDefinitionName=reference, status="ACTIVE")
+        page = await client.describe_job_definitions(maxResults=100, **kwargs)
+        found += page.get("jobDefinitions", [])
+        token = page.get("nextToken")
+        if not token:
+            break
+    if not found:
+        return None
+    return max(found, key=lambda definition: int(definition.get("revision", 0)))
+
+
 def register_parameters(
     name: str,
     *,
@@ -243,14 +283,17 @@ def register_parameters(
     parameters: Mapping[str, str] | None,
     job_role_arn: str | None,
     execution_role_arn: str | None,
+    assign_public_ip: bool | None = None,
+    platform_version: str | None = None,
 ) -> dict[str, Any]:
     """RegisterJobDefinition's parameters for `JobDefinition.register()`, every argument
-    checked (ValueError naming the first bad one)."""
+    checked against AWS's rules (ValueError naming the first bad one and the fix)."""
     check_text("image", image)
     if platform_capabilities not in ("EC2", "FARGATE"):
         raise ValueError(
             f'platform_capabilities must be "EC2" or "FARGATE", not {platform_capabilities!r}'
         )
+    platform: _rules.Platform = "FARGATE" if platform_capabilities == "FARGATE" else "EC2"
     if memory_units not in ("gigabytes", "mebibytes"):
         raise ValueError(f'memory_units must be "gigabytes" or "mebibytes", not {memory_units!r}')
     memory = check_amount("memory", memory, zero=False)
@@ -269,20 +312,64 @@ def register_parameters(
             f"not {scheduling_priority!r}"
         )
     tags = check_strings("tags", tags)
+    if tags:
+        _rules.check_tags("tags", tags)
     parameters = check_strings("parameters", parameters)
     if propagate_tags is not None and not isinstance(propagate_tags, bool):
         raise ValueError(f"propagate_tags must be True, False or None, not {propagate_tags!r}")
     job_role_arn = check_optional_text("job_role_arn", job_role_arn)
     execution_role_arn = check_optional_text("execution_role_arn", execution_role_arn)
+    if assign_public_ip is not None and not isinstance(assign_public_ip, bool):
+        raise ValueError(f"assign_public_ip must be True, False or None, not {assign_public_ip!r}")
+    platform_version = check_optional_text("platform_version", platform_version)
+    if platform == "FARGATE":
+        if execution_role_arn is None:
+            # ContainerProperties.executionRoleArn: "For jobs that run on Fargate resources,
+            # you must provide an execution role."
+            raise ValueError(
+                'platform_capabilities="FARGATE" needs execution_role_arn: AWS requires an '
+                "execution role for Fargate jobs (ECS pulls the image and sends the logs with "
+                "it); make one with the AmazonECSTaskExecutionRolePolicy managed policy "
+                "(docs/aws-batch.md, IAM)"
+            )
+    else:
+        # NetworkConfiguration and FargatePlatformConfiguration: "Jobs that are running on
+        # Amazon EC2 resources must not specify this parameter."
+        for argument, value in (
+            ("assign_public_ip", assign_public_ip),
+            ("platform_version", platform_version),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f'{argument} is for Fargate only (platform_capabilities="FARGATE"); AWS '
+                    "refuses it on EC2, where the compute environment's launch template and "
+                    "subnets decide networking"
+                )
 
-    requirements = []
-    if cpus is not None:
-        requirements.append({"type": "VCPU", "value": f"{cpus:g}"})
+    if cpus is None or memory is None:
+        # ResourceRequirement.value, VCPU and MEMORY: "This is required" (AWS answers "vCPU is
+        # not provided." for a definition without one, as reported in ASFHyP3/hyp3#586).
+        raise ValueError(
+            f"{'cpus' if cpus is None else 'memory'} is required: AWS refuses a job definition "
+            "without a VCPU and a MEMORY requirement (jobs may still override them)"
+        )
+    memory_mib = None
     if memory is not None:
         units: MemoryUnits = "gigabytes" if memory_units == "gigabytes" else "mebibytes"
-        requirements.append({"type": "MEMORY", "value": str(mebibytes(memory, units))})
-    if gpu_count > 0:
-        requirements.append({"type": "GPU", "value": str(int(gpu_count))})
+        memory_mib = mebibytes(memory, units)
+    requirements = _rules.requirements(
+        cpus=cpus, gpus=gpu_count, memory_mib=memory_mib, platform=platform, where=""
+    )
+    granted = next((int(r["value"]) for r in requirements if r["type"] == "MEMORY"), None)
+    if memory_mib is not None and granted != memory_mib:
+        logger.info(
+            "job definition %s: Fargate allows only some memory values with %g vCPU(s): "
+            "memory rounds up from %d MiB to %d MiB",
+            name,
+            cpus,
+            memory_mib,
+            granted,
+        )
     container: dict[str, Any] = {
         "image": image,
         "command": list(WORKER_COMMAND),
@@ -293,6 +380,12 @@ def register_parameters(
         container["jobRoleArn"] = job_role_arn
     if execution_role_arn is not None:
         container["executionRoleArn"] = execution_role_arn
+    if assign_public_ip is not None:
+        container["networkConfiguration"] = {
+            "assignPublicIp": "ENABLED" if assign_public_ip else "DISABLED"
+        }
+    if platform_version is not None:
+        container["fargatePlatformConfiguration"] = {"platformVersion": platform_version}
     params: dict[str, Any] = {
         "jobDefinitionName": name,
         "type": "container",
@@ -300,8 +393,8 @@ def register_parameters(
         "containerProperties": container,
     }
     if timeout is not None:
-        # AWS counts whole seconds (at least 60); round up so a job never gets less than asked.
-        params["timeout"] = {"attemptDurationSeconds": math.ceil(timeout)}
+        seconds = _rules.check_timeout("seconds_timeout", timeout)
+        params["timeout"] = {"attemptDurationSeconds": seconds}
     if scheduling_priority is not None:
         params["schedulingPriority"] = scheduling_priority
     if tags:

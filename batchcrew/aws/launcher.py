@@ -3,8 +3,10 @@
 Every call runs in the background, at most `max_concurrent_requests` at a time, so the one to
 two seconds a Batch call can take never stalls dispatch. Workers launched together go out as
 one array job. The launcher polls the status of its unconnected jobs so that a job that fails
-before its worker connects counts as a failed launch at once, and on close it cancels and
-terminates every job of its own that has not finished.
+before its worker connects counts as a failed launch at once. At start it reads the job
+definition, so that each job asks for resources its platform (EC2 or Fargate) accepts; on close
+it ends, with TerminateJobs (50 jobs a call), every job of its own that has not finished and
+whose worker did not leave by itself.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import datetime
 import logging
 import shlex
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +23,13 @@ from typing import Any
 import anyio
 import polars as pl
 
+from batchcrew.aws import _rules
 from batchcrew.aws._client import map_errors, open_client
-from batchcrew.aws.options import BatchOptions, sanitize_job_name
+from batchcrew.aws._ending import end_jobs
+from batchcrew.aws.definition import find_definition
+from batchcrew.aws.options import BatchOptions, Plan, Resources, sanitize_job_name
 from batchcrew.controller import Controller
-from batchcrew.errors import BatchError
+from batchcrew.errors import BatchError, LaunchError
 from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
 
 logger = logging.getLogger("batchcrew")
@@ -35,7 +40,17 @@ ARRAY_SIZE_MAX = 10_000
 TAG = "batchcrew:controller"
 """The tag on every job a launcher submits: "<controller name>/<instance token>"."""
 
-_DESCRIBE_MAX = 100  # job ids per DescribeJobs call
+
+def tag_value(controller: str, instance: str) -> str:
+    """The value of `TAG` for a controller's jobs: "<name>/<instance>", the name made of the
+    characters AWS allows in tags and cut so that the whole fits AWS's 256 characters."""
+    room = _rules.TAG_VALUE_MAX - len(instance) - 1
+    return f"{_rules.tag_text(controller, room)}/{instance}"
+
+
+_DESCRIBE_MAX = 100  # job ids per DescribeJobs call ("A list of up to 100 job IDs")
+_SECONDS_DEFINITION = 30.0  # at start, the longest wait to read the job definition
+_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
 _SECONDS_CLOSE_QUIET = 5.0  # at close, how long ending jobs may take before a WARNING says so
 _ERRORS_KEPT = 1000
 _FINISHED = ("SUCCEEDED", "FAILED")
@@ -105,20 +120,151 @@ class BatchLauncher(Launcher):
         self._jobs: dict[str, list[_Job]] = {}  # by launch
         self._errors: deque[dict[str, Any]] = deque(maxlen=_ERRORS_KEPT)
         self._polling = False
+        self._plan: Plan | None = None
 
     # -- life -----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the launcher's one Batch client."""
+        """Create the launcher's one Batch client, and read the job definition: its platform
+        (EC2 or Fargate) and resources settle what each level's jobs ask for.
+
+        Raises `LaunchError` when workers cannot run on that definition (none active by that
+        name, a multi-node or EKS definition, another platform than `options.platform`),
+        ValueError when the options' resources do not fit its platform, and `BatchError` when
+        AWS cannot be asked.
+        """
         self._polling = False  # the last controller's poller, if any, ended with its task group
         self._stack = AsyncExitStack()
-        self._client = await self._stack.enter_async_context(
-            open_client("batch", self.options.client_settings())
-        )
+        try:
+            self._client = await self._stack.enter_async_context(
+                open_client("batch", self.options.client_settings())
+            )
+            definition = await self._describe_definition()
+            if definition is None:
+                assert self.options.platform is not None
+                self._plan = self.options.plan(self.options.platform, None)
+            else:
+                self.use_definition(definition)
+        except BaseException:
+            await self._stack.aclose()
+            self._client = None
+            raise
+
+    async def _describe_definition(self) -> dict[str, Any] | None:
+        """The job definition the options name (its latest ACTIVE revision for a bare name);
+        None when IAM does not allow reading it and `options.platform` says enough."""
+        reference = self.options.job_definition
+        try:
+            with anyio.fail_after(_SECONDS_DEFINITION):
+                with map_errors(f"describing job definition {reference!r}"):
+                    definition = await find_definition(self._client, reference)
+        except TimeoutError:
+            raise LaunchError(
+                f"AWS did not answer DescribeJobDefinitions for {reference!r} within "
+                f"{_SECONDS_DEFINITION:g} s: check the network, region and endpoint_url"
+            ) from None
+        except BatchError as error:
+            if error.code not in _DENIED:
+                raise
+            if self.options.platform is None:
+                raise LaunchError(
+                    f"{error}; batchcrew reads the job definition at start to learn its platform "
+                    "(EC2 or Fargate) and resources: allow batch:DescribeJobDefinitions (on "
+                    '"Resource": "*"), or give BatchOptions(platform="EC2" or "FARGATE")'
+                ) from error
+            logger.warning(
+                "%s; going on with platform=%s, without checking the definition",
+                error,
+                self.options.platform,
+            )
+            return None
+        if definition is None:
+            region = self._client.meta.region_name
+            raise LaunchError(
+                f"job definition {reference!r} not found in region {region}"
+                f"{' (no ACTIVE revision of that name)' if ':' not in reference else ''}: "
+                "register one (aws.JobDefinition(name).register(image=...), or `batchcrew "
+                "definition register`), or check job_definition and the region"
+            )
+        if definition.get("status", "ACTIVE") != "ACTIVE":
+            raise LaunchError(
+                f"job definition {reference} is {definition['status']} (deregistered): AWS "
+                "refuses jobs of it; name an ACTIVE revision, or register a new one"
+            )
+        return definition
+
+    def use_definition(self, definition: Mapping[str, Any]) -> None:
+        """Check that workers can run on `definition` (a JobDefinition as
+        DescribeJobDefinitions answers it) and settle each level's resources against it.
+
+        Raises `LaunchError` for a definition workers cannot run on, ValueError when the
+        options' cpus, gpus or memory do not fit its platform. Logs, once, each memory that
+        Fargate rounds up.
+        """
+        name = f"{definition.get('jobDefinitionName')}:{definition.get('revision')}"
+        if definition.get("type") == "multinode" or definition.get("nodeProperties"):
+            raise LaunchError(
+                f"job definition {name} is a multi-node parallel definition; batchcrew runs "
+                "each worker as a container job: register a container definition "
+                "(aws.JobDefinition(...).register())"
+            )
+        if definition.get("eksProperties") or definition.get("containerOrchestrationType") == "EKS":
+            raise LaunchError(
+                f"job definition {name} is for AWS Batch on EKS, which batchcrew does not "
+                "support: its worker's command and environment travel in containerOverrides, "
+                "which AWS refuses for EKS jobs. Use an ECS (EC2 or Fargate) compute "
+                "environment and a container definition"
+            )
+        container = definition.get("containerProperties")
+        if not container:
+            raise LaunchError(
+                f"job definition {name} has no containerProperties: batchcrew runs its workers "
+                "from a container definition (aws.JobDefinition(...).register())"
+            )
+        capabilities = definition.get("platformCapabilities") or ["EC2"]
+        platform: _rules.Platform = "FARGATE" if "FARGATE" in capabilities else "EC2"
+        if self.options.platform is not None and self.options.platform != platform:
+            raise LaunchError(
+                f"BatchOptions(platform={self.options.platform!r}) but job definition {name} is "
+                f"for {platform}: name a {self.options.platform} definition, or drop platform= "
+                "to follow the definition's"
+            )
+        propagate = self.options.propagate_tags
+        if propagate is None:
+            propagate = bool(definition.get("propagateTags"))
+        if propagate:
+            combined = {**(definition.get("tags") or {}), **(self.options.tags or {}), TAG: ""}
+            if len(combined) > _rules.TAGS_MAX:
+                # SubmitJob.propagateTags: "If the total number of combined tags from the job
+                # and job definition is over 50, the job is moved to the FAILED state."
+                raise LaunchError(
+                    f"with propagate_tags, the job's and job definition {name}'s tags come to "
+                    f"{len(combined)} (batchcrew's own included), over AWS's "
+                    f"{_rules.TAGS_MAX}: every job would fail; give fewer tags, or "
+                    "propagate_tags=False"
+                )
+        plan = self.options.plan(platform, Resources.of_container(container))
+        if plan.rounded:
+            logger.info(
+                "job definition %s runs on Fargate, which allows only some memory values: "
+                "memory rounds up from %s",
+                name,
+                ", ".join(plan.rounded),
+            )
+        self._plan = plan
+
+    def worker_left(self, launch: str, index: int) -> None:
+        """Worker `index` of `launch` said goodbye: its process exits by itself and its job
+        ends as it does (SUCCEEDED), so nothing needs ending, at close or later."""
+        for job in self._jobs.get(launch, []):
+            if job.offset <= index < job.offset + job.size:
+                job.unfinished.discard(index - job.offset)
 
     async def close(self) -> None:
-        """Cancel and terminate every job of this launcher not known to have finished,
-        concurrently (bounded), giving up after `seconds_close`; then close the client.
+        """End every job of this launcher not known to have finished and whose worker did not
+        say goodbye (those end by themselves): TerminateJobs, 50 jobs a call (a job whose
+        children are all unfinished goes as the array job, which ends them all), concurrently
+        (bounded), giving up after `seconds_close`; then close the client.
 
         Names the jobs it ends at INFO, and at WARNING if ending them takes more than a few
         seconds; logs an ERROR naming those it could not end (AWS unreachable, refusing, or too
@@ -142,52 +288,60 @@ class BatchLauncher(Launcher):
 
     async def _end_at_close(self, targets: list[str]) -> None:
         logger.info(
-            "closing: ending %d AWS Batch job(s) not known to have finished (CancelJob, "
-            "TerminateJob): %s",
+            "closing: ending %d AWS Batch job(s) not known to have finished (TerminateJobs): %s",
             len(targets),
             " ".join(targets),
         )
-        failures: dict[str, str] = {
-            job_id: f"no answer within seconds_close={self.seconds_close:g} (AWS slow or "
-            "unreachable: botocore was still retrying)"
-            for job_id in targets
-        }
+        outcome: dict[str, str | None] = {}
+        unanswered = (
+            f"no answer within seconds_close={self.seconds_close:g} (AWS slow or unreachable: "
+            "botocore was still retrying)"
+        )
 
-        async def end(job_id: str) -> None:
-            error = await self._end(job_id, "the batchcrew controller closed")
-            if error is None:
-                del failures[job_id]
-            else:
-                failures[job_id] = error
+        def failures() -> dict[str, str]:
+            return {
+                job_id: unanswered if job_id not in outcome else str(outcome[job_id])
+                for job_id in targets
+                if outcome.get(job_id, unanswered) is not None
+            }
 
         async def warn_if_slow() -> None:
             # A healthy close ends its jobs in a second or two and says so at INFO; one that
             # waits on AWS says at WARNING what it waits for, long before it gives up.
             seconds = min(_SECONDS_CLOSE_QUIET, self.seconds_close / 2)
             await anyio.sleep(seconds)
+            waiting = [job_id for job_id in targets if job_id not in outcome]
             logger.warning(
                 "closing: still ending %d AWS Batch job(s) after %g s (AWS slow or "
                 "unreachable?); giving up after seconds_close=%g: %s",
-                len(failures),
+                len(waiting),
                 seconds,
                 self.seconds_close,
-                " ".join(failures),
+                " ".join(waiting),
             )
 
         with anyio.move_on_after(self.seconds_close):
             async with anyio.create_task_group() as group:
                 group.start_soon(warn_if_slow)
-                async with anyio.create_task_group() as ends:
-                    for job_id in targets:
-                        ends.start_soon(end, job_id)
+                await end_jobs(
+                    self._client,
+                    targets,
+                    "the batchcrew controller closed",
+                    self._limiter,
+                    outcome=outcome,
+                )
                 group.cancel_scope.cancel()
-        if failures:
+        for job_id, error in outcome.items():
+            if error is not None:
+                self._record("TerminateJobs", job_id, error)
+        failed = failures()
+        if failed:
             logger.error(
                 "could not end %d AWS Batch job(s) at close; they may still be running, and "
                 "costing. End them by hand: %s\n%s",
-                len(failures),
-                self._terminate_command(list(failures)),
-                "\n".join(f"  {job_id}: {error}" for job_id, error in failures.items()),
+                len(failed),
+                self._terminate_command(list(failed)),
+                "\n".join(f"  {job_id}: {error}" for job_id, error in failed.items()),
             )
 
     def _terminate_command(self, job_ids: list[str]) -> str:
@@ -222,29 +376,38 @@ class BatchLauncher(Launcher):
             self.start_soon(self._poll)
 
     def submit_job_request(self, request: LaunchRequest, offset: int, size: int) -> dict[str, Any]:
-        """The SubmitJob parameters for workers offset..offset+size-1 of `request`."""
+        """The SubmitJob parameters for workers offset..offset+size-1 of `request`.
+
+        Needs the resources settled: by `open()` (or `use_definition()`), or by the options'
+        own `platform`. Raises RuntimeError before either.
+        """
         options = self.options
+        plan = self._plan
+        if plan is None:
+            if options.platform is None:
+                raise RuntimeError(
+                    "the job definition's platform is not known yet: open the launcher (start "
+                    "its controller), call use_definition(), or give BatchOptions(platform=...)"
+                )
+            plan = self._plan = options.plan(options.platform, None)
         environment = dict(request.environment)
         if size == 1:
             environment["BATCHCREW_WORKER_INDEX"] = str(offset)
         elif offset:
             environment["BATCHCREW_INDEX_OFFSET"] = str(offset)
-        overrides: dict[str, Any] = dict(options.container_overrides or {})
         extra = [
-            item for item in overrides.get("environment", []) if item.get("name") not in environment
+            dict(item)
+            for item in (options.container_overrides or {}).get("environment", [])
+            if item["name"] not in environment
         ]
-        overrides["command"] = list(request.command)
-        overrides["environment"] = extra + [
-            {"name": name, "value": value} for name, value in sorted(environment.items())
-        ]
-        requirements = options.resource_requirements(request.level)
+        overrides: dict[str, Any] = {
+            "command": list(request.command),
+            "environment": extra
+            + [{"name": name, "value": value} for name, value in sorted(environment.items())],
+        }
+        requirements = plan.levels[min(request.level, len(plan.levels) - 1)]
         if requirements:
-            kinds = {item["type"] for item in requirements}
-            overrides["resourceRequirements"] = [
-                item
-                for item in overrides.get("resourceRequirements", [])
-                if item.get("type") not in kinds
-            ] + requirements
+            overrides["resourceRequirements"] = [dict(item) for item in requirements]
         name = f"{request.controller}-{request.launch}"
         if offset:
             name += f"-{offset}"
@@ -253,7 +416,7 @@ class BatchLauncher(Launcher):
             "jobQueue": options.job_queue,
             "jobDefinition": options.job_definition,
             "containerOverrides": overrides,
-            "tags": {**(options.tags or {}), TAG: f"{request.controller}/{request.instance}"},
+            "tags": {**(options.tags or {}), TAG: tag_value(request.controller, request.instance)},
         }
         if size > 1:
             params["arrayProperties"] = {"size": size}
@@ -261,11 +424,9 @@ class BatchLauncher(Launcher):
             "shareIdentifier": options.share_identifier,
             "schedulingPriorityOverride": options.scheduling_priority_override,
             "parameters": options.parameters,
-            "nodeOverrides": options.node_overrides,
             "retryStrategy": options.retry_strategy,
             "propagateTags": options.propagate_tags,
             "timeout": options.timeout,
-            "eksPropertiesOverride": options.eks_properties_override,
         }
         params.update({key: value for key, value in passthrough.items() if value is not None})
         return params
@@ -289,7 +450,7 @@ class BatchLauncher(Launcher):
     # -- ending ---------------------------------------------------------------------------
 
     async def terminate(self, launch: str, indexes: Sequence[int] | None = None) -> None:
-        """Cancel then terminate the jobs (or array children) of `launch` running `indexes`."""
+        """End the jobs (or array children) of `launch` running `indexes` (TerminateJobs)."""
         targets: list[str] = []
         for job in self._jobs.get(launch, []):
             children = (
@@ -305,39 +466,24 @@ class BatchLauncher(Launcher):
                 targets.append(job.id)
             else:
                 targets += [job.child_id(child) for child in children]
-        async with anyio.create_task_group() as group:
-            for job_id in targets:
-                group.start_soon(
-                    self._end, job_id, "batchcrew: the worker did not connect within seconds_launch"
-                )
+        await self._end(targets, "batchcrew: the worker did not connect within seconds_launch")
 
     async def end_worker(self, launch: str, index: int, reason: str) -> None:
-        """Cancel then terminate the job, or the array child, that runs worker `index`."""
+        """End the job, or the array child, that runs worker `index` (TerminateJobs)."""
         for job in self._jobs.get(launch, []):
             if job.offset <= index < job.offset + job.size:
-                await self._end(job.child_id(index - job.offset), reason)
+                await self._end([job.child_id(index - job.offset)], reason)
 
-    async def _end(self, job_id: str, reason: str) -> str | None:
-        """Cancel, then terminate `job_id`; return None if TerminateJob succeeded, else why not."""
-        # CancelJob ends a job not yet started; TerminateJob one already running. A job can
-        # move between the two calls, so both are sent, as crew.aws.batch does.
-        failure: str | None = None
-        for action in ("CancelJob", "TerminateJob"):
-            try:
-                async with self._limiter:
-                    with map_errors(f"{action} {job_id}"):
-                        method = (
-                            self._client.cancel_job
-                            if action == "CancelJob"
-                            else self._client.terminate_job
-                        )
-                        await method(jobId=job_id, reason=reason)
-                failure = None
-            except BatchError as error:
-                self._record(action, job_id, error)
+    async def _end(self, job_ids: list[str], reason: str) -> None:
+        """TerminateJobs `job_ids` (it ends a job in any state), logging and recording what
+        AWS would not end."""
+        if not job_ids:
+            return
+        outcome = await end_jobs(self._client, job_ids, reason, self._limiter)
+        for job_id, error in outcome.items():
+            if error is not None:
+                self._record("TerminateJobs", job_id, error)
                 logger.warning("%s", error)
-                failure = str(error)
-        return failure
 
     # -- watching -------------------------------------------------------------------------
 
@@ -387,7 +533,7 @@ class BatchLauncher(Launcher):
 
     # -- errors ---------------------------------------------------------------------------
 
-    def _record(self, action: str, job_id: str | None, error: BatchError) -> None:
+    def _record(self, action: str, job_id: str | None, error: BatchError | str) -> None:
         self._errors.append(
             {
                 "time": datetime.datetime.now(datetime.UTC),

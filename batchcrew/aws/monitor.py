@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import polars as pl
 
+from batchcrew.aws import _rules
 from batchcrew.aws._client import map_errors
+from batchcrew.aws._ending import end_jobs
 from batchcrew.aws._tables import (
     TIMESTAMP,
     ClientScope,
@@ -24,11 +26,13 @@ from batchcrew.aws._tables import (
     client_settings,
     table,
 )
-from batchcrew.aws.options import MemoryUnits, mebibytes, sanitize_job_name
+from batchcrew.aws.definition import find_definition
+from batchcrew.aws.options import MemoryUnits, Resources, mebibytes, sanitize_job_name
 from batchcrew.errors import BatchError
 
 if TYPE_CHECKING:
-    from types_aiobotocore_batch.type_defs import JobDetailTypeDef
+    from types_aiobotocore_batch import BatchClient
+    from types_aiobotocore_batch.type_defs import JobDetailTypeDef, JobQueueDetailTypeDef
 
 logger = logging.getLogger("batchcrew.aws")
 
@@ -65,9 +69,24 @@ LOG_SCHEMA: dict[str, pl.DataType] = {
     "timestamp": TIMESTAMP,
     "ingestion_time": TIMESTAMP,
 }
+#: Columns of `find()`: the short id given, then the columns of `status()`.
+FIND_SCHEMA: dict[str, pl.DataType] = {"short_id": pl.String(), **JOB_SCHEMA}
+#: Columns of `job_queues()` (state and status in lower case: "enabled", "valid").
+QUEUE_SCHEMA: dict[str, pl.DataType] = {
+    "name": pl.String(),
+    "arn": pl.String(),
+    "state": pl.String(),
+    "status": pl.String(),
+}
 #: ListJobs returns at most 1000 jobs a page when given a jobStatus (100 with filters).
 LIST_JOBS_PAGE = 1000
-#: How many jobs `terminate()` ends at once: AWS throttles bursts of CancelJob/TerminateJob.
+#: How many ListJobs calls `jobs()` and `find()` have under way at once.
+LIST_CONCURRENCY = 8
+#: DescribeJobs takes at most 100 job ids a call.
+DESCRIBE_JOBS_MAX = 100
+#: Job ids per DescribeJobs call ("A list of up to 100 job IDs", botocore's Batch model).
+_DESCRIBE_MAX = 100
+#: How many TerminateJobs calls (of up to 50 jobs each) `terminate()` has under way at once.
 TERMINATE_CONCURRENCY = 8
 #: `terminate()` shows a progress bar on a terminal from this many jobs on.
 PROGRESS_FROM = 4
@@ -83,8 +102,9 @@ class BatchMonitor(ScopedClients):
 
     Use it with `async with` to keep one client per service for the block, or call its methods
     directly to make clients per call; both close every client they make. IAM permissions:
-    batch:SubmitJob, batch:DescribeJobs, batch:ListJobs, batch:CancelJob, batch:TerminateJob and
-    logs:GetLogEvents.
+    batch:SubmitJob, batch:DescribeJobs, batch:ListJobs, batch:TerminateJob (which TerminateJobs
+    needs too), logs:GetLogEvents, and batch:DescribeJobQueues for `job_queues()` and for
+    `find()` without a `job_queue`.
     """
 
     def __init__(
@@ -100,6 +120,9 @@ class BatchMonitor(ScopedClients):
         self.job_definition = check_optional_text("job_definition", job_definition)
         self.log_group = check_text("log_group", log_group)
         self._scope = ClientScope(client_settings(region, endpoint_url, profile))
+        # Job definitions `submit()` has read (platform and resources), by reference: read
+        # once per monitor, not once per job.
+        self._definitions: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -129,7 +152,10 @@ class BatchMonitor(ScopedClients):
         """Submit one job named `name` (made valid for AWS: other characters than letters,
         digits, "-" and "_" become "_") running `command` (a list of arguments, run without a
         shell; None: the definition's command). `cpus`, `gpus` and `memory` (in
-        `memory_units`) override the definition's resources. Returns one row: name, id, arn."""
+        `memory_units`) override the definition's resources, as its platform allows them (read
+        from DescribeJobDefinitions): on EC2 whole vCPUs, on Fargate its vCPU and memory pairs,
+        a memory rounding up to the next value allowed. Returns one row: name, id, arn. Raises
+        ValueError, naming the value and the rule, for resources AWS would refuse."""
         queue, definition = self._queue_and_definition("submit()")
         check_text("name", name)
         if command is not None and (
@@ -146,27 +172,26 @@ class BatchMonitor(ScopedClients):
             raise ValueError(
                 f'memory_units must be "gigabytes" or "mebibytes", not {memory_units!r}'
             )
+        if command is not None and "" in command:
+            # ContainerOverrides.command: "This parameter can't contain an empty string."
+            raise ValueError(f"command may not hold an empty string (AWS refuses it): {command!r}")
         cpu_count = check_amount("cpus", cpus, zero=False)
         gpu_count = check_amount("gpus", gpus, zero=True)
         if gpu_count is not None and gpu_count != int(gpu_count):
             raise ValueError(f"gpus must be a whole number, not {gpus!r}")
         memory_amount = check_amount("memory", memory, zero=False)
-        requirements = []
-        if cpu_count is not None:
-            requirements.append({"type": "VCPU", "value": f"{cpu_count:g}"})
-        if memory_amount is not None:
-            requirements.append(
-                {"type": "MEMORY", "value": str(mebibytes(memory_amount, memory_units))}
-            )
-        if gpu_count:
-            requirements.append({"type": "GPU", "value": str(int(gpu_count))})
+        memory_mib = None if memory_amount is None else mebibytes(memory_amount, memory_units)
         overrides: dict[str, Any] = {}
         if command is not None:
             overrides["command"] = list(command)
-        if requirements:
-            overrides["resourceRequirements"] = requirements
         job_name = sanitize_job_name(name)
         async with self._scope.batch() as client:
+            if cpu_count is not None or memory_mib is not None or gpu_count:
+                requirements = await self._requirements(
+                    client, definition, cpu_count, gpu_count, memory_mib
+                )
+                if requirements:
+                    overrides["resourceRequirements"] = requirements
             with map_errors(f"submitting job {job_name!r} to queue {queue!r}"):
                 answer = await client.submit_job(
                     jobName=job_name,
@@ -176,6 +201,51 @@ class BatchMonitor(ScopedClients):
                 )
         row = {"name": answer["jobName"], "id": answer["jobId"], "arn": answer["jobArn"]}
         return table([row], SUBMIT_SCHEMA)
+
+    async def _requirements(
+        self,
+        client: Any,
+        definition: str,
+        cpus: float | None,
+        gpus: float | None,
+        memory_mib: int | None,
+    ) -> list[dict[str, str]]:
+        """resourceRequirements AWS accepts for a job of `definition`: its platform (EC2 or
+        Fargate) and its own resources, read from DescribeJobDefinitions once per monitor,
+        settle them."""
+        found = self._definitions.get(definition)
+        if found is None:
+            with map_errors(f"describing job definition {definition!r}"):
+                found = await find_definition(client, definition)
+            if found is not None:
+                self._definitions[definition] = found
+        if found is None:
+            raise BatchError(
+                f"job definition {definition!r} not found (no ACTIVE revision of that name): "
+                "check job_definition and the region",
+                code="JobDefinitionNotFound",
+                message=f"no job definition {definition}",
+            )
+        capabilities = found.get("platformCapabilities") or ["EC2"]
+        platform: _rules.Platform = "FARGATE" if "FARGATE" in capabilities else "EC2"
+        if platform == "FARGATE" and (cpus is None) != (memory_mib is None):
+            # Fargate's memory depends on the vCPUs: both go out, the missing one the
+            # definition's.
+            own = Resources.of_container(found.get("containerProperties") or {})
+            cpus = own.cpus if cpus is None else cpus
+            memory_mib = own.memory_mib if memory_mib is None else memory_mib
+        requirements = _rules.requirements(
+            cpus=cpus, gpus=gpus, memory_mib=memory_mib, platform=platform, where=""
+        )
+        granted = next((int(r["value"]) for r in requirements if r["type"] == "MEMORY"), None)
+        if memory_mib is not None and granted != memory_mib:
+            logger.info(
+                "on Fargate, memory rounds up from %d MiB to %d MiB (with %g vCPUs)",
+                memory_mib,
+                granted,
+                cpus,
+            )
+        return requirements
 
     # -- looking at jobs --------------------------------------------------------------------
 
@@ -209,49 +279,94 @@ class BatchMonitor(ScopedClients):
         statuses = _statuses(status)
         queue, definition = self._queue_and_definition("jobs()")
         matches = _definition_matcher(definition)
-        found: dict[str, list[dict[str, Any]]] = {}
-        failures: list[BatchError] = []
-
-        async with self._scope.batch() as client, anyio.create_task_group() as group:
-
-            async def list_status(job_status: str) -> None:
-                summaries: list[dict[str, Any]] = []
-                token: str | None = None
-                try:
-                    with map_errors(f"listing {job_status} jobs of queue {queue!r}"):
-                        while True:
-                            kwargs: dict[str, Any] = {"nextToken": token} if token else {}
-                            page = await client.list_jobs(
-                                jobQueue=queue,
-                                jobStatus=job_status.upper(),  # type: ignore[arg-type]
-                                maxResults=LIST_JOBS_PAGE,
-                                **kwargs,
-                            )
-                            summaries += page.get("jobSummaryList", [])  # type: ignore[arg-type]
-                            token = page.get("nextToken")
-                            if not token:
-                                break
-                except BatchError as error:
-                    # One failure (an unknown queue, say) fails them all: say it once, as a
-                    # BatchError rather than a group of them.
-                    failures.append(error)
-                    group.cancel_scope.cancel()
-                found[job_status] = summaries
-
-            for job_status in statuses:
-                group.start_soon(list_status, job_status)
-        if failures:
-            raise failures[0]
-
+        async with self._scope.batch() as client:
+            found = await _list_jobs(client, [queue], statuses)
         queue_name = _queue_name(queue)
         rows: dict[str, dict[str, Any]] = {}
         for job_status in STATUSES:  # later statuses win for a job listed twice
-            for summary in found.get(job_status, []):
+            for summary in found.get((queue, job_status), []):
                 if matches(summary.get("jobDefinition", "")):
                     rows[summary["jobId"]] = _job_row(summary, queue_name)
         frame = table(list(rows.values()), JOB_SCHEMA)
         frame = frame.filter(pl.col("status").is_in(statuses))
         return frame.sort("created", descending=True, nulls_last=True, maintain_order=True)
+
+    async def find(self, ids: str | Iterable[str]) -> pl.DataFrame:
+        """The jobs whose id starts with each of `ids` (short ids, such as the 8 characters
+        `batchcrew jobs` shows; "start:index" for a child of an array job), among the jobs of
+        `job_queue` in any status and of any definition, or, when `job_queue` is None, of every
+        job queue in the region.
+
+        One row per short id and job it matches, in the order of `ids` (each one's jobs newest
+        first): `short_id` (as given), then the columns of `status()`. A short id that is a
+        whole job id matches that job only; one that matches nothing has no row, and one with
+        several rows is ambiguous. ListJobs lists no child of an array job: "start:index"
+        matches child `index` of each array job whose id starts with `start` (DescribeJobs).
+
+        One ListJobs call per queue and status (at most `LIST_CONCURRENCY` at once), so
+        looking in every queue costs 7 calls a queue, and DescribeJobQueues first.
+        """
+        given = [ids] if isinstance(ids, str) else _listed(ids)
+        if not given:
+            raise ValueError(f"ids must be a job id or a non-empty list of them, not {ids!r}")
+        short_ids = list(dict.fromkeys(check_text("ids", short_id) for short_id in given))
+        async with self._scope.batch() as client:
+            if self.job_queue is not None:
+                queues = [self.job_queue]
+            else:
+                queues = [queue["jobQueueArn"] for queue in await _describe_queues(client)]
+            found = await _list_jobs(client, queues, STATUSES)
+            listed: dict[str, dict[str, Any]] = {}
+            arrays: set[str] = set()
+            for queue in queues:
+                for job_status in STATUSES:  # later statuses win for a job listed twice
+                    for summary in found.get((queue, job_status), []):
+                        listed[summary["jobId"]] = _job_row(summary, _queue_name(queue))
+                        if (summary.get("arrayProperties") or {}).get("size"):
+                            arrays.add(summary["jobId"])
+            matched: dict[str, list[str]] = {}  # short id: the ids it matches
+            for short_id in short_ids:
+                start, colon, index = short_id.partition(":")
+                if start in listed:
+                    starts = [start]  # a whole id: that job, not the longer ids it starts
+                else:
+                    starts = [job_id for job_id in listed if job_id.startswith(start)]
+                if colon:
+                    matched[short_id] = [
+                        f"{job_id}:{index}" for job_id in starts if job_id in arrays
+                    ]
+                else:
+                    matched[short_id] = starts
+            children = sorted({job_id for found_ids in matched.values() for job_id in found_ids})
+            children = [job_id for job_id in children if job_id not in listed]
+            for first in range(0, len(children), DESCRIBE_JOBS_MAX):
+                chunk = children[first : first + DESCRIBE_JOBS_MAX]
+                with map_errors(f"describing jobs {', '.join(chunk)}"):
+                    answer = await client.describe_jobs(jobs=chunk)
+                for job in answer.get("jobs", []):
+                    listed[job["jobId"]] = _job_row(job, _queue_name(job.get("jobQueue", "")))
+        rows = []
+        for short_id, job_ids in matched.items():
+            jobs = [listed[job_id] for job_id in job_ids if job_id in listed]
+            jobs.sort(key=lambda job: -(job["created"] or 0))
+            rows += [{"short_id": short_id, **job} for job in jobs]
+        return table(rows, FIND_SCHEMA)
+
+    async def job_queues(self) -> pl.DataFrame:
+        """Every job queue in the region (DescribeJobQueues, every page), by name: name, arn,
+        state ("enabled" or "disabled") and status ("valid", "invalid", "creating", ...)."""
+        async with self._scope.batch() as client:
+            queues = await _describe_queues(client)
+        rows = [
+            {
+                "name": queue.get("jobQueueName"),
+                "arn": queue.get("jobQueueArn"),
+                "state": str(queue.get("state", "")).lower() or None,
+                "status": str(queue.get("status", "")).lower() or None,
+            }
+            for queue in queues
+        ]
+        return table(rows, QUEUE_SCHEMA).sort("name")
 
     async def submitted(self) -> pl.DataFrame:
         """Jobs whose status is "submitted"."""
@@ -298,11 +413,13 @@ class BatchMonitor(ScopedClients):
         reason: str = "terminated by batchcrew monitor",
     ) -> pl.DataFrame:
         """End jobs `ids` (one id, or a list or polars Series of them), or with `all=True`
-        every active job of this queue and definition: CancelJob, then TerminateJob, for each,
-        at most `TERMINATE_CONCURRENCY` jobs at once, with a progress bar on a terminal.
+        every active job of this queue and definition: TerminateJobs, 50 jobs a call (it ends a
+        job in any state), at most `TERMINATE_CONCURRENCY` calls at once, with a progress bar
+        on a terminal.
 
-        Returns one row per job: id, ended (whether TerminateJob succeeded), error (why not,
-        else null). A job that cannot be ended does not stop the others: check `ended`.
+        Returns one row per job: id, ended (whether AWS accepted its termination), error (why
+        not, else null: an id given that AWS does not know is not ended). A job that cannot be
+        ended does not stop the others: check `ended`.
         """
         check_text("reason", reason)
         if not isinstance(all, bool):
@@ -319,38 +436,33 @@ class BatchMonitor(ScopedClients):
                 raise ValueError(f"ids must be a job id or a non-empty list of them, not {ids!r}")
             targets = [check_text("ids", job_id) for job_id in given]
         targets = list(dict.fromkeys(targets))  # each job once, in the order given
-        errors: dict[str, str | None] = {}
         limiter = anyio.CapacityLimiter(TERMINATE_CONCURRENCY)
-
+        errors: dict[str, str | None] = {}
         async with self._scope.batch() as client:
-
-            async def end(job_id: str, advance: Callable[[], None]) -> None:
-                async with limiter:
-                    # TerminateJob alone ends a job in any state; CancelJob first is what
-                    # crew.aws.batch does, and it removes a queued job without a kill.
-                    cancel_error = None
-                    try:
-                        with map_errors(f"cancelling job {job_id}"):
-                            await client.cancel_job(jobId=job_id, reason=reason)
-                    except BatchError as error:
-                        cancel_error = str(error)
-                    try:
-                        with map_errors(f"terminating job {job_id}"):
-                            await client.terminate_job(jobId=job_id, reason=reason)
-                    except BatchError as error:
-                        errors[job_id] = str(error)
-                        logger.warning("could not end job %s: %s", job_id, error)
-                    else:
-                        errors[job_id] = None
-                        if cancel_error is not None:
-                            logger.debug("job %s: %s (terminated anyway)", job_id, cancel_error)
-                advance()
-
+            known = targets
+            if not all:
+                # TerminateJobs counts an id it does not know as ended ("Jobs that can't be
+                # found are treated as successfully processed"): a mistyped id would look
+                # ended. Ids given by hand are looked up first, 100 to a DescribeJobs call.
+                found: set[str] = set()
+                for start in range(0, len(targets), _DESCRIBE_MAX):
+                    chunk = targets[start : start + _DESCRIBE_MAX]
+                    with map_errors(f"describing jobs {chunk[0]} ..."):
+                        answer = await client.describe_jobs(jobs=chunk)
+                    found.update(job["jobId"] for job in answer.get("jobs", []))
+                for job_id in targets:
+                    if job_id not in found:
+                        errors[job_id] = (
+                            f"no job {job_id}: DescribeJobs knows no such id in this region (AWS "
+                            "keeps ended jobs for about 7 days); check the id and region"
+                        )
+                known = [job_id for job_id in targets if job_id in found]
             with _progress(len(targets)) as advance:
-                async with anyio.create_task_group() as group:
-                    for job_id in targets:
-                        group.start_soon(end, job_id, advance)
-
+                advance(len(targets) - len(known))
+                errors.update(await end_jobs(client, known, reason, limiter, advance))
+        for job_id, error in errors.items():
+            if error is not None:
+                logger.warning("could not end job %s: %s", job_id, error)
         rows = [
             {"id": job_id, "ended": errors[job_id] is None, "error": errors[job_id]}
             for job_id in targets
@@ -493,6 +605,63 @@ class BatchMonitor(ScopedClients):
 # -- helpers of the tables above ------------------------------------------------------------
 
 
+async def _list_jobs(
+    client: BatchClient, queues: Sequence[str], statuses: Sequence[str]
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The job summaries of each queue in each status, {(queue, status): summaries}: one
+    ListJobs call per pair (every page, 1000 jobs a page), at most `LIST_CONCURRENCY` at
+    once. One failure (an unknown queue, say) fails them all, raised once as its
+    `BatchError` rather than as a group of them."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    failures: list[BatchError] = []
+    limiter = anyio.CapacityLimiter(LIST_CONCURRENCY)
+
+    async def list_status(queue: str, job_status: str) -> None:
+        summaries: list[dict[str, Any]] = []
+        token: str | None = None
+        try:
+            async with limiter:
+                with map_errors(f"listing {job_status} jobs of queue {queue!r}"):
+                    while True:
+                        kwargs: dict[str, Any] = {"nextToken": token} if token else {}
+                        page = await client.list_jobs(
+                            jobQueue=queue,
+                            jobStatus=job_status.upper(),  # type: ignore[arg-type]
+                            maxResults=LIST_JOBS_PAGE,
+                            **kwargs,
+                        )
+                        summaries += page.get("jobSummaryList", [])  # type: ignore[arg-type]
+                        token = page.get("nextToken")
+                        if not token:
+                            break
+        except BatchError as error:
+            failures.append(error)
+            group.cancel_scope.cancel()
+        found[queue, job_status] = summaries
+
+    async with anyio.create_task_group() as group:
+        for queue in queues:
+            for job_status in statuses:
+                group.start_soon(list_status, queue, job_status)
+    if failures:
+        raise failures[0]
+    return found
+
+
+async def _describe_queues(client: BatchClient) -> list[JobQueueDetailTypeDef]:
+    """Every job queue in the region, every page of DescribeJobQueues."""
+    queues: list[JobQueueDetailTypeDef] = []
+    token: str | None = None
+    with map_errors("describing the job queues"):
+        while True:
+            kwargs: dict[str, Any] = {"nextToken": token} if token else {}
+            page = await client.describe_job_queues(maxResults=100, **kwargs)
+            queues += page.get("jobQueues", [])
+            token = page.get("nextToken")
+            if not token:
+                return queues
+
+
 def _statuses(status: str | Iterable[str] | None) -> tuple[str, ...]:
     if status is None:
         return STATUSES
@@ -565,11 +734,12 @@ def _job_row(job: Mapping[str, Any], queue: str) -> dict[str, Any]:
 
 
 @contextmanager
-def _progress(total: int) -> Iterator[Callable[[], None]]:
-    """A function to call once per job ended: it advances a rich progress bar on stderr when
-    stderr is a terminal and there are at least `PROGRESS_FROM` jobs, else does nothing."""
+def _progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A function to call with the number of jobs each call ended: it advances a rich progress
+    bar on stderr when stderr is a terminal and there are at least `PROGRESS_FROM` jobs, else
+    does nothing."""
     if total < PROGRESS_FROM or not sys.stderr.isatty():
-        yield lambda: None
+        yield lambda count: None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -578,4 +748,4 @@ def _progress(total: int) -> Iterator[Callable[[], None]]:
         TextColumn("ending jobs"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True)
     ) as progress:
         task = progress.add_task("end", total=total)
-        yield lambda: progress.advance(task)
+        yield lambda count: progress.advance(task, count)

@@ -3,6 +3,7 @@ tables they return, how clients live, and bad input refused before any request."
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -118,17 +119,21 @@ async def test_register_sends_the_worker_command_the_log_driver_and_resources(
         memory=1000,
         memory_units="mebibytes",
         cpus=0.5,
-        gpus=1,
         platform_capabilities="FARGATE",
         job_role_arn="arn:aws:iam::123456789012:role/job",
         execution_role_arn="arn:aws:iam::123456789012:role/exec",
+        assign_public_ip=True,
+        platform_version="1.4.0",
     )
-    first, second = local_aws.requests_for("RegisterJobDefinition")
+    await definition.register(
+        image="my/image:1", cpus=1, gpus=1, job_role_arn="arn:aws:iam::123456789012:role/job"
+    )
+    first, second, third = local_aws.requests_for("RegisterJobDefinition")
     container = first["containerProperties"]
     assert first["type"] == "container"
     assert first["platformCapabilities"] == ["EC2"]
     assert first["schedulingPriority"] == 5
-    assert (await definition.describe())["scheduling_priority"].to_list() == [None, 5]
+    assert (await definition.describe())["scheduling_priority"].to_list() == [None, None, 5]
     assert container["command"] == ["python", "-m", "batchcrew.worker"]
     assert container["logConfiguration"] == {"logDriver": "awslogs"}
     assert container["resourceRequirements"] == [
@@ -136,10 +141,19 @@ async def test_register_sends_the_worker_command_the_log_driver_and_resources(
         {"type": "MEMORY", "value": str(mebibytes(8, "gigabytes"))},
     ]  # no GPU when gpus=0
     assert str(mebibytes(8, "gigabytes")) == "7629"
+    assert "networkConfiguration" not in container  # Fargate's only
     assert second["platformCapabilities"] == ["FARGATE"]
     assert second["containerProperties"]["resourceRequirements"] == [
         {"type": "VCPU", "value": "0.5"},
-        {"type": "MEMORY", "value": "1000"},
+        {"type": "MEMORY", "value": "1024"},  # 1000 MiB rounds up to what Fargate allows
+    ]
+    assert second["containerProperties"]["networkConfiguration"] == {"assignPublicIp": "ENABLED"}
+    assert second["containerProperties"]["fargatePlatformConfiguration"] == {
+        "platformVersion": "1.4.0"
+    }
+    assert third["containerProperties"]["resourceRequirements"] == [
+        {"type": "VCPU", "value": "1"},
+        {"type": "MEMORY", "value": "7629"},
         {"type": "GPU", "value": "1"},
     ]
     assert second["containerProperties"]["jobRoleArn"].endswith("role/job")
@@ -188,6 +202,13 @@ def test_bad_constructor_arguments(arguments: dict[str, Any], named: str) -> Non
         JobDefinition(**arguments)
 
 
+#: A Fargate definition's arguments that AWS requires.
+FARGATE: dict[str, Any] = {
+    "platform_capabilities": "FARGATE",
+    "execution_role_arn": "arn:aws:iam::123456789012:role/exec",
+}
+
+
 @pytest.mark.parametrize(
     ("arguments", "named"),
     [
@@ -211,6 +232,23 @@ def test_bad_constructor_arguments(arguments: dict[str, Any], named: str) -> Non
         ({"propagate_tags": "yes"}, "propagate_tags"),
         ({"job_role_arn": ""}, "job_role_arn"),
         ({"execution_role_arn": ""}, "execution_role_arn"),
+        # What AWS refuses, refused before the request, naming the fix.
+        ({"seconds_timeout": 30}, "at least 60 seconds"),
+        ({"tags": {f"k{i}": "v" for i in range(51)}}, "AWS allows 50"),
+        ({"tags": {"aws:team": "x"}}, "AWS reserves"),
+        ({"tags": {"team": "a(b)"}}, "does not allow in tags"),
+        ({"tags": {"team": "x" * 257}}, "at most 256"),
+        ({"cpus": 0.5}, "whole number of at least 1"),
+        ({"cpus": 2.5}, "whole number of at least 1"),
+        ({"assign_public_ip": True}, "for Fargate only"),
+        ({"platform_version": "LATEST"}, "for Fargate only"),
+        ({"assign_public_ip": "yes"}, "assign_public_ip must be True, False or None"),
+        ({"platform_capabilities": "FARGATE"}, "needs execution_role_arn"),
+        (FARGATE | {"gpus": 1}, "Fargate has no GPUs"),
+        (FARGATE | {"cpus": 3}, "not a vCPU count Fargate offers"),
+        (FARGATE | {"cpus": 2, "memory": 32}, "more memory than Fargate allows with 2 vCPU"),
+        (FARGATE | {"cpus": None}, "cpus is required"),
+        ({"memory": None}, "memory is required"),
     ],
 )
 async def test_bad_register_arguments_fail_before_any_request(
@@ -220,6 +258,22 @@ async def test_bad_register_arguments_fail_before_any_request(
     with pytest.raises(ValueError, match=named):
         await JobDefinition("checked").register(**arguments)
     assert local_aws.requests == []
+
+
+async def test_a_fargate_definition_with_the_defaults_asks_for_memory_fargate_allows(
+    local_aws: LocalBatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="batchcrew")
+    await JobDefinition(unique("fargate")).register(image="busybox", **FARGATE)
+    (sent,) = local_aws.requests_for("RegisterJobDefinition")
+    # 8 gigabytes are 7629 MiB; Fargate allows 4096 to 16384 MiB in steps of 1024 with 2 vCPUs.
+    assert sent["containerProperties"]["resourceRequirements"] == [
+        {"type": "VCPU", "value": "2"},
+        {"type": "MEMORY", "value": "8192"},
+    ]
+    assert sent["containerProperties"]["executionRoleArn"] == FARGATE["execution_role_arn"]
+    (note,) = [r.getMessage() for r in caplog.records if "rounds up" in r.getMessage()]
+    assert "7629 MiB to 8192 MiB" in note
 
 
 @pytest.mark.parametrize("revision", [0, -1, 1.5, "2", True])

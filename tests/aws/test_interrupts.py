@@ -55,19 +55,20 @@ async def test_a_timed_out_task_that_ignores_its_interrupt_gets_its_array_child_
         child = f"{array}:{index}"
         with anyio.fail_after(30):
             while not any(
-                request["jobId"] == child for request in local_batch.requests_for("TerminateJob")
+                request["jobs"] == [child] for request in local_batch.requests_for("TerminateJobs")
             ):
                 await anyio.sleep(0.02)
             while (await monitor.status(child))["status"][0] != "failed":
                 await anyio.sleep(0.05)
         (terminate,) = [
             request
-            for request in local_batch.requests_for("TerminateJob")
-            if request["jobId"] == child
+            for request in local_batch.requests_for("TerminateJobs")
+            if request["jobs"] == [child]
         ]
         assert "did not stop" in terminate["reason"]
         # The other child, whose worker is fine, was not touched.
         assert all(
-            request["jobId"] in (child, array) or not request["jobId"].startswith(array)
-            for request in local_batch.requests_for("TerminateJob")
+            job_id in (child, array) or not job_id.startswith(array)
+            for request in local_batch.requests_for("TerminateJobs")
+            for job_id in request["jobs"]
         )

@@ -249,7 +249,7 @@ async def test_slow_launches_do_not_stall_dispatch(local_batch: LocalBatch, tmp_
 
 
 @pytest.mark.parametrize(
-    "local_batch_options", [LocalBatchOptions(throttle_rate={"SubmitJob": 0.5}, seed=7)]
+    "local_batch_options", [LocalBatchOptions(throttle_rate={"SubmitJob": 0.5}, seed=2)]
 )
 async def test_throttled_submissions_are_retried(local_batch: LocalBatch) -> None:
     async with aws.batch_controller(workers=3, options=options_for(local_batch)) as controller:
@@ -325,7 +325,7 @@ async def test_an_unknown_queue_raises_launch_error_instead_of_hanging(
         assert set(errors["action"]) == {"SubmitJob"}
 
 
-async def test_no_credentials_is_a_clear_launch_error(
+async def test_no_credentials_fail_the_start_with_a_clear_error(
     local_batch: LocalBatch, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -333,12 +333,13 @@ async def test_no_credentials_is_a_clear_launch_error(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    controller = aws.batch_controller(
-        workers=1, options=options_for(local_batch), launch_failures_max=2
-    )
-    async with controller:
-        with pytest.raises(bc.LaunchError, match="no AWS credentials found"):
-            await controller.push(double, 1)
+    controller = aws.batch_controller(workers=1, options=options_for(local_batch))
+    # The launcher reads the job definition as the controller starts: no job is submitted
+    # before the missing credentials are said.
+    with pytest.raises(aws.BatchError, match="no AWS credentials found"):
+        async with controller:
+            pass
+    assert local_batch.requests_for("SubmitJob") == []
 
 
 # -- workers that never connect --------------------------------------------------------------
@@ -356,11 +357,12 @@ async def test_a_job_that_never_starts_is_ended_before_it_is_replaced(
         with pytest.raises(bc.LaunchError, match="did not connect within seconds_launch=1"):
             await controller.push(double, 1)
     operations = [request.operation for request in local_batch.requests]
-    first_cancel = operations.index("CancelJob")
-    assert "TerminateJob" in operations[first_cancel:]
+    first_end = operations.index("TerminateJobs")  # it ends a job in any state: no CancelJob
+    assert "CancelJob" not in operations
+    assert "TerminateJob" not in operations
     submits = [i for i, operation in enumerate(operations) if operation == "SubmitJob"]
     assert len(submits) == 2
-    assert submits[0] < first_cancel < submits[1]  # ended, then replaced
+    assert submits[0] < first_end < submits[1]  # ended, then replaced
 
 
 # -- closing when AWS cannot end the jobs ----------------------------------------------------
@@ -395,12 +397,27 @@ def close_log(caplog: pytest.LogCaptureFixture) -> CloseLog:
 def ended(local_batch: LocalBatch) -> set[str]:
     """The jobs the emulator terminated on request."""
     return {
-        r.params["jobId"]
+        job_id
         for r in local_batch.requests
-        if r.operation == "TerminateJob" and r.error is None
+        if r.operation == "TerminateJobs" and r.error is None
+        for job_id in r.params["jobs"]
     }
 
 
+#: A queue too small for any worker: jobs of 2 vCPUs wait RUNNABLE on 1, so their workers
+#: never connect and the launcher must end their jobs at close.
+TOO_SMALL = LocalBatchOptions(vcpus=1)
+
+
+async def stuck_jobs(local_batch: LocalBatch, controller: bc.Controller, count: int) -> None:
+    """Push `count` tasks that no worker will run, and wait until their jobs are submitted."""
+    controller.walk(double, range(count))
+    with anyio.fail_after(20):
+        while not local_batch.requests_for("SubmitJob"):
+            await anyio.sleep(0.02)
+
+
+@pytest.mark.parametrize("local_batch_options", [TOO_SMALL])
 @pytest.mark.parametrize(
     ("max_attempts", "reason"),
     [
@@ -416,12 +433,12 @@ async def test_close_with_aws_unreachable_gives_up_within_seconds_close_and_name
     reason: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="batchcrew")
-    options = options_for(local_batch, max_attempts=max_attempts)
+    options = options_for(local_batch, max_attempts=max_attempts, cpus=2)
     controller = aws.batch_controller(workers=2, options=options, seconds_close=2)
     async with controller:
-        assert [await task for task in controller.walk(double, range(2))]
+        await stuck_jobs(local_batch, controller, 2)
         submitted = {job["jobId"] for job in await all_jobs(batch_client, local_batch.job_queue)}
-        assert submitted
+        assert len(submitted) == 1  # one array job of 2, which ends both children
         await local_batch.close()  # AWS is gone: every call now fails to connect
         with anyio.fail_after(20):  # seconds_grace (5) + seconds_close (2), with room
             await controller.aclose()
@@ -432,9 +449,8 @@ async def test_close_with_aws_unreachable_gives_up_within_seconds_close_and_name
         assert "still ending" in slow
         assert "giving up after seconds_close=2" in slow
         assert set(slow.split(": ")[-1].split()) == submitted
-    else:  # each call failed at once, and said why
-        assert all("cannot reach AWS" in warning for warning in log.warnings)
-        assert len(log.warnings) == 2 * len(submitted)  # CancelJob and TerminateJob
+    else:  # the call failed at once, and the ERROR says why
+        assert log.warnings == []
     assert log.error is not None
     assert f"could not end {len(submitted)} AWS Batch job(s) at close" in log.error
     command = log.error.split("End them by hand: ", 1)[1].splitlines()[0]
@@ -446,44 +462,100 @@ async def test_close_with_aws_unreachable_gives_up_within_seconds_close_and_name
 
 
 @pytest.mark.parametrize(
-    "local_batch_options",
-    [LocalBatchOptions(fault_rate={"CancelJob": 1.0, "TerminateJob": 1.0})],
+    "local_batch_options", [LocalBatchOptions(vcpus=1, fault_rate={"TerminateJobs": 1.0})]
 )
 async def test_close_names_the_jobs_batch_refused_to_end_with_its_error(
     local_batch: LocalBatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="batchcrew")
-    options = options_for(local_batch, max_attempts=1, region="us-east-1")
+    options = options_for(local_batch, max_attempts=1, region="us-east-1", cpus=2)
     controller = aws.batch_controller(workers=1, options=options)  # seconds_close=60
     with anyio.fail_after(30):  # well within seconds_close: the errors came at once
         async with controller:
-            assert (await controller.push(double, 1)).result == 2
+            await stuck_jobs(local_batch, controller, 1)
     log = close_log(caplog)
     (job_id,) = log.ending
     assert log.error is not None
     assert "could not end 1 AWS Batch job(s) at close" in log.error
-    assert f"  {job_id}: TerminateJob {job_id}: ServerException" in log.error
+    assert f"  {job_id}: TerminateJobs {job_id}: ServerException" in log.error
     assert f"batchcrew terminate {job_id} --region us-east-1" in log.error  # where the jobs are
-    terminates = [r for r in local_batch.requests if r.operation == "TerminateJob"]
-    assert [(r.params["jobId"], r.error) for r in terminates] == [(job_id, "ServerException")]
+    ends = [r for r in local_batch.requests if r.operation.startswith("TerminateJob")]
+    assert [(r.params["jobs"], r.error) for r in ends] == [([job_id], "ServerException")]
 
 
 @pytest.mark.parametrize(
-    "local_batch_options",
-    [LocalBatchOptions(fault_rate={"CancelJob": 0.5, "TerminateJob": 0.5}, seed=3)],
+    "local_batch_options", [LocalBatchOptions(vcpus=1, fault_rate={"TerminateJobs": 0.5}, seed=3)]
 )
 async def test_close_ends_every_job_through_injected_faults_without_a_warning(
     local_batch: LocalBatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="batchcrew")
-    options = options_for(local_batch, retry_mode="standard")
+    options = options_for(local_batch, retry_mode="standard", cpus=2)
     async with aws.batch_controller(workers=3, options=options) as controller:
-        assert [(await task).result for task in controller.walk(double, range(3))] == [0, 2, 4]
+        await stuck_jobs(local_batch, controller, 3)
     log = close_log(caplog)
     assert (log.warnings, log.error) == ([], None)  # botocore's retries got through the faults
     assert ended(local_batch) == set(log.ending)
     faults = [r for r in local_batch.requests if r.error == "ServerException"]
     assert faults, "the seed makes some calls fail"
+
+
+async def test_after_a_run_the_workers_leave_and_their_jobs_succeed(
+    local_batch: LocalBatch, batch_client: Any
+) -> None:
+    async with aws.batch_controller(workers=3, options=options_for(local_batch)) as controller:
+        frame = await controller.map(double, range(30))
+        assert frame["result"].to_list() == [2 * i for i in range(30)]
+        assert len(controller.workers().filter(pl.col("state") == "idle")) == 3
+    (job,) = await all_jobs(batch_client, local_batch.job_queue)
+    children = [f"{job['jobId']}:{index}" for index in range(3)]
+    with anyio.fail_after(20):
+        while not set((await statuses(batch_client, children)).values()) <= FINISHED:
+            await anyio.sleep(0.05)
+    # Told to leave at close, each worker said goodbye and exited: nothing needed ending.
+    assert set((await statuses(batch_client, [job["jobId"], *children])).values()) == {"SUCCEEDED"}
+    ends = [r.operation for r in local_batch.requests if "Cancel" in r.operation]
+    ends += [r.operation for r in local_batch.requests if "Terminate" in r.operation]
+    assert ends == []
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("local_batch_options", [LocalBatchOptions(vcpus=1, latency=0.2)])
+async def test_close_ends_1000_unfinished_children_at_real_aws_latency_within_seconds_close(
+    local_batch: LocalBatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An array of 1,001 workers: one runs (the capacity), 1,000 wait RUNNABLE. At close the
+    one leaves by itself and the 1,000 are ended, 50 to a TerminateJobs call, each call taking
+    200 ms as real AWS calls do."""
+    caplog.set_level(logging.INFO, logger="batchcrew")
+    controller = aws.batch_controller(
+        workers=1001, options=options_for(local_batch), seconds_close=10
+    )
+    async with controller:
+        controller.walk(double, range(1001))
+        with anyio.fail_after(60):
+            while not len(controller.workers().filter(pl.col("state").is_in(["idle", "busy"]))):
+                await anyio.sleep(0.05)
+        closing = time.monotonic()
+        await controller.aclose()
+        seconds = time.monotonic() - closing
+    log = close_log(caplog)
+    assert log.error is None
+    assert len(log.ending) == 1000  # the children still waiting, not the whole array
+    assert seconds < 5 + 10  # seconds_grace for the one to leave, then within seconds_close
+    ends = [r for r in local_batch.requests if r.operation == "TerminateJobs"]
+    assert len(ends) == 20
+    assert all(len(r.params["jobs"]) == 50 for r in ends)
+    (submitted,) = local_batch.requests_for("SubmitJob")
+    assert submitted["arrayProperties"] == {"size": 1001}
+    job_id = next(iter(ended(local_batch))).split(":")[0]
+    children = [f"{job_id}:{index}" for index in range(1001)]
+    with anyio.fail_after(20):  # the emulator's own view: no 200 ms per look
+        while not {local_batch.describe_job(c)["status"] for c in children} <= FINISHED:
+            await anyio.sleep(0.05)
+    found = [local_batch.describe_job(child)["status"] for child in children]
+    assert found.count("SUCCEEDED") == 1  # the worker that ran left cleanly
+    assert found.count("FAILED") == 1000
 
 
 def test_bad_options_are_rejected_before_any_request() -> None:
@@ -506,18 +578,20 @@ def test_resource_requirements_convert_gigabytes_as_crew_does() -> None:
         job_definition="d", job_queue="q", cpus=2, gpus=[0, 1], memory=[4, 8, 16]
     )
     assert options.levels == 3
-    assert options.resource_requirements(0) == [
+    levels = options.plan("EC2", None).levels
+    assert list(levels[0]) == [
         {"type": "VCPU", "value": "2"},
         {"type": "MEMORY", "value": "3815"},
     ]
-    assert options.resource_requirements(2) == [
+    assert list(levels[2]) == [
         {"type": "VCPU", "value": "2"},
-        {"type": "GPU", "value": "1"},
         {"type": "MEMORY", "value": "15259"},
+        {"type": "GPU", "value": "1"},
     ]
-    assert aws.BatchOptions(
+    single = aws.BatchOptions(
         job_definition="d", job_queue="q", memory=1000, memory_units="mebibytes"
-    ).resource_requirements(5) == [{"type": "MEMORY", "value": "1000"}]
+    )
+    assert list(single.plan("EC2", None).levels[0]) == [{"type": "MEMORY", "value": "1000"}]
 
 
 def test_job_names_are_sanitized_as_crew_does() -> None:
