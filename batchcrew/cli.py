@@ -56,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dockerfile",
         help="print a Dockerfile for worker images that match this Python and batchcrew",
         description="Print a Dockerfile for AWS Batch worker images: this Python minor "
-        "version, this batchcrew version, and the packages you name at their versions here.",
+        "version, this batchcrew version, and the packages you name at their versions here. "
+        "For a batchcrew installed from a clone (pip install -e .), which no package registry "
+        "has, write an image context instead: --context DIR, then docker build DIR.",
     )
     dockerfile.add_argument(
         "--package",
@@ -67,6 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "'name>=1.2' is kept as given)",
     )
     dockerfile.add_argument("--base", help="base image (default: python:<this version>-slim)")
+    dockerfile.add_argument(
+        "--context",
+        metavar="DIR",
+        help="write DIR/Dockerfile instead of printing it, with a wheel of this batchcrew "
+        "beside it when it is not installed from a package registry (a clone): then run "
+        "docker build DIR",
+    )
 
     emulator = commands.add_parser(
         "emulator",
@@ -93,14 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C: the controller has closed, its workers with it
             return 130
     if args.command == "dockerfile":
-        from batchcrew.aws.image import worker_dockerfile
-
-        try:
-            print(worker_dockerfile(args.package, base=args.base), end="")
-        except ValueError as error:
-            Console(stderr=True).print(f"[red]{error}")
-            return 2
-        return 0
+        return _dockerfile(args)
     if args.command == "worker":
         from batchcrew import worker as worker_module
 
@@ -111,6 +113,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         return worker_module.main(forwarded)
     return _command.run(args)
+
+
+def _dockerfile(args: argparse.Namespace) -> int:
+    from batchcrew import __version__
+    from batchcrew.aws import image
+    from batchcrew.errors import BatchcrewError
+
+    def fail(message: str, code: int) -> int:
+        print(f"batchcrew: error: {message}", file=sys.stderr)
+        return code
+
+    if args.context is None:
+        source = image._installed_source()
+        if source is not None:
+            return fail(
+                f"this batchcrew is {source}, and no package registry has it, so an image "
+                f"cannot pip install batchcrew=={__version__}: pass --context DIR to "
+                "write DIR/Dockerfile with a wheel of this batchcrew beside it, then run "
+                "docker build DIR",
+                2,
+            )
+        try:
+            print(image.worker_dockerfile(args.package, base=args.base), end="")
+        except ValueError as error:
+            return fail(str(error), 2)
+        return 0
+    try:
+        written = image.worker_context(args.context, args.package, base=args.base)
+    except ValueError as error:
+        return fail(str(error), 2)
+    except (BatchcrewError, OSError) as error:
+        return fail(str(error), 1)
+    print(
+        f"wrote {' and '.join(str(path) for path in written)}; build the image with: "
+        f"docker build -t IMAGE {args.context}"
+    )
+    return 0
 
 
 def _timeline_problem(path: str) -> str | None:

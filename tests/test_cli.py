@@ -105,21 +105,55 @@ def test_a_worker_started_by_hand_without_settings_explains() -> None:
     assert "BATCHCREW_CONTROLLER is not set" in done.stderr
 
 
-def test_dockerfile_pins_this_python_batchcrew_and_the_packages_named() -> None:
-    import platform
-
-    import numpy
-
+def test_dockerfile_on_a_clone_asks_for_an_image_context(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import batchcrew as bc
+    from batchcrew.cli import main
 
-    done = batchcrew("dockerfile", "--package", "numpy", "--package", "scikit-learn>=1.5")
-    assert done.returncode == 0, done.stderr
-    python = ".".join(platform.python_version_tuple()[:2])
-    assert f"FROM python:{python}-slim" in done.stdout
-    assert f'"batchcrew=={bc.__version__}"' in done.stdout
-    assert f'"numpy=={numpy.__version__}"' in done.stdout
-    assert '"scikit-learn>=1.5"' in done.stdout
-    assert 'CMD ["python", "-m", "batchcrew.worker"]' in done.stdout
-    missing = batchcrew("dockerfile", "--package", "no-such-package-here")
-    assert missing.returncode == 2
-    assert "is not installed here" in missing.stderr
+    clone = Path(bc.__file__).resolve().parents[1]  # the tests run from a clone, installed -e
+    assert main(["dockerfile", "--package", "numpy"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"batchcrew: error: this batchcrew is an editable install of {clone}, and no package "
+        f"registry has it, so an image cannot pip install batchcrew=={bc.__version__}: pass "
+        "--context DIR to write DIR/Dockerfile with a wheel of this batchcrew beside it, then "
+        "run docker build DIR\n"
+    )
+
+
+def test_dockerfile_context_refusals_come_before_the_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchcrew.cli import main
+
+    image = tmp_path / "image"
+    assert main(["dockerfile", "--context", str(image), "--package", "no-such-package"]) == 2
+    assert "is not installed here" in capsys.readouterr().err
+    assert not image.exists()  # nothing built, nothing written
+
+    (tmp_path / "file").write_text("")
+    assert main(["dockerfile", "--context", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == (
+        f"batchcrew: error: the image context {str(tmp_path / 'file')!r} is a file, not a "
+        "directory\n"
+    )
+
+
+@pytest.mark.timeout(20)
+def test_dockerfile_context_writes_the_dockerfile_and_the_wheel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import batchcrew as bc
+    from batchcrew.cli import main
+
+    image = tmp_path / "image"
+    assert main(["dockerfile", "--context", str(image)]) == 0
+    wheel = f"batchcrew-{bc.__version__}-py3-none-any.whl"
+    assert capsys.readouterr().out == (
+        f"wrote {image / 'Dockerfile'} and {image / wheel}; build the image with: docker "
+        f"build -t IMAGE {image}\n"
+    )
+    assert sorted(path.name for path in image.iterdir()) == ["Dockerfile", wheel]
+    assert f"COPY {wheel} /tmp/" in (image / "Dockerfile").read_text()

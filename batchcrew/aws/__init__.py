@@ -3,13 +3,14 @@
 `aws.batch_controller(...)` makes a controller whose workers are AWS Batch jobs;
 `aws.BatchLauncher` is its launcher and `aws.BatchOptions` what its jobs have in common.
 `aws.JobDefinition` and `aws.BatchMonitor` manage definitions and watch and end jobs by hand.
-`aws.worker_dockerfile()` writes a Dockerfile for the workers' image.
+`aws.worker_dockerfile()` writes a Dockerfile for the workers' image, and `aws.worker_context()`
+its build context (with a wheel of this batchcrew, for one installed from a clone).
 """
 
 from __future__ import annotations
 
 from batchcrew.aws.definition import JobDefinition
-from batchcrew.aws.image import worker_dockerfile
+from batchcrew.aws.image import worker_context, worker_dockerfile
 from batchcrew.aws.launcher import BatchLauncher, batch_controller
 from batchcrew.aws.monitor import BatchMonitor
 from batchcrew.aws.options import BatchOptions
@@ -22,5 +23,6 @@ __all__ = [
     "BatchOptions",
     "JobDefinition",
     "batch_controller",
+    "worker_context",
     "worker_dockerfile",
 ]

@@ -1,6 +1,7 @@
 """The `batchcrew` subcommands for AWS Batch by hand: jobs, status, logs, terminate and
 definition register|describe|deregister. Thin: parse, call `BatchMonitor` or `JobDefinition`,
-print a rich table (or one JSON document with --json).
+print a rich table (or one JSON document with --json). Errors come out in the CLI's own words:
+the flags and commands to use, never the Python parameters behind them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ import argparse
 import asyncio
 import datetime
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,11 +28,20 @@ Handler = Callable[[argparse.Namespace], Awaitable[int]]
 _STATUSES = ("submitted", "pending", "runnable", "starting", "running", "succeeded", "failed")
 _GROUPS = {"active": _STATUSES[:5], "inactive": _STATUSES[5:]}
 #: Exit codes: an AWS error, a job not found or not ended, stdout closed; bad arguments (as
-#: argparse's); interrupted (128 + SIGINT).
+#: argparse's), an ambiguous short job id; interrupted (128 + SIGINT).
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _UNLIMITED = 100_000  # a width no table reaches: to measure one's natural width
+#: A whole AWS Batch job id (a UUID; ":index" for a child of an array job): used as it is,
+#: while anything else is the start of one, looked up.
+_WHOLE_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}(?::\d+)?")
+#: How many matching jobs an "ambiguous id" error lists.
+_AMBIGUOUS_SHOWN = 10
+_ID_HELP = (
+    "job id, or its start as `batchcrew jobs` shows it (the first 8 characters; "
+    "START:INDEX for a child of an array job)"
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,16 +70,20 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "status",
         parents=[common],
         help="show one AWS Batch job",
-        description="Show one AWS Batch job, found by id (--queue, --definition: not needed).",
+        description="Show one AWS Batch job, found by id. A short id is looked up among the "
+        "jobs of --queue, or of every job queue in the region (--definition: not needed).",
     )
-    status.add_argument("id", help="job id")
+    status.add_argument("id", help=_ID_HELP)
     _queue_arguments(status, required=False)
     status.set_defaults(aws_command=_status)
 
     logs = subparsers.add_parser(
         "logs", parents=[common], help="print the CloudWatch log of an AWS Batch job"
     )
-    logs.add_argument("id", help="job id")
+    logs.add_argument("id", help=_ID_HELP)
+    logs.add_argument(
+        "--queue", help="job queue name or ARN to look a short id up in (default: every queue)"
+    )
     logs.add_argument("--follow", action="store_true", help="keep printing until the job ends")
     logs.add_argument(
         "--log-group", default="/aws/batch/job", help="log group (default /aws/batch/job)"
@@ -79,9 +95,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     logs.set_defaults(aws_command=_logs)
 
     terminate = subparsers.add_parser(
-        "terminate", parents=[common], help="end AWS Batch jobs (CancelJob, then TerminateJob)"
+        "terminate", parents=[common], help="end AWS Batch jobs, queued or running"
     )
-    terminate.add_argument("ids", nargs="*", metavar="ID", help="ids of the jobs to end")
+    terminate.add_argument(
+        "ids", nargs="*", metavar="ID", help="ids of the jobs to end (whole, or short as above)"
+    )
     terminate.add_argument(
         "--all", action="store_true", help="end every active job of --queue and --definition"
     )
@@ -113,7 +131,24 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--parameter", action="append", type=_key_value, metavar="KEY=VALUE", help="(repeatable)"
     )
     register.add_argument("--job-role-arn", help="IAM role the job's code runs as")
-    register.add_argument("--execution-role-arn", help="IAM role ECS pulls images with")
+    register.add_argument(
+        "--execution-role-arn",
+        help="IAM role ECS pulls the image and sends the logs with (needed with --platform "
+        "FARGATE)",
+    )
+    fargate = register.add_argument_group("Fargate (with --platform FARGATE only)")
+    fargate.add_argument(
+        "--assign-public-ip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="give each job a public IP: needed to pull the image in a subnet without a NAT "
+        "gateway, such as a default VPC's (AWS's default: no public IP)",
+    )
+    fargate.add_argument(
+        "--platform-version",
+        metavar="VERSION",
+        help="Fargate platform version, such as LATEST or 1.4.0 (AWS's default: LATEST)",
+    )
     register.set_defaults(aws_command=_register)
 
     describe = actions.add_parser("describe", parents=[common], help="show every revision")
@@ -152,6 +187,14 @@ def _key_value(text: str) -> tuple[str, str]:
 # -- running a command ----------------------------------------------------------------------
 
 
+class _Refused(Exception):
+    """A command cannot go on: why, in the CLI's words, and the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand `args` was parsed for; return the exit code. A `BatchError` or a
     bad argument prints one line on stderr (a traceback with --debug)."""
@@ -173,14 +216,16 @@ async def run_async(args: argparse.Namespace) -> int:
     handler: Handler = args.aws_command
     try:
         return await handler(args)
+    except _Refused as refused:
+        return _fail(str(refused), refused.code)
     except BatchError as error:
         if getattr(args, "debug", False):
             raise
-        return _fail(str(error), EXIT_FAILED)
+        return _fail(in_cli_words(str(error)), EXIT_FAILED)
     except ValueError as error:
         if getattr(args, "debug", False):
             raise
-        return _fail(str(error), EXIT_USAGE)
+        return _fail(in_cli_words(str(error)), EXIT_USAGE)
 
 
 def _fail(message: str, code: int) -> int:
@@ -188,11 +233,79 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+#: The flag of each Python parameter that the library's messages may name.
+_FLAGS = {
+    "job_queue": "--queue",
+    "job_definition": "--definition",
+    "log_group": "--log-group",
+    "seconds_interval": "--interval",
+    "region": "--region",
+    "endpoint_url": "--endpoint-url",
+    "profile": "--profile",
+    "reason": "--reason",
+    "image": "--image",
+    "platform_capabilities": "--platform",
+    "memory_units": "--memory-units",
+    "memory": "--memory",
+    "cpus": "--cpus",
+    "gpus": "--gpus",
+    "seconds_timeout": "--seconds-timeout",
+    "scheduling_priority": "--scheduling-priority",
+    "tags": "--tag",
+    "parameters": "--parameter",
+    "propagate_tags": "--propagate-tags",
+    "job_role_arn": "--job-role-arn",
+    "execution_role_arn": "--execution-role-arn",
+    "assign_public_ip": "--assign-public-ip",
+    "platform_version": "--platform-version",
+    "revision": "--revision",
+    "active": "--active",
+}
+_NAMES = "|".join(sorted(_FLAGS, key=len, reverse=True))
+# Not inside a quoted value or a word: the library quotes the values it shows (repr).
+_OUTSIDE = r"(?<![\w\-'\"/.])"
+#: `name=value` (Python keyword syntax, as in `cpus=0.5` or `platform_capabilities="FARGATE"`).
+_KEYWORD = re.compile(_OUTSIDE + rf"({_NAMES})=(\"[^\"]*\"|'[^']*'|[^\s,;:()]+)?")
+#: A parameter named on its own: one with an underscore anywhere, any at the start.
+_IDENTIFIER = re.compile(_OUTSIDE + r"([a-z]+(?:_[a-z]+)+)(?![\w(=])")
+_SUBJECT = re.compile(rf"^({_NAMES})(?=[ :])")
+#: botocore's ValueError for an endpoint_url it cannot use.
+_BAD_ENDPOINT = re.compile(r"^Invalid endpoint: (.*)$")
+#: What only a Python caller can use, dropped from the CLI's messages.
+_PYTHON_ONLY = (
+    re.compile(r" or None(?=[,;:.)]| not)"),  # a flag left out is None
+    re.compile(r"\s*\(CLI: [^)]*\)"),  # the library's own hint at the CLI, now redundant
+    re.compile(r"\.?\s*A task's own limit is seconds_timeout= on push, map or walk\.?"),
+)
+
+
+def in_cli_words(message: str) -> str:
+    """A library message as the CLI says it: each Python parameter it names as the flag that
+    sets it (`cpus=0.5` as `--cpus 0.5`, `execution_role_arn` as `--execution-role-arn`), and
+    without what only a Python caller can use ("or None", `seconds_timeout=` on push)."""
+    for pattern in _PYTHON_ONLY:
+        message = pattern.sub("", message)
+
+    def keyword(found: re.Match[str]) -> str:
+        value = (found[2] or "").strip("\"'")
+        return _FLAGS[found[1]] + (f" {value}" if value else "")
+
+    message = _KEYWORD.sub(keyword, message)
+    message = _IDENTIFIER.sub(lambda found: _FLAGS.get(found[1], found[1]), message)
+    message = _SUBJECT.sub(lambda found: _FLAGS[found[1]], message)
+    message = _BAD_ENDPOINT.sub(
+        r"--endpoint-url \1 is not a URL: give one such as http://127.0.0.1:4566", message
+    )
+    return message.replace("region and --endpoint-url", "--region and --endpoint-url")
+
+
 def _aws(args: argparse.Namespace) -> dict[str, Any]:
     return {"region": args.region, "endpoint_url": args.endpoint_url, "profile": args.profile}
 
 
 def _monitor(args: argparse.Namespace, log_group: str = "/aws/batch/job") -> BatchMonitor:
+    """A monitor of --queue and --definition (where the command has them), reaching AWS as the
+    common flags say."""
     from batchcrew.aws.monitor import BatchMonitor
 
     return BatchMonitor(
@@ -209,6 +322,86 @@ def _definition(args: argparse.Namespace) -> JobDefinition:
     return JobDefinition(args.definition, **_aws(args))
 
 
+async def _job_ids(
+    args: argparse.Namespace, monitor: BatchMonitor, given: Sequence[str]
+) -> list[str]:
+    """The whole job ids of `given`, in order: a whole id as it is, a short one (the start of
+    an id, START:INDEX for an array child) looked up with `monitor.find()` among the jobs of
+    --queue, or of every job queue in the region. Refuses a short id that matches no job,
+    saying where it looked, or several, listing them."""
+    wanted = [job_id.strip() for job_id in given]
+    if not all(wanted):
+        raise _Refused("a job id must not be empty", EXIT_USAGE)
+    short = [job_id for job_id in wanted if not _WHOLE_ID.fullmatch(job_id)]
+    if not short:
+        return wanted
+    matches: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in short}
+    for row in (await monitor.find(short)).iter_rows(named=True):
+        matches[row["short_id"]].append(row)
+    missing = [job_id for job_id, rows in matches.items() if not rows]
+    if missing:
+        raise _Refused(await _not_found(args, monitor, missing), EXIT_FAILED)
+    for job_id, rows in matches.items():
+        if len(rows) > 1:
+            shown = "; ".join(
+                f"{row['id']} ({row['name']}, {row['status']}, queue {row['queue']})"
+                for row in rows[:_AMBIGUOUS_SHOWN]
+            )
+            more = len(rows) - _AMBIGUOUS_SHOWN
+            raise _Refused(
+                f"the job id {job_id} is ambiguous: {len(rows)} jobs start with it: {shown}"
+                f"{f'; and {more} more' if more > 0 else ''}. Give more of the id",
+                EXIT_USAGE,
+            )
+    return [matches[job_id][0]["id"] if job_id in matches else job_id for job_id in wanted]
+
+
+async def _not_found(args: argparse.Namespace, monitor: BatchMonitor, missing: list[str]) -> str:
+    """Why no job id starts with `missing`: where the lookup looked, and what to check."""
+    from batchcrew.errors import BatchError
+
+    what = f"no job id starts with {missing[0]}"
+    if len(missing) > 1:
+        what = f"no job ids start with {', '.join(missing)}"
+    try:  # only to say where it looked: the queues' ARNs name the region
+        queues = (await monitor.job_queues()).to_dicts()
+    except BatchError:
+        queues = []
+    region = args.region or next(
+        (queue["arn"].split(":")[3] for queue in queues if queue["arn"]), None
+    )
+    if region is None:  # no queue to tell: where the AWS configuration points
+        import botocore.exceptions
+        import botocore.session
+
+        try:
+            region = botocore.session.Session(profile=args.profile).get_config_variable("region")
+        except botocore.exceptions.BotoCoreError:
+            region = None
+    where = f"region {region}" if region else "this region"
+    queue = getattr(args, "queue", None)
+    if queue is not None:
+        return (
+            f"{what} in job queue {queue} ({where}): check the id, --queue (leave it out to "
+            "look in every job queue) and --region"
+        )
+    if not queues:
+        return f"{what}: there is no job queue in {where}; check --region (and --endpoint-url)"
+    if len(queues) == 1:
+        looked = f"in job queue {queues[0]['name']}, the only one in {where}"
+    else:
+        names = ", ".join(queue["name"] for queue in queues)
+        looked = f"in the {len(queues)} job queues of {where} ({names})"
+    return f"{what} {looked}: check the id and --region (AWS keeps ended jobs for about 7 days)"
+
+
+def _no_job(job_id: str) -> _Refused:
+    return _Refused(
+        f"no job {job_id}: check the id and --region (AWS keeps ended jobs for about 7 days)",
+        EXIT_FAILED,
+    )
+
+
 # -- the commands ---------------------------------------------------------------------------
 
 
@@ -223,9 +416,11 @@ async def _jobs(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    frame = await _monitor(args).status(args.id)
+    async with _monitor(args) as monitor:
+        (job_id,) = await _job_ids(args, monitor, [args.id])
+        frame = await monitor.status(job_id)
     if frame.height == 0:
-        return _fail(f"no job {args.id}: check the id and --region", EXIT_FAILED)
+        raise _no_job(job_id)
     if args.json:
         _print_json(frame.to_dicts())
     else:
@@ -234,35 +429,64 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _logs(args: argparse.Namespace) -> int:
-    monitor = _monitor(args, args.log_group)
-    if not args.follow:
-        frame = await monitor.log(args.id)
-        if args.json:
-            _print_json(frame.to_dicts())
-        else:
-            _print_lines(frame, timestamps=args.timestamps)
-        return 0
-    async with monitor:
-        async for frame in monitor.follow(args.id, seconds_interval=args.interval):
-            if args.json:  # one JSON document per event, as it arrives (JSON Lines)
-                for row in frame.to_dicts():
-                    print(json.dumps(row, default=_json_value, ensure_ascii=False), flush=True)
-            else:
-                _print_lines(frame, timestamps=args.timestamps)
-        final = await monitor.status(args.id)
+    from batchcrew.errors import BatchError
+
+    if args.follow and not (math.isfinite(args.interval) and args.interval > 0):
+        raise _Refused(f"--interval must be more than 0 seconds, not {args.interval:g}", EXIT_USAGE)
+    async with _monitor(args, args.log_group) as monitor:
+        (job_id,) = await _job_ids(args, monitor, [args.id])
+        try:
+            if not args.follow:
+                frame = await monitor.log(job_id)
+                if args.json:
+                    _print_json(frame.to_dicts())
+                else:
+                    _print_lines(frame, timestamps=args.timestamps)
+                return 0
+            async for frame in monitor.follow(job_id, seconds_interval=args.interval):
+                if args.json:  # one JSON document per event, as it arrives (JSON Lines)
+                    for row in frame.to_dicts():
+                        print(json.dumps(row, default=_json_value, ensure_ascii=False), flush=True)
+                else:
+                    _print_lines(frame, timestamps=args.timestamps)
+        except BatchError as error:
+            if error.code == "JobNotFound":
+                raise _no_job(job_id) from error
+            if error.code == "JobNotStarted":
+                status = (await monitor.status(job_id))["status"].to_list() or ["unknown"]
+                raise _Refused(
+                    f"job {job_id} has not started: it has no log stream yet (status "
+                    f"{status[0]}); wait until `batchcrew status {job_id}` says running, or "
+                    "use --follow, which waits for it",
+                    EXIT_FAILED,
+                ) from error
+            raise
+        final = await monitor.status(job_id)
     if final.height and not args.json:
-        print(f"job {args.id} {final['status'][0]}: {final['reason'][0]}", file=sys.stderr)
+        print(f"job {job_id} {final['status'][0]}: {final['reason'][0]}", file=sys.stderr)
     return 0
 
 
 async def _terminate(args: argparse.Namespace) -> int:
     if args.all == bool(args.ids):
-        raise ValueError("give the ids of the jobs to end, or --all (with --queue, --definition)")
-    monitor = _monitor(args)
-    if args.all:
-        frame = await monitor.terminate(all=True, reason=args.reason)
-    else:
-        frame = await monitor.terminate(args.ids, reason=args.reason)
+        raise _Refused(
+            "give the ids of the jobs to end, or --all (with --queue and --definition)", EXIT_USAGE
+        )
+    if args.all and (args.queue is None or args.definition is None):
+        raise _Refused(
+            "--all ends every active job of one job queue and job definition: give both --queue "
+            "and --definition (`batchcrew jobs --queue Q --definition D --status active` lists "
+            "what it would end)",
+            EXIT_USAGE,
+        )
+    if not args.reason.strip():
+        raise _Refused("--reason must not be empty: AWS records it with each job", EXIT_USAGE)
+    async with _monitor(args) as monitor:
+        if args.all:
+            frame = await monitor.terminate(all=True, reason=args.reason)
+        else:
+            ids = await _job_ids(args, monitor, args.ids)
+            frame = await monitor.terminate(ids, reason=args.reason)
     _show(frame, args)
     return 0 if frame["ended"].all() else EXIT_FAILED
 
@@ -282,18 +506,40 @@ async def _register(args: argparse.Namespace) -> int:
         parameters=dict(args.parameter) if args.parameter else None,
         job_role_arn=args.job_role_arn,
         execution_role_arn=args.execution_role_arn,
+        assign_public_ip=args.assign_public_ip,
+        platform_version=args.platform_version,
     )
     _show(frame, args)
     return 0
 
 
 async def _describe(args: argparse.Namespace) -> int:
-    _show(await _definition(args).describe(active=args.active), args)
+    frame = await _definition(args).describe(active=args.active)
+    if frame.height == 0 and not args.json:
+        which = "no active revision" if args.active else "no revision"
+        print(
+            f"job definition {args.definition} has {which} here: check --definition and --region",
+            file=sys.stderr,
+        )
+        return 0
+    _show(frame, args)
     return 0
 
 
 async def _deregister(args: argparse.Namespace) -> int:
-    frame = await _definition(args).deregister(args.revision)
+    from batchcrew.errors import BatchError
+
+    try:
+        frame = await _definition(args).deregister(args.revision)
+    except BatchError as error:
+        if error.code != "JobDefinitionNotFound":
+            raise
+        raise _Refused(
+            f"job definition {args.definition} has no revision {args.revision}: "
+            f"`batchcrew definition describe --definition {args.definition}` lists the "
+            "revisions there are",
+            EXIT_FAILED,
+        ) from error
     if frame.height == 0 and not args.json:
         print(f"no active revision of {args.definition} to deregister", file=sys.stderr)
         return 0

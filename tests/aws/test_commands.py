@@ -1,6 +1,7 @@
 """The `batchcrew` subcommands for job definitions and jobs, against LocalBatch: in-process
 through `add_commands` and `run_async`, and as `batchcrew` processes (`python -m batchcrew.cli`);
---json output parsed, AWS errors and bad arguments as one line and a non-zero exit code."""
+--json output parsed, short job ids looked up, AWS errors and bad arguments as one line in the
+CLI's own words (its flags, never Python's parameters) and a non-zero exit code."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,14 +17,18 @@ from typing import Any
 
 import anyio
 import pytest
+from aiobotocore.session import get_session
 
-from batchcrew.aws._commands import add_commands, run_async
+from batchcrew.aws._commands import add_commands, in_cli_words, run_async
 from batchcrew.aws.monitor import BatchMonitor
 from batchcrew.errors import BatchError
 from batchcrew.testing import LocalBatch
 from tests.aws.conftest import wait_for_status
 
 pytestmark = pytest.mark.timeout(40)
+
+#: A whole job id that no job has.
+NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -159,10 +165,18 @@ async def test_terminate_by_id_and_all(
     assert (code, [row["id"] for row in json.loads(out)]) == (0, [queued])
     assert (await monitor.active()).height == 0
 
-    code, out, _ = await cli("terminate", "no-such-job", "--json")
+    # A whole id is looked up first: TerminateJobs would count a job it cannot find as ended.
+    code, out, _ = await cli("terminate", NO_SUCH_ID, "--json")
     (row,) = json.loads(out)
-    assert (code, row["ended"]) == (1, False)  # a job not ended: non-zero exit
-    assert "no-such-job" in row["error"]
+    assert (code, row["id"], row["ended"]) == (1, NO_SUCH_ID, False)
+    assert f"no job {NO_SUCH_ID}: DescribeJobs knows no such id" in row["error"]
+    code, out, err = await cli("terminate", "no-such-job", "--json")  # a short id: looked up
+    assert (code, out) == (1, "")
+    assert err == (
+        f"batchcrew: error: no job id starts with no-such-job in job queue {local_aws.job_queue}, "
+        f"the only one in region {local_aws.region}: check the id and --region (AWS keeps ended "
+        "jobs for about 7 days)\n"
+    )
 
 
 async def test_aws_errors_are_one_line_and_exit_1(cli: Any, local_aws: LocalBatch) -> None:
@@ -173,13 +187,13 @@ async def test_aws_errors_are_one_line_and_exit_1(cli: Any, local_aws: LocalBatc
     assert "ClientException: JobQueue no-such-queue not found" in err
     assert "Traceback" not in err
 
-    code, out, err = await cli("status", "no-such-job")
-    assert (code, out) == (1, "")
-    assert err == "batchcrew: error: no job no-such-job: check the id and --region\n"
-
-    code, _, err = await cli("logs", "no-such-job")
-    assert code == 1
-    assert err.startswith("batchcrew: error: job no-such-job not found")
+    for command in ("status", "logs"):
+        code, out, err = await cli(command, NO_SUCH_ID)
+        assert (code, out) == (1, "")
+        assert err == (
+            f"batchcrew: error: no job {NO_SUCH_ID}: check the id and --region (AWS keeps "
+            "ended jobs for about 7 days)\n"
+        )
 
     with pytest.raises(BatchError):  # --debug: the exception (and its traceback) comes out
         await run_async(
@@ -189,19 +203,42 @@ async def test_aws_errors_are_one_line_and_exit_1(cli: Any, local_aws: LocalBatc
         )
 
 
+REGISTER = ["definition", "register", "--definition", "d", "--image", "i"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["terminate"], "give the ids of the jobs to end, or --all"),
         (["terminate", "x", "--all"], "give the ids of the jobs to end, or --all"),
-        (["terminate", "--all"], "job_queue and job_definition"),
-        (["definition", "register", "--definition", "d", "--image", "i", "--cpus", "-1"], "cpus"),
-        (["definition", "register", "--definition", "d:1", "--image", "i"], "job_definition"),
-        (["definition", "deregister", "--definition", "d", "--revision", "0"], "revision"),
-        (["logs", "x", "--follow", "--interval", "0"], "seconds_interval"),
+        (["terminate", "--all"], "--all ends every active job of one job queue and job"),
+        (["terminate", "--all", "--queue", "q"], "give both --queue and --definition"),
+        (["terminate", NO_SUCH_ID, "--reason", " "], "--reason must not be empty"),
+        (["terminate", " "], "a job id must not be empty"),
+        (["status", ""], "a job id must not be empty"),
+        (["status", "x", "--queue", ""], "--queue must be a non-empty string, not ''"),
+        (["jobs", "--queue", "q", "--definition", ""], "--definition must be a non-empty"),
+        (["jobs", "--queue", "q", "--definition", "d", "--region", ""], "--region must be"),
+        (["status", "x", "--endpoint-url", ""], "--endpoint-url must be a non-empty string"),
+        (["status", NO_SUCH_ID, "--endpoint-url", "nowhere"], "--endpoint-url nowhere is not a"),
+        (["status", "x", "--profile", ""], "--profile must be a non-empty string"),
+        (["logs", "x", "--log-group", ""], "--log-group must be a non-empty string"),
+        (["logs", "x", "--follow", "--interval", "0"], "--interval must be more than 0"),
+        (["logs", "x", "--follow", "--interval", "nan"], "--interval must be more than 0"),
+        ([*REGISTER, "--cpus", "-1"], "--cpus must be a finite number > 0, not -1.0"),
+        ([*REGISTER, "--memory", "0"], "--memory must be a finite number > 0, not 0.0"),
+        ([*REGISTER, "--gpus", "1.5"], "--gpus must be a whole number, not 1.5"),
+        ([*REGISTER, "--seconds-timeout", "-5"], "--seconds-timeout must be a finite number"),
+        ([*REGISTER, "--scheduling-priority", "10000"], "--scheduling-priority must be a whole"),
+        ([*REGISTER, "--job-role-arn", ""], "--job-role-arn must be a non-empty string"),
+        ([*REGISTER, "--execution-role-arn", ""], "--execution-role-arn must be a non-empty"),
+        (["definition", "register", "--definition", "d", "--image", ""], "--image must be a"),
+        (["definition", "register", "--definition", "d:1", "--image", "i"], "--definition must"),
+        (["definition", "describe", "--definition", "a/b"], "--definition must be a job"),
+        (["definition", "deregister", "--definition", "d", "--revision", "0"], "--revision must"),
     ],
 )
-async def test_bad_arguments_are_one_line_and_exit_2(
+async def test_bad_arguments_are_one_line_in_the_clis_words_and_exit_2(
     cli: Any, local_aws: LocalBatch, argv: list[str], message: str
 ) -> None:
     code, out, err = await cli(*argv)
@@ -209,7 +246,70 @@ async def test_bad_arguments_are_one_line_and_exit_2(
     assert err.startswith("batchcrew: error: ")
     assert message in err
     assert err.count("\n") == 1
-    assert local_aws.requests == []
+    assert_no_python_in(err)
+    assert local_aws.requests == []  # refused before anything was asked of AWS
+
+
+def assert_no_python_in(message: str) -> None:
+    """`message` names no Python parameter (`job_queue`, `cpus=`), method (`describe()`), class
+    (`BatchMonitor`) or None: a CLI user has flags and commands only."""
+    assert not re.search(r"\b[a-z]+_[a-z_]+\b", message), message
+    assert not re.search(r"\b[a-z]+=", message), message
+    assert not re.search(r"\w\(\)|\w\(\w+=", message), message
+    assert "BatchMonitor" not in message
+    assert "JobDefinition(" not in message
+    assert "None" not in message
+
+
+@pytest.mark.parametrize(
+    ("said", "meant"),
+    [
+        (
+            "revision must be a whole number >= 1 or None, not 0",
+            "--revision must be a whole number >= 1, not 0",
+        ),
+        (
+            'platform_capabilities="FARGATE" needs execution_role_arn: AWS requires one',
+            "--platform FARGATE needs --execution-role-arn: AWS requires one",
+        ),
+        (
+            "cpus=0.5 is not a vCPU count AWS Batch accepts on EC2",
+            "--cpus 0.5 is not a vCPU count AWS Batch accepts on EC2",
+        ),
+        (
+            "memory: 3 MiB is less than the 4 MiB AWS Batch requires",
+            "--memory: 3 MiB is less than the 4 MiB AWS Batch requires",
+        ),
+        (
+            "seconds_timeout=30: at least 60 seconds; give 60 or more (or none). A task's own "
+            "limit is seconds_timeout= on push, map or walk",
+            "--seconds-timeout 30: at least 60 seconds; give 60 or more (or none)",
+        ),
+        (
+            "x: no AWS region; set AWS_DEFAULT_REGION or pass region=",
+            "x: no AWS region; set AWS_DEFAULT_REGION or pass --region",
+        ),
+        (
+            "x: ProfileNotFound; check profile= or AWS_PROFILE",
+            "x: ProfileNotFound; check --profile or AWS_PROFILE",
+        ),
+        (
+            "x: cannot reach AWS (y); check the network, region and endpoint_url",
+            "x: cannot reach AWS (y); check the network, --region and --endpoint-url",
+        ),
+        (
+            "in another log group: pass log_group= (CLI: --log-group)",
+            "in another log group: pass --log-group",
+        ),
+        (
+            "registering job definition 'job_queue': refused",
+            "registering job definition 'job_queue': refused",
+        ),
+        ("the job my_job_role_arn ended", "the job my_job_role_arn ended"),
+    ],
+)
+def test_library_messages_are_said_with_the_clis_flags(said: str, meant: str) -> None:
+    assert in_cli_words(said) == meant
 
 
 @pytest.mark.parametrize(
@@ -381,3 +481,288 @@ def test_run_times_read_at_a_glance(seconds: int, shown: str) -> None:
     assert _run_time(start, None, "running", end) == shown  # running: so far
     assert _run_time(start, None, "starting", end) == ""
     assert _run_time(None, None, "runnable", end) == ""
+
+
+# -- short job ids, as `batchcrew jobs` prints them ------------------------------------------
+
+
+def short_ids(table: str) -> dict[str, str]:
+    """{name: id} of the rows of a `batchcrew jobs` table, ids as it shows them."""
+    rows = [line.split() for line in table.splitlines()[1:-1]]
+    return {row[0]: row[1] for row in rows}
+
+
+async def submit_to(local_aws: LocalBatch, queue: str, name: str, **params: Any) -> str:
+    """SubmitJob straight to the emulator (any queue, array jobs); the job's id."""
+    async with get_session().create_client("batch", **local_aws.client_kwargs()) as client:
+        answer = await client.submit_job(
+            jobName=name, jobQueue=queue, jobDefinition=local_aws.job_definition, **params
+        )
+    return str(answer["jobId"])
+
+
+async def test_the_ids_jobs_prints_are_taken_back(
+    cli: Any, monitor: BatchMonitor, local_aws: LocalBatch
+) -> None:
+    done = (await monitor.submit("done", ["echo", "hi"]))["id"][0]
+    waiting = (await monitor.submit("waiting", ["true"], cpus=100_000))["id"][0]
+    await wait_for_status(monitor, done, ["succeeded"])
+    queue = ("--queue", local_aws.job_queue, "--definition", local_aws.job_definition)
+    code, table, _ = await cli("jobs", *queue)
+    shown = short_ids(table)
+    assert shown == {"done": done[:8], "waiting": waiting[:8]}
+
+    before = len(local_aws.requests_for("ListJobs"))
+    code, out, err = await cli("status", shown["done"], "--json")
+    assert (code, err) == (0, "")
+    assert [row["id"] for row in json.loads(out)] == [done]
+    assert len(local_aws.requests_for("DescribeJobQueues")) == 1  # no --queue: every queue
+    assert len(local_aws.requests_for("ListJobs")) == before + 7  # a call per status
+
+    code, out, _ = await cli("status", shown["done"], "--queue", local_aws.job_queue)
+    assert code == 0
+    assert done in out
+    assert len(local_aws.requests_for("DescribeJobQueues")) == 1  # --queue: that queue only
+    code, out, _ = await cli("logs", shown["done"], "--queue", local_aws.job_queue)
+    assert (code, out) == (0, "hi\n")
+    code, out, err = await cli("logs", done[:5], "--follow", "--interval", "0.05")
+    assert (code, out) == (0, "hi\n")
+    assert f"job {done} succeeded" in err  # said with the whole id
+
+    listed = len(local_aws.requests_for("ListJobs"))
+    code, out, _ = await cli("status", done, "--json")  # a whole id is used as it is
+    assert (code, json.loads(out)[0]["id"]) == (0, done)
+    assert len(local_aws.requests_for("ListJobs")) == listed
+
+    code, out, _ = await cli("terminate", shown["waiting"], "--json")
+    assert (code, json.loads(out)) == (0, [{"id": waiting, "ended": True, "error": None}])
+
+
+async def test_a_short_id_with_an_index_is_an_array_child(
+    cli: Any, monitor: BatchMonitor, local_aws: LocalBatch
+) -> None:
+    parent = await submit_to(
+        local_aws,
+        local_aws.job_queue,
+        "array",
+        arrayProperties={"size": 3},
+        containerOverrides={"command": ["true"]},
+    )
+    single = (await monitor.submit("single", ["true"]))["id"][0]
+    code, out, _ = await cli("status", f"{parent[:8]}:2", "--json")
+    assert (code, [row["id"] for row in json.loads(out)]) == (0, [f"{parent}:2"])
+    code, out, _ = await cli("status", parent[:8], "--json")  # no index: the array job
+    assert (code, [row["id"] for row in json.loads(out)]) == (0, [parent])
+
+    code, _, err = await cli("status", f"{parent[:8]}:7")
+    assert code == 1
+    assert f"no job id starts with {parent[:8]}:7" in err
+    code, _, err = await cli("status", f"{single[:8]}:0")  # not an array job: no children
+    assert code == 1
+    assert f"no job id starts with {single[:8]}:0" in err
+
+
+async def test_a_short_id_is_looked_up_in_every_queue_or_in_queue(
+    cli: Any, local_aws: LocalBatch
+) -> None:
+    local_aws.create_queue("elsewhere")
+    job = await submit_to(local_aws, "elsewhere", "far", containerOverrides={"command": ["true"]})
+    code, out, _ = await cli("status", job[:8], "--json")
+    (row,) = json.loads(out)
+    assert (code, row["id"], row["queue"]) == (0, job, "elsewhere")
+
+    code, out, err = await cli("status", job[:8], "--queue", local_aws.job_queue)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"batchcrew: error: no job id starts with {job[:8]} in job queue {local_aws.job_queue} "
+        f"(region {local_aws.region}): check the id, --queue (leave it out to look in every job "
+        "queue) and --region\n"
+    )
+
+    code, _, err = await cli("logs", "fffffffg")  # no id starts with a "g"
+    assert code == 1
+    assert err == (
+        "batchcrew: error: no job id starts with fffffffg in the 2 job queues of region "
+        f"{local_aws.region} ({local_aws.job_queue}, elsewhere): check the id and --region "
+        "(AWS keeps ended jobs for about 7 days)\n"
+    )
+    code, _, err = await cli("terminate", "fffffffg", "gggg")
+    assert code == 1
+    assert err.startswith("batchcrew: error: no job ids start with fffffffg, gggg in the 2 job")
+    assert local_aws.requests_for("TerminateJob") == []
+    assert local_aws.requests_for("TerminateJobs") == []
+
+    code, _, err = await cli("status", job[:8], "--queue", "no-such-queue")
+    assert code == 1
+    assert "JobQueue no-such-queue not found" in err
+
+
+async def test_an_ambiguous_short_id_lists_the_jobs_it_matches(
+    cli: Any, local_aws: LocalBatch
+) -> None:
+    waiting = {
+        "command": ["true"],
+        # More vCPUs than the emulator has: the job waits, runnable, and never runs.
+        "resourceRequirements": [{"type": "VCPU", "value": "100000"}],
+    }
+    ids: list[str] = []
+
+    async def submit(index: int) -> None:
+        ids.append(
+            await submit_to(
+                local_aws, local_aws.job_queue, f"queued-{index}", containerOverrides=waiting
+            )
+        )
+
+    async with anyio.create_task_group() as group:
+        for index in range(17):  # 16 hex digits: two of 17 ids start with the same one
+            group.start_soon(submit, index)
+    first = next(digit for digit in "0123456789abcdef" if sum(i[0] == digit for i in ids) > 1)
+    matching = sorted(i for i in ids if i.startswith(first))
+
+    code, out, err = await cli("status", first)
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        f"batchcrew: error: the job id {first} is ambiguous: {len(matching)} jobs start with it: "
+    )
+    assert err.rstrip().endswith("Give more of the id")
+    for job_id in matching:
+        assert f"{job_id} (queued-" in err
+    assert f"runnable, queue {local_aws.job_queue})" in err
+    assert err.count("\n") == 1
+
+    code, _, err = await cli("terminate", first, "--queue", local_aws.job_queue)
+    assert code == 2
+    assert "is ambiguous" in err
+    assert local_aws.requests_for("TerminateJob") == []  # nothing ended
+    assert local_aws.requests_for("TerminateJobs") == []
+
+    unique = next(  # the shortest start of the first matching id that no other id has
+        matching[0][:size]
+        for size in range(2, 37)
+        if sum(i.startswith(matching[0][:size]) for i in ids) == 1
+    )
+    code, out, _ = await cli("status", unique, "--json")
+    assert (code, [row["id"] for row in json.loads(out)]) == (0, [matching[0]])
+
+
+async def test_logs_of_a_job_not_started_say_how_to_wait(cli: Any, monitor: BatchMonitor) -> None:
+    job = (await monitor.submit("waiting", ["true"], cpus=100_000))["id"][0]
+    await wait_for_status(monitor, job, ["runnable"])
+    code, out, err = await cli("logs", job[:8])
+    assert (code, out) == (1, "")
+    assert err == (
+        f"batchcrew: error: job {job} has not started: it has no log stream yet (status "
+        f"runnable); wait until `batchcrew status {job}` says running, or use --follow, which "
+        "waits for it\n"
+    )
+
+
+async def test_logs_in_another_log_group_name_the_flag(cli: Any, monitor: BatchMonitor) -> None:
+    job = (await monitor.submit("echo", ["echo", "hi"]))["id"][0]
+    await wait_for_status(monitor, job, ["succeeded"])
+    code, out, err = await cli("logs", job, "--log-group", "/elsewhere")
+    assert (code, out) == (1, "")
+    assert "ResourceNotFoundException" in err
+    assert err.rstrip().endswith("its logs are in another log group: pass --log-group")
+    assert_no_python_in(err.replace("/aws/batch/job", ""))
+
+
+async def test_definition_errors_name_the_commands_to_use(cli: Any, local_aws: LocalBatch) -> None:
+    code, out, err = await cli(
+        "definition", "deregister", "--definition", local_aws.job_definition, "--revision", "99"
+    )
+    assert (code, out) == (1, "")
+    assert err == (
+        f"batchcrew: error: job definition {local_aws.job_definition} has no revision 99: "
+        f"`batchcrew definition describe --definition {local_aws.job_definition}` lists the "
+        "revisions there are\n"
+    )
+    code, out, err = await cli("definition", "describe", "--definition", "never-made")
+    assert (code, out) == (0, "")
+    assert err == (
+        "job definition never-made has no revision here: check --definition and --region\n"
+    )
+    code, out, _ = await cli("definition", "describe", "--definition", "never-made", "--json")
+    assert (code, json.loads(out)) == (0, [])
+
+
+async def test_aws_configuration_errors_name_the_flags(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "config"
+    empty.write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    code, _, err = await cli("status", NO_SUCH_ID, "--profile", "no-such-profile")
+    assert code == 1
+    assert err.startswith("batchcrew: error: creating the batch client: ")
+    assert "check --profile or AWS_PROFILE" in err
+    assert_no_python_in(err.replace("no-such-profile", ""))
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    code, _, err = await cli("status", NO_SUCH_ID)
+    assert code == 1
+    assert err.rstrip().endswith("no AWS region; set AWS_DEFAULT_REGION or pass --region")
+    assert_no_python_in(err)
+
+
+# -- Fargate ---------------------------------------------------------------------------------
+
+
+async def test_register_for_fargate_with_a_public_ip_and_a_platform_version(cli: Any) -> None:
+    role = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
+    fargate = [
+        "definition",
+        "register",
+        "--definition",
+        "on-fargate",
+        "--image",
+        "busybox",
+        "--platform",
+        "FARGATE",
+        "--cpus",
+        "1",
+        "--memory",
+        "2",
+        "--execution-role-arn",
+        role,
+    ]
+    code, _, err = await cli(*fargate, "--assign-public-ip", "--platform-version", "1.4.0")
+    assert (code, err) == (0, "")
+    code, _, err = await cli(*fargate, "--no-assign-public-ip")
+    assert (code, err) == (0, "")
+    code, out, _ = await cli("definition", "describe", "--definition", "on-fargate", "--json")
+    containers = [row["container_properties"] for row in json.loads(out)]  # newest first
+    assert [c["networkConfiguration"] for c in containers] == [
+        {"assignPublicIp": "DISABLED"},
+        {"assignPublicIp": "ENABLED"},
+    ]
+    assert containers[1]["fargatePlatformConfiguration"] == {"platformVersion": "1.4.0"}
+    assert {c["executionRoleArn"] for c in containers} == {role}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--platform", "FARGATE", "--cpus", "1", "--memory", "2"],
+            "--platform FARGATE needs --execution-role-arn: AWS requires an execution role",
+        ),
+        (["--assign-public-ip"], "--assign-public-ip is for Fargate only (--platform FARGATE)"),
+        (["--platform-version", "LATEST"], "--platform-version is for Fargate only"),
+        (
+            ["--platform", "FARGATE", "--execution-role-arn", "arn:r", "--platform-version", ""],
+            "--platform-version must be a non-empty string",
+        ),
+    ],
+)
+async def test_fargate_flags_refused_name_the_flags(
+    cli: Any, local_aws: LocalBatch, extra: list[str], message: str
+) -> None:
+    code, out, err = await cli(*REGISTER, *extra)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"batchcrew: error: {message}")
+    assert_no_python_in(err)
+    assert local_aws.requests == []
