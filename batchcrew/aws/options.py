@@ -333,7 +333,7 @@ class BatchOptions:
         """How many resource levels the lists of cpus, gpus and memory define (at least 1)."""
         return max(1, len(self._cpus), len(self._gpus), len(self._memory))
 
-    def level_amounts(self, level: int) -> tuple[float | None, float | None, int | None]:
+    def _amounts(self, level: int) -> tuple[float | None, float | None, int | None]:
         """(cpus, gpus, memory in MiB) asked at escalation `level` (0 = the first values),
         before any platform rule; None where the job definition's value holds."""
 
@@ -355,7 +355,7 @@ class BatchOptions:
         levels: list[tuple[dict[str, str], ...]] = []
         rounded: list[str] = []
         for level in range(self.levels):
-            cpus, gpus, memory = self.level_amounts(level)
+            cpus, gpus, memory = self._amounts(level)
             if platform == "FARGATE" and (cpus is None) != (memory is None):
                 # Fargate's allowed memory depends on the vCPUs: both go out, the missing one
                 # from the definition.
