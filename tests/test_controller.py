@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-import warnings
 from pathlib import Path
 
 import anyio
@@ -20,53 +18,18 @@ import pytest
 
 import batchcrew as bc
 from tests.conftest import MakeController, RecordingLauncher, children
-
-
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-async def async_add(x: int, y: int) -> int:
-    await asyncio.sleep(0)
-    return x + y
-
-
-def fail(message: str) -> None:
-    raise ValueError(message)
-
-
-def warn_and_return(value: int) -> int:
-    warnings.warn(f"careful with {value}", UserWarning, stacklevel=1)
-    return value
-
-
-def pid() -> int:
-    return os.getpid()
-
-
-def silence_warnings(how: str) -> None:
-    """Change the worker's warning machinery, as a careless task might."""
-    if how == "ignore":
-        warnings.simplefilter("ignore")
-    elif how == "reset":
-        warnings.resetwarnings()
-    else:
-        warnings.showwarning = lambda *args, **kwargs: None
-
-
-def crash_once(marker: str, started: str) -> str:
-    """Crash-prone task: the first run announces itself and hangs (the test kills it)."""
-    if Path(marker).exists():
-        return f"ran on {os.getpid()}"
-    Path(marker).touch()
-    Path(started).write_text(str(os.getpid()))
-    time.sleep(60)
-    return "unreachable"
-
-
-def hang(started: str) -> None:
-    Path(started).write_text(str(os.getpid()))
-    time.sleep(60)
+from tests.tasks import (
+    add,
+    async_add,
+    crash_once,
+    exit_now,
+    fail,
+    hang,
+    hang_briefly,
+    pid,
+    silence_warnings,
+    warn_and_return,
+)
 
 
 async def wait_for_file(path: Path, within: float = 20.0) -> str:
@@ -157,10 +120,6 @@ async def test_generated_names_are_unique_and_given_names_must_be(
     assert await crew.wait("all", timeout=20)
     crew.push(add, 1, 2, name="same")  # resolved names are free again
     assert await crew.wait("all", timeout=20)
-
-
-def hang_briefly() -> None:
-    time.sleep(0.05)
 
 
 async def test_map_returns_a_frame_in_input_order(controller: MakeController) -> None:
@@ -442,10 +401,6 @@ async def test_a_task_crashing_more_than_crashes_max_resolves_as_crash(
     assert (await crew.push(add, 1, 1)).result == 2  # a new worker takes over
     workers = crew.workers()
     assert workers.filter(pl.col("state") == "gone")["worker"].to_list() == [result.worker]
-
-
-def exit_now(code: int) -> None:
-    os._exit(code)
 
 
 async def test_a_crash_reason_says_how_the_worker_process_ended(
