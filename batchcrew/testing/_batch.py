@@ -1,7 +1,8 @@
 """The emulated AWS Batch: its resources, the job state machine and the capacity scheduler.
 
 Sans-I/O: API calls and runner events come in as method calls, decisions go out as return
-values ("start these jobs") and flags (`Job.kill_reason`); `on_change` tells the runner to look.
+values ("start these jobs") and flags (`Job.kill_reason`, `Job.host_reason`); `on_change`
+tells the runner to look.
 """
 
 from __future__ import annotations
@@ -29,6 +30,81 @@ OUT_OF_MEMORY = "OutOfMemoryError: Container killed due to memory usage"
 FAILED_TO_START = "Task failed to start"
 DEPENDENCY_FAILED = "Dependent Job failed"
 ARRAY_CHILD_FAILED = "Array Child Job failed"
+#: The statusReason of an attempt whose EC2 host went away, a Spot instance reclaimed among
+#: them, as users report it ("StatusReason": "Host EC2 (instance i-08784105ffff56b4f)
+#: terminated.", ministryofjustice/modernisation-platform-environments#17291) and as AWS's
+#: retry examples match it (`"onStatusReason": "Host EC2*"`, "Introducing retry strategies
+#: for AWS Batch", AWS Compute Blog). Such an attempt has no exit code.
+HOST_TERMINATED = "Host EC2 (instance {instance_id}) terminated."
+
+# Why a RUNNABLE job is not placed, as DescribeJobs and ListJobs give it in statusReason: the
+# AWS Batch user guide, "Jobs stuck in a RUNNABLE status" (job_stuck_in_runnable), which
+# lists "the messages returned from the ListJobs and DescribeJobs API actions"; the model's
+# JobDetail.statusReason names the same codes. A job merely waiting its turn, behind running
+# jobs, has none ("Status Reason it shows '-'", aws/containers-roadmap#2231).
+#: "All connected compute environments have insufficient capacity errors": EC2 has no
+#: instance to give a MANAGED compute environment that may still grow (here: the emulator's
+#: capacity, `vcpus` and `memory_mib`, is taken while maxvCpus leaves room).
+INSUFFICIENT_CAPACITY = (
+    "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the capacity requested "
+    "for instance type {instance_type}"
+)
+#: "All compute environments have a maxvCpus parameter that is smaller than the job
+#: requirements."
+MAX_RESOURCE = (
+    "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE - CE(s) associated with the job queue "
+    "cannot meet the CPU requirement of the job."
+)
+#: "None of the compute environments have instances that meet the job requirements" (here:
+#: the job needs more vCPUs or memory than the emulator's whole capacity).
+JOB_RESOURCE_REQUIREMENT = (
+    "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement "
+    "(vCPU/memory/GPU) is higher than that can be met by the CE(s) attached to the job queue."
+)
+#: "All compute environments are invalid."
+ENVIRONMENTS_INVALID = "ACTION_REQUIRED - CE(s) associated with the job queue are invalid."
+#: The guide lists no reason for compute environments that are DISABLED, where "the Batch
+#: scheduler doesn't attempt to place jobs" (UpdateComputeEnvironmentRequest.state). This text
+#: is the emulator's, in the guide's form: the user must act, as for invalid ones.
+ENVIRONMENTS_DISABLED = "ACTION_REQUIRED - CE(s) associated with the job queue are disabled."
+#: The statusReason DescribeComputeEnvironments gives an environment made INVALID without a
+#: reason, as a user reported it (aws-samples/aws-batch-genomics#9: "Status INVALID
+#: CLIENT_ERROR - Clusters can not be blank.").
+INVALID_ENVIRONMENT = "CLIENT_ERROR - Clusters can not be blank."
+HEALTHY_ENVIRONMENT = "ComputeEnvironment Healthy"
+
+# An image that cannot be pulled fails the attempt in STARTING, its command never run, with
+# statusReason "Task failed to start" and the error in container.reason, as users report it on
+# EC2 ("Status reason: Task failed to start / Container message: CannotPullContainerError:
+# Error response from daemon: pull access denied for myprivate/testbatch, repository does not
+# exist or may require 'docker login'", awslabs/aws-batch-helpers#4; "Task failed to start -
+# CannotPullContainerError: ...", nextflow-io/nextflow#5099). Fargate pulls with containerd,
+# not Docker's daemon ("CannotPullContainerError: failed to resolve ref
+# \"docker.io/library/chatalicious_braid:latest\": pull access denied, repository does not exist
+# or may require authorization: server message: insufficient_scope: authorization failed",
+# docker-archive/compose-cli#853), and fetches an ECR image's registry auth first, which fails
+# as "ResourceInitializationError: unable to pull secrets or registry auth: execution resource
+# retrieval failed: unable to retrieve ecr registry auth: service call has been retried 3
+# time(s): RequestError: send request failed caused by: Post \"https://api.ecr...\": dial tcp
+# ...: i/o timeout. Please check your task network configuration."
+# (doctorray117/minecraft-ondemand#74, globaldothealth/list#2662).
+PULL_DENIED_EC2 = (
+    "CannotPullContainerError: Error response from daemon: pull access denied for "
+    "{repository}, repository does not exist or may require 'docker login'"
+)
+PULL_DENIED_FARGATE = (
+    'CannotPullContainerError: failed to resolve ref "{reference}": pull access denied, '
+    "repository does not exist or may require authorization: server message: "
+    "insufficient_scope: authorization failed"
+)
+ECR_AUTH_FAILED_FARGATE = (
+    "ResourceInitializationError: unable to pull secrets or registry auth: execution resource "
+    "retrieval failed: unable to retrieve ecr registry auth: service call has been retried 3 "
+    'time(s): RequestError: send request failed caused by: Post "https://api.ecr.{region}.'
+    'amazonaws.com/": dial tcp 203.0.113.10:443: i/o timeout. Please check your task network '
+    "configuration."
+)
+_ECR_IMAGE = re.compile(r"^[0-9]{12}\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?/")
 
 _ARN = re.compile(r"^arn:aws[a-z-]*:batch:[^:]*:[0-9]*:(?P<kind>[a-z-]+)/(?P<rest>.+)$")
 _PAGE_DEFAULT = 100
@@ -51,6 +127,39 @@ class ComputeEnvironment:
     compute_resources: Params | None
     service_role: str | None
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    status: str = "VALID"
+    status_reason: str = HEALTHY_ENVIRONMENT
+    vcpus_used: float = 0.0  # by the attempts placed here that have not ended
+
+    @property
+    def max_vcpus(self) -> float | None:
+        """The vCPUs its jobs may use at once: a MANAGED environment's maxvCpus ("The maximum
+        number of vCPUs that a compute environment can support", ComputeResource.maxvCpus);
+        None (no cap of its own) for an UNMANAGED one."""
+        if self.type != "MANAGED" or not self.compute_resources:
+            return None
+        value = self.compute_resources.get("maxvCpus")
+        return None if value is None else float(value)
+
+    def has_room(self, vcpus: float) -> bool:
+        cap = self.max_vcpus
+        return cap is None or self.vcpus_used + vcpus <= cap + 1e-9
+
+    @property
+    def instance_type(self) -> str | None:
+        """The instance type a MANAGED EC2 (or SPOT) environment launches, named in a capacity
+        reason; None for UNMANAGED and Fargate ones, which launch none."""
+        resources = self.compute_resources or {}
+        if self.type != "MANAGED" or resources.get("type") not in ("EC2", "SPOT"):
+            return None
+        kinds = [str(kind) for kind in resources.get("instanceTypes") or []]
+        for kind in kinds:
+            if "." in kind:  # a size (c5.8xlarge), not a family (c5) or optimal
+                return kind
+        # A family stands for its sizes; optimal and default_x86_64 choose "from the m6i, c6i,
+        # r6i, and c7i instance families" (ComputeResource.instanceTypes).
+        families = [k for k in kinds if k not in ("optimal", "default_x86_64", "default_arm64")]
+        return f"{families[0] if families else 'm6i'}.large"
 
     @property
     def platform(self) -> str:
@@ -67,8 +176,8 @@ class ComputeEnvironment:
             "tags": tags,
             "type": self.type,
             "state": self.state,
-            "status": "VALID",
-            "statusReason": "ComputeEnvironment Healthy",
+            "status": self.status,
+            "statusReason": self.status_reason,
             "computeResources": self.compute_resources,
             "serviceRole": self.service_role,
             "containerOrchestrationType": "ECS",
@@ -200,6 +309,20 @@ class Job:
     is_cancelled: bool = False
     is_terminated: bool = False
     kill_reason: str | None = None  # TerminateJob asked to stop the running attempt
+    host_reason: str | None = None  # the attempt's host went away (LocalBatch.reclaim)
+    waiting_reason: str | None = None  # why the scheduler cannot place it, while RUNNABLE
+
+    @property
+    def shown_reason(self) -> str | None:
+        """The statusReason DescribeJobs and ListJobs give: while RUNNABLE, why the job cannot
+        be placed, if something stops it (else the reason of its last attempt, if any)."""
+        if self.status == "RUNNABLE" and self.waiting_reason is not None:
+            return self.waiting_reason
+        return self.status_reason
+
+    @property
+    def image(self) -> str:
+        return str(self.container.get("image", ""))
 
     @property
     def attempt_number(self) -> int:
@@ -280,6 +403,9 @@ class BatchState:
         self._sequence = 0
         self.vcpus_used = 0.0
         self.memory_used = 0
+        #: Images whose pulls fail, by normalized reference: the container reason to give, or
+        #: None for AWS's text on the job's platform.
+        self.failing_pulls: dict[str, str | None] = {}
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -384,12 +510,41 @@ class BatchState:
         return {"computeEnvironments": page, "nextToken": token}
 
     def update_compute_environment(self, params: Params, region: str) -> Params:
+        """Change the state and the compute resources given (maxvCpus among them), keeping the
+        rest: ComputeResourceUpdate's members each say what changes when given. Waiting jobs
+        move on at once if the change leaves them room."""
         environment = self._compute_environment(params["computeEnvironment"])
+        update = params.get("computeResources")
+        if update is not None:
+            if environment.type != "MANAGED" or environment.compute_resources is None:
+                raise _client(
+                    f"Compute environment {environment.name} is {environment.type}: only a "
+                    "MANAGED compute environment has computeResources to update (an UNMANAGED "
+                    "one takes unmanagedvCpus)"
+                )
+            self.rules.compute_resources_update(environment.compute_resources["type"], update)
+            environment.compute_resources = {**environment.compute_resources, **update}
         environment.state = params.get("state", environment.state)
+        self.on_change()
         return {
             "computeEnvironmentName": environment.name,
             "computeEnvironmentArn": environment.arn,
         }
+
+    def set_compute_environment_status(
+        self, name_or_arn: str, status: str | None, reason: str | None
+    ) -> None:
+        """Make an environment VALID or INVALID, as AWS does when it finds it healthy or broken
+        (its role, its network, its ECS cluster), and give the reason DescribeComputeEnvironments
+        shows (by default, one that fits the status). An INVALID one places no job."""
+        environment = self._compute_environment(name_or_arn)
+        if status is not None:
+            environment.status = status
+            if reason is None:
+                reason = INVALID_ENVIRONMENT if status == "INVALID" else HEALTHY_ENVIRONMENT
+        if reason is not None:
+            environment.status_reason = reason
+        self.on_change()
 
     def delete_compute_environment(self, params: Params, region: str) -> Params:
         environment = self._compute_environment(params["computeEnvironment"])
@@ -670,7 +825,7 @@ class BatchState:
             "shareIdentifier": job.share_identifier,
             "schedulingPriority": job.scheduling_priority,
             "attempts": job.attempts,
-            "statusReason": job.status_reason,
+            "statusReason": job.shown_reason,
             "createdAt": job.created_at,
             "retryStrategy": job.retry_strategy,
             "startedAt": job.started_at,
@@ -732,7 +887,7 @@ class BatchState:
             "jobName": job.name,
             "createdAt": job.created_at,
             "status": job.status,
-            "statusReason": job.status_reason,
+            "statusReason": job.shown_reason,
             "startedAt": job.started_at,
             "stoppedAt": job.stopped_at,
             "jobDefinition": job.definition.arn,
@@ -809,6 +964,54 @@ class BatchState:
                 target.kill_reason = reason
                 target.is_terminated = True
 
+    def reclaim(self, job: Job, instance_id: str) -> None:
+        """The EC2 instance the job's attempt runs on goes away (a Spot reclaim): its container
+        is stopped and the attempt fails with no exit code; the retry strategy decides what
+        follows, since the job was not terminated. Raises ValueError for a job that is not
+        STARTING or RUNNING, or that runs on Fargate."""
+        if job.children:
+            raise ValueError(
+                f"Job {job.job_id} is an array job: its children run on hosts, not it; "
+                f"reclaim a child's host (id {job.job_id}:N)"
+            )
+        if job.status not in ("STARTING", "RUNNING"):
+            raise ValueError(
+                f"Job {job.job_id} is {job.status}: only a STARTING or RUNNING job has a host "
+                "to reclaim; wait until it is placed (wait_for_job(id, ['RUNNING']))"
+            )
+        if job.platform != "EC2":
+            raise ValueError(
+                f"Job {job.job_id} runs on {job.platform}: reclaim emulates an EC2 Spot "
+                "instance reclaimed, and LocalBatch does not emulate Fargate Spot interruptions"
+            )
+        if job.host_reason is None and job.kill_reason is None:
+            job.host_reason = HOST_TERMINATED.format(instance_id=instance_id)
+            self.on_change()
+
+    # -- image pulls ------------------------------------------------------------------------
+
+    def fail_pulls(self, image: str, message: str | None) -> None:
+        self.failing_pulls[image_reference(image)] = message
+
+    def allow_pulls(self, image: str) -> None:
+        self.failing_pulls.pop(image_reference(image), None)
+
+    def pull_error(self, job: Job) -> str | None:
+        """The container reason of a pull of the job's image that fails, or None if it
+        succeeds."""
+        reference = image_reference(job.image)
+        if reference not in self.failing_pulls:
+            return None
+        message = self.failing_pulls[reference]
+        if message is not None:
+            return message
+        if job.platform == "FARGATE":
+            ecr = _ECR_IMAGE.match(job.image)
+            if ecr:
+                return ECR_AUTH_FAILED_FARGATE.format(region=ecr["region"])
+            return PULL_DENIED_FARGATE.format(reference=reference)
+        return PULL_DENIED_EC2.format(repository=_repository(job.image))
+
     # -- tags -------------------------------------------------------------------------------
 
     def _tagged(self, arn: str) -> dict[str, str]:
@@ -835,7 +1038,9 @@ class BatchState:
 
     def schedule(self) -> list[Job]:
         """Move waiting jobs on: SUBMITTED -> PENDING -> RUNNABLE once their dependencies have
-        succeeded (FAILED if one failed), then RUNNABLE -> STARTING while capacity lasts.
+        succeeded (FAILED if one failed), then RUNNABLE -> STARTING while capacity lasts (the
+        emulator's, and each compute environment's maxvCpus). A RUNNABLE job left waiting gets
+        the reason AWS would show for it, if any (`Job.waiting_reason`).
 
         Returns the jobs just moved to STARTING, their capacity reserved: start them.
         """
@@ -858,14 +1063,17 @@ class BatchState:
         environments = {env.arn: env for env in self.compute_environments.values()}
         for job in runnable:
             memory = job.memory_mib or 0
-            environment = self._placement(job, environments)
-            if (
-                environment is not None
-                and job.vcpus <= self.vcpus - self.vcpus_used + 1e-9
+            fits = (
+                job.vcpus <= self.vcpus - self.vcpus_used + 1e-9
                 and memory <= self.memory_mib - self.memory_used
-                and job.queue.state == "ENABLED"
-            ):
+            )
+            environment = self._placement(job, environments)
+            job.waiting_reason = None
+            if environment is None or not fits:
+                job.waiting_reason = self._waiting_reason(job, environments)
+            elif job.queue.state == "ENABLED":
                 job.compute_environment = environment
+                environment.vcpus_used += job.vcpus
                 self.vcpus_used += job.vcpus
                 self.memory_used += memory
                 job.status = "STARTING"
@@ -879,21 +1087,58 @@ class BatchState:
         return started
 
     @staticmethod
-    def _placement(
+    def _environments(
         job: Job, environments: dict[str, ComputeEnvironment]
-    ) -> ComputeEnvironment | None:
-        """The first ENABLED compute environment of the job's queue, in its order, that runs
-        the job's platform: a Fargate job in a queue of EC2 environments waits RUNNABLE, as on
-        AWS (RegisterJobDefinitionRequest.platformCapabilities: "To run the job on Fargate
+    ) -> list[ComputeEnvironment]:
+        """The compute environments of the job's queue, in its order, that run the job's
+        platform: a Fargate job in a queue of EC2 environments waits RUNNABLE, as on AWS
+        (RegisterJobDefinitionRequest.platformCapabilities: "To run the job on Fargate
         resources, specify FARGATE")."""
-        for entry in sorted(job.queue.compute_environment_order, key=lambda e: e["order"]):
-            environment = environments.get(entry["computeEnvironment"])
+        ordered = sorted(job.queue.compute_environment_order, key=lambda e: e["order"])
+        found = [environments.get(entry["computeEnvironment"]) for entry in ordered]
+        return [env for env in found if env is not None and env.platform == job.platform]
+
+    def _placement(
+        self, job: Job, environments: dict[str, ComputeEnvironment]
+    ) -> ComputeEnvironment | None:
+        """The first of the job's environments that places jobs (ENABLED and VALID) and whose
+        maxvCpus leaves room for the job's vCPUs. A DISABLED one: "the Batch scheduler
+        doesn't attempt to place jobs within the environment" (ComputeEnvironmentDetail.state).
+        """
+        for environment in self._environments(job, environments):
             if (
-                environment is not None
-                and environment.state == "ENABLED"
-                and environment.platform == job.platform
+                environment.state == "ENABLED"
+                and environment.status == "VALID"
+                and environment.has_room(job.vcpus)
             ):
                 return environment
+        return None
+
+    def _waiting_reason(self, job: Job, environments: dict[str, ComputeEnvironment]) -> str | None:
+        """Why a RUNNABLE job the scheduler cannot place waits, in the words of the user guide
+        (see the constants above), or None if it only waits its turn."""
+        candidates = self._environments(job, environments)
+        if not candidates:
+            return None  # no environment of its platform: AWS gives no reason it documents
+        usable = [env for env in candidates if env.state == "ENABLED" and env.status == "VALID"]
+        if not usable:
+            if all(env.status == "INVALID" for env in candidates):
+                return ENVIRONMENTS_INVALID
+            return ENVIRONMENTS_DISABLED
+        caps = [env.max_vcpus for env in usable]
+        if all(cap is not None and job.vcpus > cap + 1e-9 for cap in caps):
+            return MAX_RESOURCE
+        if job.vcpus > self.vcpus + 1e-9 or (job.memory_mib or 0) > self.memory_mib:
+            return JOB_RESOURCE_REQUIREMENT
+        fits = (
+            job.vcpus <= self.vcpus - self.vcpus_used + 1e-9
+            and (job.memory_mib or 0) <= self.memory_mib - self.memory_used
+        )
+        if not fits:
+            # EC2 is out of instances for an environment that would scale out to run it.
+            for env in usable:
+                if env.instance_type is not None and env.has_room(job.vcpus):
+                    return INSUFFICIENT_CAPACITY.format(instance_type=env.instance_type)
         return None
 
     def _waiting(self) -> Iterable[Job]:
@@ -909,6 +1154,9 @@ class BatchState:
     def attempt_finished(self, job: Job, outcome: Outcome) -> None:
         """The attempt has ended: record it, free its capacity, then retry or finish the job."""
         now = self._clock()
+        if job.compute_environment is not None:
+            placed = job.compute_environment
+            placed.vcpus_used = max(0.0, placed.vcpus_used - job.vcpus)
         self.vcpus_used = max(0.0, self.vcpus_used - job.vcpus)
         self.memory_used = max(0, self.memory_used - (job.memory_mib or 0))
         job.exit_code = outcome.exit_code
@@ -928,6 +1176,7 @@ class BatchState:
                 "statusReason": job.kill_reason or outcome.status_reason,
             }
         )
+        job.host_reason = None  # the next attempt runs on another host
         if job.kill_reason is not None:
             self._finish(job, "FAILED", job.kill_reason)
         elif outcome.exit_code == 0:
@@ -976,6 +1225,26 @@ class BatchState:
 
     def running(self) -> list[Job]:
         return [j for j in self.jobs.values() if j.status in ("STARTING", "RUNNING")]
+
+
+def image_reference(image: str) -> str:
+    """An image name as the registry resolves it: "python" is
+    "docker.io/library/python:latest", a name without tag or digest is its :latest."""
+    first, slash, rest = image.partition("/")
+    if not slash or not ("." in first or ":" in first or first == "localhost"):
+        rest = image if slash else f"library/{image}"
+        first = "docker.io"
+    last = rest.rsplit("/", 1)[-1]
+    if "@" not in last and ":" not in last:
+        rest += ":latest"
+    return f"{first}/{rest}"
+
+
+def _repository(image: str) -> str:
+    """The repository of an image as Docker's daemon names it: without tag or digest."""
+    name = image.split("@", 1)[0]
+    head, slash, last = name.rpartition("/")
+    return f"{head}{slash}{last.split(':', 1)[0]}"
 
 
 def _container_instance(job: Job) -> str:

@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--startup-delay", type=float, default=0.0, help="seconds each job spends in STARTING"
     )
     parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=30.0,
+        help="seconds between SIGTERM and SIGKILL when a running job is stopped (default 30, "
+        "ECS's ECS_CONTAINER_STOP_TIMEOUT)",
+    )
+    parser.add_argument(
         "--latency",
         action="append",
         metavar="[OPERATION=]SECONDS",
@@ -108,6 +115,7 @@ def _options(args: argparse.Namespace) -> LocalBatchOptions:
         vcpus=args.vcpus,
         memory_mib=args.memory_mib,
         startup_delay=args.startup_delay,
+        stop_timeout=args.stop_timeout,
         latency=_per_operation(args.latency, "--latency"),
         throttle_rate=_per_operation(args.throttle_rate, "--throttle-rate"),
         fault_rate=_per_operation(args.fault_rate, "--fault-rate"),

@@ -10,6 +10,7 @@ import getpass
 import ipaddress
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -53,6 +54,9 @@ SERVICE_ROLE = (
 EXECUTION_ROLE = f"arn:aws:iam::{ACCOUNT_ID}:role/ecsTaskExecutionRole"
 SUBNETS = ("subnet-0123456789abcdef0",)
 SECURITY_GROUPS = ("sg-0123456789abcdef0",)
+INSTANCE_ROLE = f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/ecsInstanceRole"
+#: An EC2 instance id: i- and 8 (older) or 17 hexadecimal digits.
+_INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 
 Platform = Literal["EC2", "FARGATE"]
 
@@ -101,8 +105,10 @@ class LocalBatch:
     Attributes and helpers: `endpoint_url`, `region`, `options`, `allow_remote`, `job_queue`,
     `job_definition`, `environment()`, `client_kwargs()`, `requests` (every `ApiRequest`
     received), `requests_for(operation)`, `describe_job(id)`, `await wait_for_job(id)`,
-    `log_messages(id)`, `process_ids()`, `create_queue(name, platform=...)`,
-    `register_job_definition(..., platform=...)`.
+    `log_messages(id)`, `process_ids()`, `create_queue(name, platform=..., max_vcpus=...)`,
+    `register_job_definition(..., platform=...)`, and the failures AWS produces, on demand:
+    `set_compute_environment(name, state=..., status=...)`, `reclaim(job_id)` (a Spot host
+    reclaimed), `fail_pulls(image)` / `allow_pulls(image)`.
 
     On exit every job process it started is killed, with its whole process group, and reaped.
     Commands whose first word is `python` or `python3` run with this interpreter
@@ -342,37 +348,75 @@ class LocalBatch:
 
     # -- set-up without a client ------------------------------------------------------------
 
-    def create_queue(self, name: str, *, priority: int = 1, platform: Platform = "EC2") -> str:
+    def create_queue(
+        self,
+        name: str,
+        *,
+        priority: int = 1,
+        platform: Platform = "EC2",
+        max_vcpus: int | None = None,
+        security_group_ids: Sequence[str] | None = None,
+        subnets: Sequence[str] | None = None,
+    ) -> str:
         """Create job queue `name` on `platform` and return its ARN.
 
-        An EC2 queue is backed by the UNMANAGED compute environment `localbatch`, a Fargate
-        queue by the MANAGED one `localbatch-fargate` (computeResources of type FARGATE, with
-        made-up subnets and security groups); each is created with its first queue. Both draw
-        on the one capacity of `options`. Raises ValueError if the name is taken or invalid,
-        or `platform` is neither "EC2" nor "FARGATE".
+        Without `max_vcpus`, `security_group_ids` or `subnets`, an EC2 queue is backed by the
+        UNMANAGED compute environment `localbatch`, a Fargate queue by the MANAGED one
+        `localbatch-fargate` (computeResources of type FARGATE, with made-up subnets and
+        security groups); each is created with its first queue. With any of the three, the
+        queue gets a MANAGED compute environment of its own, `<name>-ce` (type EC2, instance
+        type optimal, or FARGATE), with those subnets and security groups (made-up ones if not
+        given) and maxvCpus `max_vcpus` (default: the emulator's `vcpus`, rounded up): its
+        running jobs use at most that many vCPUs. Every environment also draws on the one
+        capacity of `options`. Raises ValueError if a name is taken or invalid, `platform` is
+        neither "EC2" nor "FARGATE", or `max_vcpus` is not a whole number >= 0.
         """
-        if platform == "EC2":
-            environment = COMPUTE_ENVIRONMENT
+        for label, ids in (("security_group_ids", security_group_ids), ("subnets", subnets)):
+            if isinstance(ids, str):
+                raise TypeError(f"{label} must be a sequence of ids, got the string {ids!r}")
+        if max_vcpus is not None and not (
+            isinstance(max_vcpus, int) and not isinstance(max_vcpus, bool) and max_vcpus >= 0
+        ):
+            raise ValueError(
+                f"max_vcpus must be a whole number of vCPUs >= 0 (maxvCpus is an integer), got "
+                f"{max_vcpus!r}"
+            )
+        if platform not in ("EC2", "FARGATE"):
+            raise ValueError(f'platform must be "EC2" or "FARGATE", got {platform!r}')
+        own = max_vcpus is not None or security_group_ids is not None or subnets is not None
+        resources: dict[str, Any] = {
+            "type": platform,
+            "maxvCpus": math.ceil(self.options.vcpus) if max_vcpus is None else max_vcpus,
+            "subnets": list(SUBNETS if subnets is None else subnets),
+            "securityGroupIds": list(
+                SECURITY_GROUPS if security_group_ids is None else security_group_ids
+            ),
+        }
+        if own:
+            environment = f"{name}-ce"
+            if platform == "EC2":
+                resources.update(minvCpus=0, instanceTypes=["optimal"], instanceRole=INSTANCE_ROLE)
             params: dict[str, Any] = {
+                "computeEnvironmentName": environment,
+                "type": "MANAGED",
+                "serviceRole": SERVICE_ROLE,
+                "computeResources": resources,
+            }
+        elif platform == "EC2":
+            environment = COMPUTE_ENVIRONMENT
+            params = {
                 "computeEnvironmentName": environment,
                 "type": "UNMANAGED",
                 "serviceRole": SERVICE_ROLE,
             }
-        elif platform == "FARGATE":
+        else:
             environment = FARGATE_COMPUTE_ENVIRONMENT
             params = {
                 "computeEnvironmentName": environment,
                 "type": "MANAGED",
                 "serviceRole": SERVICE_ROLE,
-                "computeResources": {
-                    "type": "FARGATE",
-                    "maxvCpus": math.ceil(self.options.vcpus),
-                    "subnets": list(SUBNETS),
-                    "securityGroupIds": list(SECURITY_GROUPS),
-                },
+                "computeResources": resources,
             }
-        else:
-            raise ValueError(f'platform must be "EC2" or "FARGATE", got {platform!r}')
         if environment not in self._batch.compute_environments:
             self._call("CreateComputeEnvironment", params)
         queue = {
@@ -381,6 +425,86 @@ class LocalBatch:
             "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": environment}],
         }
         return str(self._call("CreateJobQueue", queue)["jobQueueArn"])
+
+    def set_compute_environment(
+        self,
+        name: str,
+        *,
+        state: Literal["ENABLED", "DISABLED"] | None = None,
+        status: Literal["VALID", "INVALID"] | None = None,
+        status_reason: str | None = None,
+    ) -> None:
+        """Change compute environment `name` (or ARN) as its owner or AWS would.
+
+        - `state`: "DISABLED" stops the scheduler placing jobs there (running ones go on), as
+          UpdateComputeEnvironment does; "ENABLED" lets waiting jobs move on at once.
+        - `status`: "INVALID" is what AWS shows when an environment is broken (its service
+          role, network or ECS cluster): it places no job, and DescribeComputeEnvironments
+          gives `status_reason` (default "CLIENT_ERROR - Clusters can not be blank.", as a user
+          reported it); "VALID" heals it ("ComputeEnvironment Healthy").
+        - `status_reason` alone changes the reason shown.
+
+        Jobs that cannot be placed wait RUNNABLE with the statusReason AWS gives (see
+        docs/testing.md). Raises ValueError for an unknown environment or value.
+        """
+        if state not in (None, "ENABLED", "DISABLED"):
+            raise ValueError(f'state must be "ENABLED" or "DISABLED", got {state!r}')
+        if status not in (None, "VALID", "INVALID"):
+            raise ValueError(f'status must be "VALID" or "INVALID", got {status!r}')
+        if state is not None:
+            self._call("UpdateComputeEnvironment", {"computeEnvironment": name, "state": state})
+        if status is not None or status_reason is not None:
+            try:
+                self._batch.set_compute_environment_status(name, status, status_reason)
+            except ApiError as error:
+                raise ValueError(error.message) from None
+
+    def reclaim(self, job_id: str, *, instance_id: str | None = None) -> None:
+        """Reclaim the EC2 Spot instance job `job_id` (an array child's id works too) runs on.
+
+        As when EC2 reclaims a Spot instance, the job's container gets SIGTERM, then SIGKILL
+        after `options.stop_timeout`; the attempt ends FAILED with statusReason
+        "Host EC2 (instance <instance_id>) terminated." and no exit code, and is not
+        terminated (isTerminated false): the job's retryStrategy decides whether it runs again
+        (`"evaluateOnExit": [{"onStatusReason": "Host EC2*", "action": "RETRY"}]` retries it).
+        `instance_id` defaults to a made-up id. Returns at once; wait for the job's status.
+        Raises KeyError for an unknown id, ValueError for a job that is not STARTING or
+        RUNNING, an array parent, a Fargate job, or an `instance_id` that is not an EC2
+        instance id.
+        """
+        job = self._batch.jobs.get(job_id)
+        if job is None:
+            raise KeyError(f"LocalBatch has no job {job_id!r}")
+        if instance_id is None:
+            instance_id = f"i-{secrets.token_hex(9)[:17]}"
+        elif not _INSTANCE_ID.fullmatch(instance_id):
+            raise ValueError(
+                f"instance_id must be an EC2 instance id such as 'i-0123456789abcdef0' (i- and "
+                f"8 or 17 hexadecimal digits), got {instance_id!r}"
+            )
+        self._batch.reclaim(job, instance_id)
+
+    def fail_pulls(self, image: str, message: str | None = None) -> None:
+        """Make every pull of `image` fail from now on (until `allow_pulls(image)`).
+
+        A job whose image it is ("python:3.12"; "python" and "docker.io/library/python:latest"
+        name the same image) fails at STARTING, its command never run: FAILED, statusReason
+        "Task failed to start", no exit code and no log stream, and `container.reason`
+        `message` if given, else AWS's text for an image that does not exist: on EC2
+        "CannotPullContainerError: Error response from daemon: pull access denied for
+        <repository>, repository does not exist or may require 'docker login'"; on Fargate
+        "CannotPullContainerError: failed to resolve ref ...", or for an ECR image
+        "ResourceInitializationError: unable to pull secrets or registry auth: ..." (the
+        registry cannot be reached). Retries apply as on AWS. Raises ValueError for an empty
+        image name.
+        """
+        if not image:
+            raise ValueError("image must be an image name such as 'python:3.12', got ''")
+        self._batch.fail_pulls(image, message)
+
+    def allow_pulls(self, image: str) -> None:
+        """Let pulls of `image` succeed again (undoes `fail_pulls`)."""
+        self._batch.allow_pulls(image)
 
     def register_job_definition(
         self,

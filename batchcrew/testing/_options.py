@@ -54,7 +54,12 @@ class LocalBatchOptions:
     - `seed`: seeds the random draws of `throttle_rate` and `fault_rate`.
     - `region`: the region of pre-created resources and of requests that carry none.
     - `log_group`: the CloudWatch Logs group job output goes to.
-    - `kill_grace`: seconds between SIGTERM and SIGKILL when a job is terminated or times out.
+    - `stop_timeout`: seconds between SIGTERM and SIGKILL when a running job is stopped
+      (TerminateJob, a timeout, a reclaimed host), as ECS stops a container: 30 by default,
+      ECS's own (ECS_CONTAINER_STOP_TIMEOUT; ContainerDefinition.stopTimeout in the ECS model:
+      "If neither the stopTimeout parameter or the ECS_CONTAINER_STOP_TIMEOUT agent
+      configuration variable are set, then the default values of 30 seconds for Linux
+      containers ... are used", and 30 seconds on Fargate). Tests give a short one.
     - `memory_poll_interval`: seconds between two reads of the jobs' memory use.
     - `lenient`: names of AWS rules the emulator does not enforce (see
       `batchcrew.testing._rules.RULES`), such as {"timeout_minimum"} to let a test time a job
@@ -70,7 +75,7 @@ class LocalBatchOptions:
     seed: int = 0
     region: str = "us-east-1"
     log_group: str = "/aws/batch/job"
-    kill_grace: float = 2.0
+    stop_timeout: float = 30.0
     memory_poll_interval: float = 0.05
     lenient: Collection[str] = field(default=frozenset())
 
@@ -83,7 +88,7 @@ class LocalBatchOptions:
             raise ValueError(
                 f"memory_mib must be a positive number of MiB, got {self.memory_mib!r}"
             )
-        for name in ("startup_delay", "kill_grace"):
+        for name in ("startup_delay", "stop_timeout"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")

@@ -1032,6 +1032,20 @@ class Rules:
                     "compute_resources", f"instanceRole must be specified for {resource_type}"
                 )
 
+    def compute_resources_update(self, resource_type: str, update: Params) -> None:
+        """The rules of an UpdateComputeEnvironment's computeResources, for an environment of
+        compute resources `resource_type`."""
+        # ComputeResourceUpdate: the fields of _EC2_ONLY_COMPUTE each say "This parameter isn't
+        # applicable to jobs that are running on Fargate resources. Don't specify it", as
+        # ComputeResource's do. The text is the emulator's.
+        if resource_type in FARGATE:
+            for key in _EC2_ONLY_COMPUTE:
+                if update.get(key) is not None:
+                    self._refuse(
+                        "compute_resources",
+                        f"computeResources.{key} is not applicable for {resource_type}",
+                    )
+
     def queue_order(self, platforms: list[str]) -> None:
         """The rules of a job queue's computeEnvironmentOrder, given each environment's
         platform."""

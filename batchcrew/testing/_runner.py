@@ -1,6 +1,7 @@
-"""Runs emulated Batch jobs as local process groups: start-up delay, output lines to CloudWatch
-Logs, memory limits, timeouts and termination. The asyncio shell around `BatchState`, whose
-decisions it carries out; every process it starts is killed and reaped before `run` returns.
+"""Runs emulated Batch jobs as local process groups: start-up delay, image pulls that fail,
+output lines to CloudWatch Logs, memory limits, timeouts, termination and reclaimed hosts.
+The asyncio shell around `BatchState`, whose decisions it carries out; every process it starts
+is killed and reaped before `run` returns.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from batchcrew.testing._options import LocalBatchOptions
 
 logger = logging.getLogger("batchcrew.testing")
 
-StopCause = Literal["terminate", "timeout", "oom"]
+StopCause = Literal["terminate", "reclaim", "timeout", "oom"]
 
 _MIB = 1024 * 1024
 #: How long to wait for a job's output pipes to close once its process group is dead (a
@@ -176,6 +177,8 @@ class JobRunner:
                 for attempt in self._attempts.values():
                     if attempt.job.kill_reason is not None:
                         attempt.stop("terminate")
+                    elif attempt.job.host_reason is not None:
+                        attempt.stop("reclaim")
 
     async def _run_attempt(self, attempt: _Attempt) -> None:
         outcome: Outcome | None = None
@@ -207,7 +210,11 @@ class JobRunner:
             with anyio.move_on_after(self._options.startup_delay):
                 await attempt.wake.wait()
         if attempt.stop_cause is not None:
-            return Outcome(None, job.kill_reason or FAILED_TO_START)
+            return Outcome(None, job.kill_reason or job.host_reason or FAILED_TO_START)
+        # The image is pulled in STARTING, before anything of the job runs.
+        pull_error = self._state.pull_error(job)
+        if pull_error is not None:
+            return Outcome(None, FAILED_TO_START, pull_error)
         argv = list(job.command)
         if not argv:
             reason = (
@@ -248,6 +255,10 @@ class JobRunner:
             return Outcome(code, TIMED_OUT)
         if attempt.stop_cause == "terminate":
             return Outcome(code, job.kill_reason or EXITED)
+        if attempt.stop_cause == "reclaim":
+            # The host is gone: Batch reports no exit code for the attempt, whatever the
+            # container did with its SIGTERM.
+            return Outcome(None, job.host_reason or EXITED)
         return Outcome(code, EXITED)
 
     async def _supervise(self, attempt: _Attempt, process: asyncio.subprocess.Process) -> int:
@@ -272,9 +283,10 @@ class JobRunner:
         return exit_code(process.returncode)
 
     async def _terminate(self, process: asyncio.subprocess.Process) -> None:
-        """SIGTERM the group, then SIGKILL it if the process outlives the grace period."""
+        """Stop the container as ECS does: SIGTERM the group, then SIGKILL it if the process
+        outlives the stop timeout (docker stop, with ECS_CONTAINER_STOP_TIMEOUT)."""
         kill_group(process.pid, signal.SIGTERM)
-        with anyio.move_on_after(self._options.kill_grace):
+        with anyio.move_on_after(self._options.stop_timeout):
             await process.wait()
         kill_group(process.pid, signal.SIGKILL)
         await process.wait()

@@ -395,7 +395,7 @@ async def test_jobs_table_fits_80_columns_with_one_line_per_job(
     queue = ("--queue", local_aws.job_queue, "--definition", local_aws.job_definition)
 
     tables = {}
-    for columns in ("80", "250"):
+    for columns in ("80", "400"):
         monkeypatch.setenv("COLUMNS", columns)
         code, tables[columns], err = await cli("jobs", *queue)
         assert (code, err) == (0, "")
@@ -414,9 +414,11 @@ async def test_jobs_table_fits_80_columns_with_one_line_per_job(
     assert " failed " in rows["failed"][0]
     assert rows["running"][0].startswith("running ")
     assert rows["running"][0].rstrip().endswith("s")  # running so far
-    assert rows["queued"][0].split()[1:4] == [ids["queued"][:8], "runnable", "no"]
+    queued = rows["queued"][0].split()
+    assert queued[1:3] == [ids["queued"][:8], "runnable"]
+    assert queued[3].startswith("MISCONFIGURATION:")  # AWS's reason it is not placed
 
-    wide = tables["250"]  # room enough: every name and reason whole
+    wide = tables["400"]  # room enough: every name and reason whole
     assert "controller-" + "0123456789abcdef" * 4 in wide
     assert "Essential container in task exited" in wide
     assert "…" not in wide
