@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
     from batchcrew.launchers.local import LocalLauncher
     from batchcrew.results import Result, results_frame
-    from batchcrew.seeding import task_seed
+    from batchcrew.seeding import task_attempt, task_seed
 
 __version__ = "0.2.0"
 
@@ -49,6 +49,7 @@ __all__ = [
     "TaskTooLargeError",
     "WorkerExit",
     "results_frame",
+    "task_attempt",
     "task_seed",
 ]
 
@@ -72,6 +73,7 @@ _HOMES = {
     "Executor": "batchcrew.executor",
     "ControllerGroup": "batchcrew.group",
     "task_seed": "batchcrew.seeding",
+    "task_attempt": "batchcrew.seeding",
 }
 
 

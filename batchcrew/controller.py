@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 import polars as pl
 
-from batchcrew import protocol, scheduling, seeding
+from batchcrew import protocol, retrying, scheduling, seeding
 from batchcrew.dispatcher import Dispatcher, Network, Resolution
 from batchcrew.errors import (
     BatchcrewError,
@@ -39,6 +39,7 @@ from batchcrew.launchers.base import Launcher
 from batchcrew.launchers.local import LocalLauncher
 from batchcrew.progress import progress_bar
 from batchcrew.results import ErrorMode, Result, Status, handle_failures, results_frame
+from batchcrew.retrying import Attempts, Jitter, RetryOn
 from batchcrew.tracing import Spans
 from batchcrew.tracking import Timeline, Tracker
 
@@ -53,7 +54,7 @@ _Arguments = tuple[bytes, tuple[memoryview, ...]]
 
 _Fields = tuple[
     Any, Status, str | None, str | None, tuple[str, ...], float | None, str | None, str, str,
-    int | None,
+    int | None, int, int,
 ]  # fmt: skip
 """A resolved task's `Result` until someone asks for it: the fields after `name`, in order.
 A plain tuple of plain values (numbers, text, None) drops out of the garbage collector's sight,
@@ -69,6 +70,8 @@ class _Batch:
     function: bytes  # pickled
     timeout: float | None
     seed: int | None  # push(seed=): this task's own; else derived from the controller's
+    retries: int = 0  # attempts after the first, for errors that retry_on matches
+    retry_on: bytes | None = None  # pickled, for the workers (with retries only)
     pushed: float = field(default_factory=time.time)
 
 
@@ -105,7 +108,8 @@ class Task:
 
     def cancel(self) -> bool:
         """Cancel the task: it resolves "cancel" at once, and if a worker is running it, the
-        worker interrupts it. Returns False if it had already resolved."""
+        worker interrupts it; one waiting to be retried is not. Returns False if it had
+        already resolved."""
         return self._batch.controller._cancel_ids([self.id]) == 1
 
     def __await__(self) -> Generator[Any, None, Result]:
@@ -229,20 +233,37 @@ class Controller:
     (a worker exits when idle this long), `seconds_wall` (a worker exits after this long),
     `tasks_max` (a worker exits after this many tasks), `seconds_launch` (a launched worker
     that has not connected by then counts as failed), `crashes_max` (retries of a task whose
-    worker died). `seconds_timeout` is the default time limit of a task on its worker (None: no
-    limit; `push`, `walk` and `map` can set their own), and `seconds_interrupt` how long a task
-    has to stop once it is cancelled or timed out before its worker is ended.
+    worker died by the task's doing: its process exited, or ran out of memory; each retry
+    goes one level up the launcher's `levels`). `interruptions_max` is the separate budget of
+    reruns after losses that are the infrastructure's doing (a Spot host reclaimed, a job
+    stopped from outside, a worker stopped by SIGTERM): rerun at once, at the same level,
+    without counting as crashes. `seconds_timeout` is the default time limit of a task on its
+    worker (None: no limit; `push`, `walk` and `map` can set their own), and
+    `seconds_interrupt` how long a task has to stop once it is cancelled or timed out before
+    its worker is ended.
 
     `seconds_wall` and `seconds_timeout` bound cost in two ways. `seconds_wall` is soft (crew's
     meaning): a worker past it takes no new task and leaves once its current task ends, so a
     hanging task keeps it. `seconds_timeout` is hard: a task past it is interrupted, resolves
     "error" (`TimeoutError`), and is not retried. Set both to cap what a worker can cost.
 
+    `retries` is how many more attempts a task that raises gets (default 0: none), for the
+    errors that `retry_on` matches: an exception type, a tuple of them, or a predicate of the
+    exception (default `Exception`), applied on the worker to the exception itself; `push`,
+    `walk` and `map` can set their own. Between attempts the task waits on the controller,
+    holding no worker: before retry n, a random time up to `seconds_retry * 2 ** (n - 1)`,
+    at most `seconds_retry_max` (with `retry_jitter="none"`, that time exactly). A cancelled
+    or timed-out task is never retried; a dead worker's task is rerun under `crashes_max`,
+    as the same attempt. See `bc.task_attempt()` and `Result.attempts`.
+
     `launcher` defaults to `LocalLauncher()`. `host` and `port` are where workers
-    connect (port 0: any free port). `security="curve"` encrypts and authenticates every
-    worker connection; `seconds_heartbeat` bounds how long a worker outlives a lost controller
-    and how long a silent connection counts as alive. `max_message_size` (bytes) bounds a
-    task's pickled size and a result's.
+    connect (port 0: any free port). `address` ("HOST:PORT") is where workers dial instead,
+    when that is not where the controller listens: the far end of an SSH reverse tunnel
+    (`ssh -R 0.0.0.0:PORT:localhost:PORT bastion`, with `host="127.0.0.1", port=PORT,
+    address="bastion.internal:PORT"`), or a NAT's forwarded port. `security="curve"`
+    encrypts and authenticates every worker connection; `seconds_heartbeat` bounds how long a
+    worker outlives a lost controller and how long a silent connection counts as alive.
+    `max_message_size` (bytes) bounds a task's pickled size and a result's.
 
     The workers' environment: `initializer(*initargs)` runs once on each worker before its
     first task (as in `ProcessPoolExecutor`); if it raises, the worker counts as a failed
@@ -253,7 +274,9 @@ class Controller:
     launches.
 
     `backup`: another controller (of the same `ControllerGroup`) where a task that crashed
-    `crashes_max` times here goes on, its result coming back through the original task.
+    `crashes_max` times here, or lost its workers `interruptions_max` times (a backup on an
+    on-demand queue for a controller on Spot), goes on, its result coming back through the
+    original task.
     `timeline_max`: how many resolved tasks `timeline()` remembers. `tracer_provider`: the
     OpenTelemetry provider of the tasks' spans (default: the global one, if configured).
     """
@@ -266,14 +289,21 @@ class Controller:
         launcher: Launcher | None = None,
         host: str | None = None,
         port: int = 0,
+        address: str | None = None,
         seconds_idle: float = 60.0,
         seconds_wall: float = math.inf,
         tasks_max: float = math.inf,
         seconds_launch: float = 60.0,
         crashes_max: int = 5,
+        interruptions_max: int = 5,
         launch_failures_max: int = 5,
         seconds_timeout: float | None = None,
         seconds_interrupt: float = 5.0,
+        retries: int = 0,
+        retry_on: RetryOn | None = None,
+        seconds_retry: float = 1.0,
+        seconds_retry_max: float = 60.0,
+        retry_jitter: Jitter = "full",
         security: Literal["curve", "none"] = "curve",
         seconds_heartbeat: float = 10.0,
         max_message_size: int = 1 << 30,
@@ -298,18 +328,27 @@ class Controller:
                 f"tasks_max must be a whole number >= 1 or math.inf, not {tasks_max!r}"
             )
         _check_count("crashes_max", crashes_max, minimum=0)
+        _check_count("interruptions_max", interruptions_max, minimum=0)
         _check_count("launch_failures_max", launch_failures_max, minimum=1)
         _check_count("port", port, minimum=0)
         if port > 65535:
             raise ValueError(f"port must be between 0 and 65535, not {port}")
+        dialled = None if address is None else _check_address(address, port)
         if security not in ("curve", "none"):
             raise ValueError(f'security must be "curve" or "none", not {security!r}')
         _check_count("max_message_size", max_message_size, minimum=1)
         _check_count("timeline_max", timeline_max, minimum=0)
         if seed is not None:
             _check_seed(seed)
+        self._retries = retrying.check_retries(retries)
+        self._attempts = Attempts(
+            retrying.check_backoff(seconds_retry, seconds_retry_max, retry_jitter)
+        )
         self._seed = seed
         self._modules = _check_modules(modules)
+        with protocol.pickling_by_value(self._modules):
+            # The policy of pushes that give retries and no retry_on of their own.
+            self._retry_on = retrying.dump_retry_on(Exception if retry_on is None else retry_on)
         self._setup = self._pickle_setup(initializer, initargs)
         self._backup: Controller | None = None
         # Tasks of this controller that crashed crashes_max times here and now run on a backup
@@ -334,13 +373,21 @@ class Controller:
             tasks_max=tasks_max,
             seconds_launch=seconds_launch,
             crashes_max=crashes_max,
+            interruptions_max=interruptions_max,
             levels=self.launcher.levels,
             launch_failures_max=launch_failures_max,
             seconds_interrupt=seconds_interrupt,
         )
         self._seconds_timeout = seconds_timeout
         self._network = Network(
-            host, port, security, seconds_idle, seconds_wall, seconds_heartbeat, max_message_size
+            host,
+            port,
+            security,
+            seconds_idle,
+            seconds_wall,
+            seconds_heartbeat,
+            max_message_size,
+            dialled,
         )
         self._dispatcher: Dispatcher | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -449,6 +496,9 @@ class Controller:
         if self._state == "closed":
             return
         self._state = "closed"
+        for task_id in self._attempts.stop_all():
+            # Waiting to be retried: no attempt follows, and nothing runs to interrupt.
+            self._on_resolved(Resolution(task_id, "cancel", None, "the controller closed", None))
         runner, dispatcher = self._runner, self._dispatcher
         with anyio.CancelScope(shield=True):
             if runner is not None and dispatcher is not None and not runner.done():
@@ -538,6 +588,8 @@ class Controller:
         name: str | None = None,
         seconds_timeout: float | None = None,
         seed: int | None = None,
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
         **kwargs: Any,
     ) -> Task:
         """Queue `function(*args, **kwargs)` on a worker; return its `Task` at once.
@@ -546,16 +598,23 @@ class Controller:
         the worker (None: the controller's `seconds_timeout`; `math.inf`: no limit): past it,
         the task is interrupted and resolves "error" with a `TimeoutError` message. `seed`
         gives the task its own random seed (default: derived from the controller's `seed` and
-        the task's name). These are keywords of `push` itself: to pass a keyword called `name`,
-        `seconds_timeout` or `seed` to `function`, bind it first,
-        `push(functools.partial(function, name="x"))`.
+        the task's name). `retries` (None: the controller's) is how many more attempts the
+        task gets if it raises an error that `retry_on` matches (None: the controller's; an
+        exception type, a tuple of them, or a predicate of the exception), after the
+        controller's backoff. These are keywords of `push` itself: to pass a keyword called
+        `name`, `seconds_timeout`, `seed`, `retries` or `retry_on` to `function`, bind it
+        first, `push(functools.partial(function, name="x"))`.
 
-        Raises TypeError if `function` is not callable, `SerializationError` if it or an
-        argument cannot be pickled, `TaskTooLargeError` over `max_message_size`, ValueError
-        for a name already in use or a bad timeout, `ControllerClosedError` before start or
-        after close, and `LaunchError` once launching has failed too often.
+        Raises TypeError if `function` is not callable or `retry_on` is not an exception type,
+        a tuple of them or a callable, `SerializationError` if the function, an argument or
+        `retry_on` cannot be pickled, `TaskTooLargeError` over `max_message_size`, ValueError
+        for a name already in use, a bad timeout, a bad `retries`, or a `retry_on` with no
+        retries, `ControllerClosedError` before start or after close, and `LaunchError` once
+        launching has failed too often.
         """
-        return self._push_all(function, [(args, kwargs)], [name], seconds_timeout, seed)[0]
+        return self._push_all(
+            function, [(args, kwargs)], [name], seconds_timeout, seed, retries, retry_on
+        )[0]
 
     def walk(
         self,
@@ -563,12 +622,15 @@ class Controller:
         *iterables: Iterable[Any],
         names: Iterable[str] | None = None,
         seconds_timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
     ) -> list[Task]:
         """Push `function` over zipped `iterables`, like builtin `map`; return the tasks.
 
         All or nothing: if one task cannot be pushed (see `push`), none is. Tasks pushed
         together launch their workers together (one AWS Batch array job). `seconds_timeout`
-        limits each task's run time, as in `push`.
+        limits each task's run time, and `retries` and `retry_on` retry each task that
+        raises, as in `push`.
         """
         rows: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (row, {}) for row in zip(*iterables, strict=False)
@@ -576,7 +638,7 @@ class Controller:
         listed: list[str | None] = [None] * len(rows) if names is None else list(names)
         if len(listed) != len(rows):
             raise ValueError(f"names has {len(listed)} entries for {len(rows)} tasks")
-        return self._push_all(function, rows, listed, seconds_timeout)
+        return self._push_all(function, rows, listed, seconds_timeout, None, retries, retry_on)
 
     def _push_all(
         self,
@@ -585,6 +647,8 @@ class Controller:
         names: list[str | None],
         seconds_timeout: float | None,
         seed: int | None = None,
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
     ) -> list[Task]:
         dispatcher = self._check_running()
         _callable(function)
@@ -597,10 +661,20 @@ class Controller:
         )
         if seed is not None:
             _check_seed(seed)
+        if retries is None:
+            retries = self._retries
+        else:
+            retrying.check_retries(retries)
+        if retry_on is not None and not retries:
+            raise ValueError(
+                f"retry_on={retry_on!r:.80} has no effect without retries: give retries= too "
+                "(how many more attempts after the first), here or on the Controller"
+            )
+        retry = (retries, retry_on)
         if not self._modules:
-            return self._push_pickled(dispatcher, function, calls, names, timeout, seed)
+            return self._push_pickled(dispatcher, function, calls, names, timeout, seed, retry)
         with protocol.pickling_by_value(self._modules):
-            return self._push_pickled(dispatcher, function, calls, names, timeout, seed)
+            return self._push_pickled(dispatcher, function, calls, names, timeout, seed, retry)
 
     def _push_pickled(
         self,
@@ -610,8 +684,13 @@ class Controller:
         names: list[str | None],
         timeout: float | None,
         seed: int | None,
+        retry: tuple[int, RetryOn | None],
     ) -> list[Task]:
         pickled = self._pickled_function(function)
+        retries, retry_on = retry
+        policy = None
+        if retries:
+            policy = self._retry_on if retry_on is None else retrying.dump_retry_on(retry_on)
         limit = self._network.max_message_size
         by_value = bool(self._modules)
         taken: set[str] = set()
@@ -642,7 +721,7 @@ class Controller:
                     "large data by reference (a path, a URL) or raise max_message_size"
                 )
             prepared.append((name, (arguments, tuple(buffers)) if buffers else arguments))
-        batch = _Batch(self, pickled, timeout, seed)
+        batch = _Batch(self, pickled, timeout, seed, retries, policy)
         tasks: list[Task] = []
         named, unresolved = self._named, self._tasks
         for name, payload in prepared:
@@ -708,6 +787,14 @@ class Controller:
         if seed is None and self._seed is not None:
             seed = seeding.derive(self._seed, task.name)
         trace = self._traces.get(task_id) if self._traces else None
+        if batch.retries:
+            # Every attempt has the task's seed; retry_on goes along while attempts remain.
+            attempt = self._attempts.attempt(task_id)
+            retry_on = batch.retry_on if attempt <= batch.retries else None
+            return protocol.Task(
+                task_id, batch.function, arguments, buffers, batch.timeout, seed, trace, attempt,
+                retry_on,
+            )  # fmt: skip
         return protocol.Task(
             task_id, batch.function, arguments, buffers, batch.timeout, seed, trace
         )
@@ -770,6 +857,8 @@ class Controller:
         error: ErrorMode = "raise",
         progress: bool = False,
         seconds_timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
     ) -> pl.DataFrame:
         """Run `function` over zipped `iterables` and return every result as a DataFrame, in
         input order.
@@ -779,10 +868,18 @@ class Controller:
         returns failures as rows. If the coroutine awaiting `map` is cancelled, the map cancels
         its unresolved tasks first. `progress=True` shows a live progress bar on a terminal
         (tasks done, workers connected, failures). `seconds_timeout` limits each task's run
-        time, as in `push`.
+        time, and `retries` and `retry_on` retry each task that raises, as in `push`: a task
+        being retried has not failed yet, so it stops no map.
         """
         _check_error_mode(error)
-        tasks = self.walk(function, *iterables, names=names, seconds_timeout=seconds_timeout)
+        tasks = self.walk(
+            function,
+            *iterables,
+            names=names,
+            seconds_timeout=seconds_timeout,
+            retries=retries,
+            retry_on=retry_on,
+        )
         watch = _Watch(tasks, stop_early=error == "raise")
         try:
             with progress_bar(self, len(tasks)) if progress else contextlib.nullcontext():
@@ -901,7 +998,13 @@ class Controller:
                 holder._cancel_ids([copy])
                 count += 1
             elif task_id in self._tasks:
-                dispatcher.cancel(task_id)
+                if self._attempts.stop(task_id):
+                    # Waiting out its backoff, it is in no queue and on no worker: no attempt
+                    # follows, and it resolves here.
+                    why = "cancelled while it waited to be retried"
+                    self._on_resolved(Resolution(task_id, "cancel", None, why, None))
+                else:
+                    dispatcher.cancel(task_id)
                 count += 1
         return count
 
@@ -981,10 +1084,20 @@ class Controller:
         task = self._tasks.get(resolution.task)
         if task is None:
             return
+        outcome = resolution.outcome
+        if outcome is not None and outcome.retry and self._retry(task, resolution, outcome):
+            return
         backup = self._backup
         if resolution.status == "crash" and backup is not None and self._state == "running":
-            self._hand_over(task, resolution.message or "it crashed")
+            self._hand_over(task, resolution)
             return
+        attempts, crashes, interruptions = 1, resolution.crashes, resolution.interruptions
+        if self._attempts.records:  # some task was retried: is this one?
+            before = self._attempts.take(task.id)
+            if before is not None:
+                attempts = before[0]
+                crashes += before[1]
+                interruptions += before[2]
         adopted = self._adopted.pop(task.id, None)
         if adopted is not None:
             del self._tasks[task.id]
@@ -992,12 +1105,56 @@ class Controller:
             # counted there.
             origin, history = adopted
             self._traces.pop(task.id, None)
-            fields = self._fields(resolution, history)
-            origin._batch.controller._settle(origin, fields, resolution.crashes)
+            fields = self._fields(resolution, attempts, interruptions, history)
+            origin._batch.controller._settle(origin, fields, crashes)
             if not self._tasks:
                 self._settled.notify()
             return
-        self._settle(task, self._fields(resolution), resolution.crashes)
+        self._settle(task, self._fields(resolution, attempts, interruptions), crashes)
+
+    def _retry(self, task: Task, resolution: Resolution, outcome: protocol.Outcome) -> bool:
+        """`task` raised an error its `retry_on` matched (its worker said so): if it has
+        attempts left, its next one begins once its backoff has passed. Returns whether it
+        will be retried (else it resolves "error" now)."""
+        batch, loop = task._batch, self._loop
+        attempt = self._attempts.attempt(task.id)
+        if (
+            attempt > batch.retries
+            or loop is None
+            or self._state != "running"
+            or self._error is not None
+        ):
+            return False
+        delay = self._attempts.wait(
+            task.id, loop, self._rerun, resolution.crashes, resolution.interruptions
+        )
+        self._seconds += outcome.seconds  # the attempt's run time was spent all the same
+        logger.info(
+            "task %r raised on attempt %d of %d (%s): attempt %d in %.3g s",
+            task.name,
+            attempt,
+            batch.retries + 1,
+            (outcome.error or "an error")[:200],
+            attempt + 1,
+            delay,
+        )
+        return True
+
+    def _rerun(self, task_id: int) -> None:
+        """A retried task's backoff has passed: its next attempt goes to the queue."""
+        task = self._tasks.get(task_id)
+        dispatcher, runner = self._dispatcher, self._runner
+        if (
+            task is None
+            or dispatcher is None
+            or runner is None
+            or runner.done()
+            or self._state != "running"
+            or self._error is not None
+        ):
+            return  # closing, or stopped: the close resolves it "cancel"
+        self._attempts.begin(task_id)
+        dispatcher.push([task_id], task._batch.timeout)
 
     def _settle(self, task: Task, fields: _Fields, retries: int = 0) -> None:
         """`task` resolved with the fields of its result: count it, hold it, and wake who
@@ -1005,7 +1162,7 @@ class Controller:
         if self._tasks.pop(task.id, None) is None:
             return  # resolved already (cancelled while a backup ran it)
         self._handed.pop(task.id, None)
-        _, status, _, _, warnings, seconds, worker, _, _, _ = fields
+        _, status, _, _, warnings, seconds, worker, _, _, _, _, _ = fields
         self._counts[status] += 1
         if warnings:
             self._counts["warning"] += 1
@@ -1026,11 +1183,12 @@ class Controller:
         if not self._tasks:
             self._settled.notify()
 
-    def _hand_over(self, task: Task, message: str) -> None:
+    def _hand_over(self, task: Task, resolution: Resolution) -> None:
         """`task` crashed crashes_max times here: run it on the backup, whose result comes back
         through the original task (which stays unresolved, here or where it came from)."""
         backup = self._backup
         assert backup is not None
+        message = resolution.message or "it crashed"
         del self._tasks[task.id]
         origin, history = self._adopted.pop(task.id, (task, ()))
         if task is origin:
@@ -1038,47 +1196,65 @@ class Controller:
         history = (*history, f"on controller {self.name!r}: {message}")
         owner = origin._batch.controller
         try:
-            copy = backup._adopt(origin, task, history)
+            copy = backup._adopt(origin, task, history, resolution)
         except BatchcrewError as error:
             reason = f"{message}; its backup controller {backup.name!r} could not take it: {error}"
+            attempts, _, interruptions = self._attempts.take(task.id) or (1, 0, 0)
             fields: _Fields = (
                 None, "crash", reason, None, (), None, None, self.launcher.describe(), self.name,
-                None,
+                None, attempts, interruptions + resolution.interruptions,
             )  # fmt: skip
             owner._settle(origin, fields)
             return
         owner._handed[origin.id] = (backup, copy.id)
         logger.warning(
-            "task %r crashed crashes_max=%d times on controller %s: it moves to its backup %s",
+            "task %r on controller %s: %s; it moves to its backup %s",
             origin.name,
-            self._settings.crashes_max,
             self.name,
+            message,
             backup.name,
         )
 
-    def _adopt(self, origin: Task, task: Task, history: tuple[str, ...]) -> Task:
-        """Run a copy of another controller's task here (its backup); return the copy."""
+    def _adopt(
+        self, origin: Task, task: Task, history: tuple[str, ...], resolution: Resolution
+    ) -> Task:
+        """Run a copy of another controller's task here (its backup), on the attempt it was
+        on there; return the copy."""
         dispatcher = self._check_running()
         batch = task._batch
         seed = batch.seed
+        holder = batch.controller  # where it crashed
         owner = origin._batch.controller
         if seed is None and owner._seed is not None:
             seed = seeding.derive(owner._seed, origin.name)  # the same draws as there
         payload = task._payload
         assert payload is not None
         copy = Task(
-            _Batch(self, batch.function, batch.timeout, seed), next(self._ids), origin.name, payload
+            _Batch(self, batch.function, batch.timeout, seed, batch.retries, batch.retry_on),
+            next(self._ids),
+            origin.name,
+            payload,
         )
         self._tasks[copy.id] = copy
         trace = owner._traces.get(origin.id)
         if trace is not None:
             self._traces[copy.id] = trace  # the copy runs in the original's trace
         self._adopted[copy.id] = (origin, history)
+        holder._attempts.carry(
+            task.id, self._attempts, copy.id, resolution.crashes, resolution.interruptions
+        )
         dispatcher.push([copy.id], batch.timeout)
         return copy
 
-    def _fields(self, resolution: Resolution, history: tuple[str, ...] = ()) -> _Fields:
-        """The fields of the `Result` of a task resolved here (after its name)."""
+    def _fields(
+        self,
+        resolution: Resolution,
+        attempts: int = 1,
+        interruptions: int = 0,
+        history: tuple[str, ...] = (),
+    ) -> _Fields:
+        """The fields of the `Result` of a task resolved here (after its name), after
+        `attempts` attempts and `interruptions` workers taken from under it."""
         outcome = resolution.outcome
         worker = resolution.worker
         launcher = self.launcher.describe()
@@ -1088,7 +1264,7 @@ class Controller:
                 message = f"on controller {self.name!r}: {message} (before: {'; '.join(history)})"
             return (
                 None, resolution.status, message, None, (), None, worker, launcher, self.name,
-                None,
+                None, attempts, interruptions,
             )  # fmt: skip
         value = None
         status, message, trace = outcome.status, outcome.error, outcome.trace
@@ -1102,15 +1278,21 @@ class Controller:
                 message = f"the result cannot be unpickled here: {type(error).__name__}: {error}"
         return (
             value, status, message, trace, outcome.warnings, outcome.seconds, worker, launcher,
-            self.name, outcome.memory or None,
+            self.name, outcome.memory or None, attempts, interruptions,
         )  # fmt: skip
 
     def _on_broken(self, broken: scheduling.Broken) -> None:
-        self._error = LaunchError(
-            f"controller {self.name!r} could not launch workers: {broken.failures} launches in "
-            f"a row failed; the last because {broken.reason}. Check the launcher's settings "
-            "(and, for AWS Batch, launcher.errors())."
-        )
+        if broken.hopeless:
+            # Launching again would fail the same way: its workers ran, and none connected.
+            self._error = LaunchError(
+                f"controller {self.name!r} stopped launching workers: {broken.reason}"
+            )
+        else:
+            self._error = LaunchError(
+                f"controller {self.name!r} could not launch workers: {broken.failures} launches "
+                f"in a row failed; the last because {broken.reason}. Check the launcher's "
+                "settings (and, for AWS Batch, launcher.errors())."
+            )
         self._stop()
 
     def _raise_if_broken(self) -> None:
@@ -1184,6 +1366,25 @@ def _check_modules(modules: Iterable[ModuleType]) -> tuple[ModuleType, ...]:
                 f"{type(module).__name__}: {module!r:.60}"
             )
     return checked
+
+
+def _check_address(address: object, port: int) -> str:
+    """`address=` as the tcp:// address workers dial. Raises TypeError or ValueError."""
+    if not isinstance(address, str):
+        raise TypeError(f'address must be a string "HOST:PORT", not {type(address).__name__}')
+    text = address.removeprefix("tcp://")
+    host, colon, digits = text.rpartition(":")
+    if not (colon and host and digits.isdigit() and 0 < int(digits) <= 65535):
+        raise ValueError(
+            f'address must be "HOST:PORT" (where workers dial, such as '
+            f'"bastion.internal:5555"), not {address!r}'
+        )
+    if port == 0:
+        raise ValueError(
+            f"address={address!r} needs a fixed port= too: whatever forwards {address} to this "
+            "machine (an SSH reverse tunnel, a NAT) forwards to one port"
+        )
+    return f"tcp://{text}"
 
 
 def _check_seed(value: object) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import math
 import platform
@@ -27,7 +28,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from batchcrew import __version__, protocol, scheduling
 from batchcrew.errors import ProtocolError
-from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
+from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit, WorkerPending
 from batchcrew.security import Keys, ZapHandler
 from batchcrew.tracking import Tracker
 from batchcrew.worker import WorkerSettings
@@ -58,7 +59,8 @@ class Resolution:
     outcome: protocol.Outcome | None
     message: str | None
     worker: str | None  # its name, shared by the results of one worker
-    crashes: int = 0  # workers that died under it before
+    crashes: int = 0  # workers that died under it before, by its own doing
+    interruptions: int = 0  # workers lost under it before, not by its doing (a reclaimed host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class Network:
     seconds_wall: float
     seconds_heartbeat: float
     max_message_size: int
+    address: str | None = None  # where workers dial, if not host:port (a tunnel, a NAT)
 
 
 class Dispatcher:
@@ -152,7 +155,7 @@ class Dispatcher:
                 loop.add_reader(fd, self._on_side_readable)
             async with anyio.create_task_group() as group:
                 self._group = group
-                await group.start(self.launcher.serve, self._on_exit)
+                await group.start(self.launcher.serve, self._on_report)
                 async with anyio.create_task_group() as calls:
                     self._launch_calls = calls
                     group.start_soon(self._watch_faults)
@@ -193,7 +196,20 @@ class Dispatcher:
             port = network.port
         else:
             port = router.bind_to_random_port(f"tcp://{host}")
-        self.address = f"tcp://{host}:{port}"
+        self.address = network.address or f"tcp://{host}:{port}"
+        if self.launcher.remote:
+            dialled = self.address.removeprefix("tcp://").rpartition(":")[0]
+            doubt = unlikely_reachable(dialled)
+            if doubt is not None:
+                logger.warning(
+                    "workers of launcher %s will dial %s, %s: they will probably not reach "
+                    "it. Give host= an address of this machine that they can reach (its "
+                    "address in their network; address= for the far end of a tunnel or a "
+                    "NAT), or run the controller where they are",
+                    self.launcher.describe(),
+                    self.address,
+                    doubt,
+                )
 
     def _unbind(self) -> None:
         if self._router is not None:
@@ -261,6 +277,8 @@ class Dispatcher:
                         None,
                         message,
                         None if decision.worker is None else self.tracker.name(decision.worker),
+                        decision.crashes,
+                        decision.interruptions,
                     )
                 )
             elif isinstance(decision, scheduling.Interrupt):
@@ -290,11 +308,14 @@ class Dispatcher:
                 if self._keys is not None:
                     self._keys.retire(decision.launch)
             elif isinstance(decision, scheduling.Broken):
-                logger.error(
-                    "launching failed %d times in a row; last: %s",
-                    decision.failures,
-                    decision.reason,
-                )
+                if decision.hopeless:
+                    logger.error("launching stopped: %s", decision.reason)
+                else:
+                    logger.error(
+                        "launching failed %d times in a row; last: %s",
+                        decision.failures,
+                        decision.reason,
+                    )
                 self._broken(decision)
             # Complete is handled where the outcome is in hand: see _on_result.
         if abandoned:
@@ -355,6 +376,9 @@ class Dispatcher:
             seconds_connect=self.scheduler.settings.seconds_launch,
             seconds_interrupt=self.scheduler.settings.seconds_interrupt,
             max_message_size=self.network.max_message_size,
+            # A remote worker's output goes to a log of its own (CloudWatch, a SLURM file),
+            # where it says where it connects and why it leaves; a local one's, here.
+            announce=int(self.launcher.remote),
         )
         environment = settings.environment()
         if self._keys is not None:
@@ -550,18 +574,27 @@ class Dispatcher:
                 self.scheduler.busy(identity, message.task_id, now)
                 self.tracker.busy(identity, message)
             elif isinstance(message, protocol.Bye):
-                log = logger.warning if message.end else logger.info
+                # A SIGTERM while the controller closes is its own launcher ending workers.
+                stopped = message.interrupted and not self.launcher.stopping
+                log = logger.warning if message.end or stopped else logger.info
                 log("worker %s left: %s", _name(identity), message.reason)
                 self._forget_fd(identity)
-                if not message.end:
-                    # It exits by itself: its job ends as it does, with nothing to end.
+                if not message.end and not message.interrupted:
+                    # It exits by itself: its job ends as it does, with nothing to end. (One
+                    # stopped from outside is still watched: its job's end says by whom.)
                     launch, index = identity.decode().rsplit(":", 1)
                     self.launcher.worker_left(launch, int(index))
-                self._apply(
-                    self.scheduler.lost(
+                if message.interrupted:
+                    # Stopped from outside (SIGTERM), it handed its task back: the task did
+                    # not fail, so it runs again at once, counting an interruption.
+                    decisions = self.scheduler.lost(
+                        identity, now, clean=False, reason=message.reason, cause="infrastructure"
+                    )
+                else:
+                    decisions = self.scheduler.lost(
                         identity, now, clean=True, reason=message.reason, end=message.end
                     )
-                )
+                self._apply(decisions)
                 self._notify()
             else:
                 logger.warning(
@@ -695,7 +728,13 @@ class Dispatcher:
             if isinstance(decision, scheduling.Complete):
                 self._resolve(
                     Resolution(
-                        decision.task, outcome.status, outcome, None, worker, decision.crashes
+                        decision.task,
+                        outcome.status,
+                        outcome,
+                        None,
+                        worker,
+                        decision.crashes,
+                        decision.interruptions,
                     )
                 )
             else:
@@ -715,14 +754,20 @@ class Dispatcher:
             self._drain(self._router)
         if not self.scheduler.knows(identity):
             return
-        if self.launcher.remote or self._loop is None:
+        wait = self.launcher.seconds_cause if self.launcher.remote else _SECONDS_EXIT_REPORT
+        if wait <= 0 or self._loop is None:
             self._disconnected(identity)
             return
         # A local worker's connection closes as its process ends, a moment before the launcher
-        # reaps it and reports its exit code or signal: wait that moment, so that the crash
-        # reason says how the process ended. (Remote launchers learn it only when they poll.)
+        # reaps it and reports its exit code or signal; a remote one's job says why it ended
+        # (a reclaimed host, an out-of-memory kill) once its launcher looks. Wait that long,
+        # bounded, so that the loss is blamed where it belongs: the task, or the
+        # infrastructure. Meanwhile the worker gets no task.
         self.scheduler.cut(identity)
-        self._loop.call_later(_SECONDS_EXIT_REPORT, self._exit_report_late, identity)
+        if self.launcher.remote:
+            launch, index = identity.decode().rsplit(":", 1)
+            self.launcher.worker_lost(launch, int(index))
+        self._loop.call_later(wait, self._exit_report_late, identity)
 
     def _exit_report_late(self, identity: bytes) -> None:
         # Still known: no exit report came in time (a frozen process, a worker that closed
@@ -755,12 +800,30 @@ class Dispatcher:
             if owner == identity:
                 del self._fds[fd]
 
+    def _on_report(self, report: WorkerExit | WorkerPending) -> None:
+        if isinstance(report, WorkerPending):
+            self._on_pending(report)
+        else:
+            self._on_exit(report)
+
+    def _on_pending(self, pending: WorkerPending) -> None:
+        identity = f"{pending.launch}:{pending.index}".encode()
+        if pending.running:
+            note = self.launcher.explain_unreachable(self.address)
+        else:
+            note = pending.reason
+        self.scheduler.pending(identity, note, running=pending.running)
+
     def _on_exit(self, exit: WorkerExit) -> None:
         identity = f"{exit.launch}:{exit.index}".encode()
         lingering = self._lingering.pop(identity, None)
         if lingering is not None:
             lingering.cancel()  # written off, and gone now: nothing to end
         if not self.scheduler.knows(identity):
+            # Gone already (it said goodbye, or was written off): the launcher says now why
+            # its job ended (a reclaimed host, say), which the workers table shows.
+            if exit.cause == "infrastructure":
+                self.tracker.explain(identity, exit.reason)
             return
         # Its last frames (a result, a goodbye) may still wait in the socket: read them first.
         if self._router is not None:
@@ -771,7 +834,15 @@ class Dispatcher:
         logger.warning("worker %s ended: %s", _name(identity), exit.reason)
         self._forget_fd(identity)
         now = time.monotonic()
-        self._apply(self.scheduler.lost(identity, now, clean=exit.code == 0, reason=exit.reason))
+        self._apply(
+            self.scheduler.lost(
+                identity,
+                now,
+                clean=exit.code == 0,
+                reason=exit.reason,
+                cause=exit.cause or "task",
+            )
+        )
         self._notify()
 
     async def _clock(self) -> None:
@@ -791,6 +862,29 @@ class Dispatcher:
 _LEAVE = protocol.encode(
     protocol.Stop("this worker was written off earlier (lost too long): its tasks went elsewhere")
 )
+
+
+#: Docker's default bridge network: an address in it belongs to a container (or to the
+#: machine's side of the bridge), which machines outside that Docker host cannot reach.
+_DOCKER_BRIDGE = ipaddress.ip_network("172.17.0.0/16")
+
+
+def unlikely_reachable(host: str) -> str | None:
+    """Why workers on other machines will probably not reach a controller listening on
+    `host`, or None when nothing says so: a link-local address (169.254.0.0/16, fe80::/10)
+    is only good on its own link, and one of Docker's default bridge is a container's."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None  # a name: where it points is not known here
+    if address.is_link_local:
+        return "a link-local address, reachable only from its own network link"
+    if address.version == 4 and address in _DOCKER_BRIDGE:
+        return (
+            "an address of Docker's default bridge network (a container's), which machines "
+            "outside this Docker host do not reach"
+        )
+    return None
 
 
 def _version_refusal(hello: protocol.Hello) -> str | None:

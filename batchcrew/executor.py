@@ -18,7 +18,7 @@ from batchcrew.errors import TaskError
 
 T = TypeVar("T")
 
-_PUSH_KEYWORDS = frozenset(("name", "seconds_timeout", "seed"))
+_PUSH_KEYWORDS = frozenset(("name", "seconds_timeout", "seed", "retries", "retry_on"))
 
 
 class Executor(concurrent.futures.Executor):

@@ -18,6 +18,7 @@ import polars as pl
 
 from batchcrew.controller import Controller, Task, _check_error_mode
 from batchcrew.results import ErrorMode, Result, handle_failures, results_frame
+from batchcrew.retrying import RetryOn
 
 
 class ControllerGroup:
@@ -117,6 +118,8 @@ class ControllerGroup:
         name: str | None = None,
         seconds_timeout: float | None = None,
         seed: int | None = None,
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
         controller: str | None = None,
         **kwargs: Any,
     ) -> Task:
@@ -125,7 +128,14 @@ class ControllerGroup:
         target = self._one(controller)
         self._check_names([name] if name is not None else [], target)
         return target.push(
-            function, *args, name=name, seconds_timeout=seconds_timeout, seed=seed, **kwargs
+            function,
+            *args,
+            name=name,
+            seconds_timeout=seconds_timeout,
+            seed=seed,
+            retries=retries,
+            retry_on=retry_on,
+            **kwargs,
         )
 
     def walk(
@@ -134,13 +144,22 @@ class ControllerGroup:
         *iterables: Iterable[Any],
         names: Iterable[str] | None = None,
         seconds_timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
         controller: str | None = None,
     ) -> list[Task]:
         """`Controller.walk` on controller `controller` (default: the first)."""
         target = self._one(controller)
         listed = None if names is None else list(names)
         self._check_names(listed or [], target)
-        return target.walk(function, *iterables, names=listed, seconds_timeout=seconds_timeout)
+        return target.walk(
+            function,
+            *iterables,
+            names=listed,
+            seconds_timeout=seconds_timeout,
+            retries=retries,
+            retry_on=retry_on,
+        )
 
     async def map(
         self,
@@ -150,6 +169,8 @@ class ControllerGroup:
         error: ErrorMode = "raise",
         progress: bool = False,
         seconds_timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
         controller: str | None = None,
     ) -> pl.DataFrame:
         """`Controller.map` on controller `controller` (default: the first); tasks that a
@@ -164,6 +185,8 @@ class ControllerGroup:
             error=error,
             progress=progress,
             seconds_timeout=seconds_timeout,
+            retries=retries,
+            retry_on=retry_on,
         )
 
     def _check_names(self, names: Sequence[str], target: Controller) -> None:

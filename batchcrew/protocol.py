@@ -96,10 +96,14 @@ class Bye:
 
     `end`: a task did not stop when interrupted, so the worker exits with that task still on
     its main thread; the controller should have the launcher end it too (and what it started).
+    `interrupted`: the worker is being stopped from outside (SIGTERM: its job was terminated,
+    its host reclaimed or scaled in), and hands back the task it was running, which did not
+    fail: the controller retries it at once, counting an interruption, not a crash.
     """
 
     reason: str
     end: bool = False
+    interrupted: bool = False
 
 
 @dataclass(slots=True)
@@ -133,7 +137,11 @@ class Task:
 
     `timeout`: seconds the task may run on the worker before it is interrupted (None: no limit).
     `seed`: the task's own random seed (None: leave the generators alone). `trace`: the
-    OpenTelemetry trace context it runs in (W3C headers), if tracing is on.
+    OpenTelemetry trace context it runs in (W3C headers), if tracing is on. `attempt`: which
+    attempt this is (1, then 2 for the first retry after it raised). `retry_on`: the pickled
+    retry policy (an exception type, a tuple of them, or a predicate), sent while attempts
+    remain: the worker applies it to what the task raises and says in the outcome whether it
+    matched. It travels as a frame of its own, the message's last.
     """
 
     task_id: int
@@ -143,6 +151,8 @@ class Task:
     timeout: float | None = None
     seed: int | None = None
     trace: Mapping[str, str] | None = None
+    attempt: int = 1
+    retry_on: Buffer | None = None
 
 
 @dataclass(slots=True)
@@ -151,6 +161,7 @@ class Outcome:
 
     `memory`: the worker's peak resident bytes while the task ran; `rss` and `cpu`: its
     resident bytes and CPU seconds (the whole process's) when it ended. 0 where not known.
+    `retry`: the task raised an exception its `retry_on` matches (only ever with "error").
     """
 
     task_id: int
@@ -164,6 +175,7 @@ class Outcome:
     memory: int = 0
     rss: int = 0
     cpu: float = 0.0
+    retry: bool = False
 
 
 Message = Hello | Ready | Busy | Bye | Stop | Cancel | Setup | Task | Outcome
@@ -201,7 +213,14 @@ def encode(message: Message) -> list[Buffer]:
     parts too large to copy (pickle buffers, a large function, arguments or value)."""
     if isinstance(message, Task):
         meta = b""
-        if message.timeout is not None or message.seed is not None or message.trace:
+        retry_on = message.retry_on
+        if (
+            message.timeout is not None
+            or message.seed is not None
+            or message.trace
+            or message.attempt != 1
+            or retry_on is not None
+        ):
             options: dict[str, Any] = {}
             if message.timeout is not None:
                 options["timeout"] = message.timeout
@@ -209,8 +228,14 @@ def encode(message: Message) -> list[Buffer]:
                 options["seed"] = message.seed
             if message.trace:
                 options["trace"] = dict(message.trace)
+            if message.attempt != 1:
+                options["attempt"] = message.attempt
+            if retry_on is not None:
+                options["retry_on"] = True  # the last frame
             meta = _json(options)
         buffers = list(message.buffers)
+        if retry_on is not None:
+            buffers.append(retry_on)
         if nbytes(message.function) + nbytes(message.arguments) < _ZERO_COPY_MIN:
             first = b"".join(
                 (
@@ -234,9 +259,14 @@ def encode(message: Message) -> list[Buffer]:
     if isinstance(message, Outcome):
         extra = b""
         if message.error is not None or message.trace is not None or message.warnings:
-            extra = _json(
-                {"error": message.error, "trace": message.trace, "warnings": message.warnings}
-            )
+            details: dict[str, Any] = {
+                "error": message.error,
+                "trace": message.trace,
+                "warnings": message.warnings,
+            }
+            if message.retry:
+                details["retry"] = True
+            extra = _json(details)
         buffers = list(message.buffers)
         inline = nbytes(message.value) < _ZERO_COPY_MIN
         head = b"".join(
@@ -274,10 +304,12 @@ def encode(message: Message) -> list[Buffer]:
     if isinstance(message, Ready):
         return [_header(Kind.READY) + _json({"error": message.error, "trace": message.trace})]
     if isinstance(message, Bye):
-        data = {"reason": message.reason}
+        said: dict[str, Any] = {"reason": message.reason}
         if message.end:
-            data["end"] = True
-        return [_header(Kind.BYE) + _json(data)]
+            said["end"] = True
+        if message.interrupted:
+            said["interrupted"] = True
+        return [_header(Kind.BYE) + _json(said)]
     if isinstance(message, Cancel):
         return [_header(Kind.CANCEL, message.task_id) + _json({"reason": message.reason})]
     return [_header(Kind.STOP) + _json({"reason": message.reason})]
@@ -364,7 +396,13 @@ def _decode_body(
         rest = body[_TASK_META.size + meta_length :]
         if len(meta) != meta_length:
             raise ProtocolError("task metadata is truncated")
-        timeout, seed, trace = _task_options(meta)
+        timeout, seed, trace, attempt, retrying = _task_options(meta)
+        retry_on: Buffer | None = None
+        if retrying:
+            if not following:
+                raise ProtocolError("task message announces a retry_on frame it does not have")
+            retry_on = following[-1]
+            following = following[:-1]
         if layout == _INLINE:
             if len(rest) < _LENGTH.size:
                 raise ProtocolError("task function length is truncated")
@@ -373,10 +411,30 @@ def _decode_body(
             if len(function) != function_length:
                 raise ProtocolError("task function is truncated")
             arguments = rest[_LENGTH.size + function_length :]
-            return Task(task_id, function, arguments, tuple(following), timeout, seed, trace)
+            return Task(
+                task_id,
+                function,
+                arguments,
+                tuple(following),
+                timeout,
+                seed,
+                trace,
+                attempt,
+                retry_on,
+            )
         if layout != _APART or len(rest) or len(following) < 2:
             raise ProtocolError("task message has its parts neither inline nor apart")
-        return Task(task_id, following[0], following[1], tuple(following[2:]), timeout, seed, trace)
+        return Task(
+            task_id,
+            following[0],
+            following[1],
+            tuple(following[2:]),
+            timeout,
+            seed,
+            trace,
+            attempt,
+            retry_on,
+        )
     if kind is Kind.RESULT:
         if len(body) < _RESULT_META.size:
             raise ProtocolError("result metadata is truncated")
@@ -390,6 +448,7 @@ def _decode_body(
         rest = body[_RESULT_META.size + extra_length :]
         error = trace = None
         warnings: tuple[str, ...] = ()
+        retry = False
         if extra_length:
             details = _json_object(extra)
             error = _field(details, "error", (str, type(None)))
@@ -398,6 +457,9 @@ def _decode_body(
             if not all(isinstance(item, str) for item in listed):
                 raise ProtocolError("result warnings must be strings")
             warnings = tuple(listed)
+            retry = details.get("retry", False)
+            if not isinstance(retry, bool):
+                raise ProtocolError("metadata field 'retry' is not a boolean")
         if layout == _INLINE:
             value: Buffer = rest
             buffers = tuple(following)
@@ -406,7 +468,18 @@ def _decode_body(
         else:
             raise ProtocolError("result message has its value neither inline nor apart")
         return Outcome(
-            task_id, status, seconds, error, trace, warnings, value, buffers, memory, rss, cpu
+            task_id,
+            status,
+            seconds,
+            error,
+            trace,
+            warnings,
+            value,
+            buffers,
+            memory,
+            rss,
+            cpu,
+            retry,
         )
     if kind is Kind.SETUP:
         if len(body) or len(following) != 2:
@@ -434,10 +507,13 @@ def _decode_body(
             _field(data, "error", (str, type(None))), _field(data, "trace", (str, type(None)))
         )
     if kind is Kind.BYE:
-        end = data.get("end", False)
-        if not isinstance(end, bool):
-            raise ProtocolError("metadata field 'end' is not a boolean")
-        return Bye(_field(data, "reason", str), end)
+        flags = []
+        for name in ("end", "interrupted"):
+            flag = data.get(name, False)
+            if not isinstance(flag, bool):
+                raise ProtocolError(f"metadata field {name!r} is not a boolean")
+            flags.append(flag)
+        return Bye(_field(data, "reason", str), *flags)
     if kind is Kind.CANCEL:
         return Cancel(task_id, _field(data, "reason", str))
     return Stop(_field(data, "reason", str))
@@ -445,11 +521,12 @@ def _decode_body(
 
 def _task_options(
     meta: memoryview,
-) -> tuple[float | None, int | None, dict[str, str] | None]:
+) -> tuple[float | None, int | None, dict[str, str] | None, int, bool]:
     if not len(meta):
-        return None, None, None
+        return None, None, None, 1, False
     options = _json_object(meta)
     timeout = seed = trace = None
+    attempt, retrying = 1, False
     if "timeout" in options:
         timeout = _field(options, "timeout", (int, float))
         if isinstance(timeout, bool) or not 0 < timeout < math.inf:
@@ -462,7 +539,15 @@ def _task_options(
         trace = _field(options, "trace", dict)
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in trace.items()):
             raise ProtocolError("task trace context must map strings to strings")
-    return timeout, seed, trace
+    if "attempt" in options:
+        attempt = _field(options, "attempt", int)
+        if isinstance(attempt, bool) or attempt < 1:
+            raise ProtocolError(f"task attempt {attempt!r} is not a whole number >= 1")
+    if "retry_on" in options:
+        retrying = options["retry_on"]
+        if retrying is not True:
+            raise ProtocolError("task option 'retry_on' must be true (its frame is the last)")
+    return timeout, seed, trace, attempt, retrying
 
 
 _BY_VALUE_LOCK = threading.Lock()

@@ -31,6 +31,8 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "launcher": pl.String,
     "controller": pl.String,
     "memory": pl.Int64,
+    "attempts": pl.Int64,
+    "interruptions": pl.Int64,
 }
 
 
@@ -41,8 +43,12 @@ class Result:
     status is "success", "error" (the task raised, or its result could not be pickled),
     "crash" (its worker died under it more than `crashes_max` times) or "cancel". `error` and
     `trace` say why it failed; `warnings` lists the warnings it issued; `seconds` is its run
-    time on the worker; `worker` names the worker that ran it last; `memory` is the peak
-    resident bytes of that worker's process while the task ran (None where not known).
+    time on the worker (its last attempt's); `worker` names the worker that ran it last;
+    `memory` is the peak resident bytes of that worker's process while the task ran (None where
+    not known). `attempts` counts its attempts: 1, plus one for each retry after it raised an
+    error its `retry_on` matched (`push(..., retries=)`); reruns after a dead worker are not
+    attempts. `interruptions` counts the workers the infrastructure took from under it (a
+    reclaimed host, a job stopped from outside), each followed by a rerun.
     """
 
     name: str
@@ -56,6 +62,8 @@ class Result:
     launcher: str
     controller: str
     memory: int | None = None
+    attempts: int = 1
+    interruptions: int = 0
 
     def to_dict(self, *, jsonable: bool = False) -> dict[str, Any]:
         """The fields as a plain dict. With `jsonable=True`, ready for `json.dumps` (a web
@@ -73,6 +81,8 @@ class Result:
             "launcher": self.launcher,
             "controller": self.controller,
             "memory": self.memory,
+            "attempts": self.attempts,
+            "interruptions": self.interruptions,
         }
 
 

@@ -17,6 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+#: Who a worker's death is blamed on: the task (its process exited or was killed out of
+#: memory) or the infrastructure (a reclaimed host, a job ended from outside, SIGTERM, the
+#: network). Only the task's own deaths count toward `crashes_max` and climb the levels.
+Cause = Literal["task", "infrastructure"]
+
 # ---------------------------------------------------------------------------------------------
 # Decisions
 #
@@ -44,11 +49,13 @@ class Launch:
 @dataclass(slots=True)
 class Complete:
     """Resolve `task` with the outcome that worker `worker` reported for it (after `crashes`
-    workers died under it)."""
+    workers died under it by its own doing, and `interruptions` were lost under it by the
+    infrastructure's)."""
 
     task: int
     worker: bytes
     crashes: int = 0
+    interruptions: int = 0
 
 
 @dataclass(slots=True)
@@ -60,6 +67,8 @@ class Fail:
     status: Literal["crash", "cancel", "error"]
     message: str
     worker: bytes | None = None
+    crashes: int = 0  # as in `Complete`: workers that died under it by its own doing
+    interruptions: int = 0  # and those lost under it by the infrastructure's
 
 
 @dataclass(slots=True)
@@ -122,10 +131,12 @@ class Retire:
 
 @dataclass(slots=True)
 class Broken:
-    """Launching has failed `failures` times in a row: waiting calls must raise instead of hang."""
+    """Launching has failed `failures` times in a row, or once `hopeless`ly (its workers ran
+    and none of this controller's ever connected): waiting calls must raise instead of hang."""
 
     failures: int
     reason: str
+    hopeless: bool = False
 
 
 Decision = (
@@ -163,7 +174,8 @@ _FRESH = _Push(None)
 class _Task:
     id: int
     level: int = 0
-    crashes: int = 0
+    crashes: int = 0  # workers that died under it by its own doing
+    interruptions: int = 0  # workers lost under it by the infrastructure's
     worker: bytes | None = None
     timeout: float | None = None
 
@@ -176,6 +188,8 @@ class _Launch:
     waiting: set[bytes]
     live: set[bytes] = field(default_factory=set)
     connected_any: bool = False
+    note: str | None = None  # what the launcher says of its workers not connected yet
+    running: bool = False  # the launcher saw one of them run (its job RUNNING)
 
 
 @dataclass(slots=True)
@@ -201,6 +215,9 @@ class Settings:
     crashes_max: a task whose worker dies under it is retried this many times, then resolves
     "crash". levels: how many resource levels the launcher offers (escalation after a crash).
     launch_failures_max: consecutive failed launches before waiting calls raise LaunchError.
+    interruptions_max: a task whose worker is lost by the infrastructure's doing (a reclaimed
+    Spot host, a job stopped from outside, SIGTERM) is retried this many times, at the same
+    level and without counting a crash, then resolves "crash" (and moves to a backup).
     pipeline: tasks in flight per worker when tasks are short (hides the round trip).
     seconds_short: a mean task time under this counts as short.
     seconds_interrupt: how long a worker has to report an interrupted task (cancelled, or past
@@ -213,6 +230,7 @@ class Settings:
     crashes_max: int = 5
     levels: int = 1
     launch_failures_max: int = 5
+    interruptions_max: int = 5
     pipeline: int = 4
     seconds_short: float = 0.005
     seconds_interrupt: float = 5.0
@@ -287,6 +305,7 @@ class Scheduler:
         self._order = itertools.count()
         self._failures = 0
         self._failed_total = 0
+        self._connected_ever = False  # a worker of this scheduler has connected, once
         self._broken: Broken | None = None
         self._closing = False
         self._seconds_mean: float | None = None
@@ -443,6 +462,7 @@ class Scheduler:
         self._launching -= 1
         launch.live.add(identity)
         launch.connected_any = True
+        self._connected_ever = True
         self._failures = 0
         if self._closing:
             worker.leaving = True
@@ -473,7 +493,7 @@ class Scheduler:
             entry = self._tasks.pop(task)
             assert isinstance(entry, _Task)
             self._demand[entry.level] -= 1
-            decisions.append(Complete(task, identity, entry.crashes))
+            decisions.append(Complete(task, identity, entry.crashes, entry.interruptions))
             self._spare.append(entry)
         if worker.assigned:
             self._became_head(worker, now, decisions)
@@ -490,15 +510,26 @@ class Scheduler:
             worker.alive_at = now
 
     def lost(
-        self, identity: bytes, now: float, *, clean: bool, reason: str, end: bool = False
+        self,
+        identity: bytes,
+        now: float,
+        *,
+        clean: bool,
+        reason: str,
+        end: bool = False,
+        cause: Cause = "task",
     ) -> list[Decision]:
         """A worker is gone: it said goodbye (`clean`), or its connection or process died.
 
-        If it died, the task it was running counts a crash: retried one level up, at most
-        `crashes_max` times, then resolved "crash"; but a task past its timeout resolves as
-        timed out instead. Tasks it had not started go back to the front of the queue
-        uncounted. A launch none of whose workers ever connected is a failed launch. `end`: the
-        worker left with a task that would not stop, so the launcher must end it too.
+        If it died by the task's doing (`cause="task"`), the task it was running counts a
+        crash: retried one level up, at most `crashes_max` times, then resolved "crash". If
+        the infrastructure lost it (`cause="infrastructure"`: a reclaimed host, a job stopped
+        from outside, SIGTERM), the task counts an interruption instead: retried at once at
+        the same level, at most `interruptions_max` times, then resolved "crash". A task past
+        its timeout resolves as timed out instead. Tasks it had not started go back to the
+        front of the queue uncounted. A launch none of whose workers ever connected is a failed
+        launch. `end`: the worker left with a task that would not stop, so the launcher must
+        end it too.
         """
         worker = self._workers.pop(identity, None)
         if worker is None:
@@ -512,7 +543,7 @@ class Scheduler:
         else:
             self._launching -= 1
         decisions: list[Decision] = [End(identity, reason)] if end else []
-        crashed = not (clean or worker.leaving) and bool(worker.assigned)
+        crashed = not (clean or worker.leaving) and bool(worker.assigned) and cause == "task"
         decisions.append(Gone(identity, reason, crashed))
         timed = not clean or end  # whether a head task past its timeout counts as timed out
         clean = clean or worker.leaving
@@ -542,7 +573,21 @@ class Scheduler:
                 )
                 decisions.append(Fail(task, "error", message, identity))
                 continue
-            if position == 0 and not clean:
+            if position == 0 and not clean and cause == "infrastructure":
+                record.interruptions += 1
+                if record.interruptions > self.settings.interruptions_max:
+                    del self._tasks[task]
+                    self._demand[record.level] -= 1
+                    message = (
+                        f"the worker running this task was lost {record.interruptions} time(s) "
+                        f"by no doing of its own, the last time because {reason}; "
+                        f"interruptions_max={self.settings.interruptions_max}"
+                    )
+                    decisions.append(
+                        Fail(task, "crash", message, identity, record.crashes, record.interruptions)
+                    )
+                    continue
+            elif position == 0 and not clean:
                 record.crashes += 1
                 self._demand[record.level] -= 1
                 if record.crashes > self.settings.crashes_max:
@@ -551,7 +596,9 @@ class Scheduler:
                         f"the worker running this task died {record.crashes} time(s), the last "
                         f"time because {reason}; crashes_max={self.settings.crashes_max}"
                     )
-                    decisions.append(Fail(task, "crash", message, identity))
+                    decisions.append(
+                        Fail(task, "crash", message, identity, record.crashes, record.interruptions)
+                    )
                     continue
                 record.level = min(record.crashes, self.settings.levels - 1)
                 self._demand[record.level] += 1
@@ -563,6 +610,18 @@ class Scheduler:
         self._dispatch(decisions, now)
         self._scale(now, decisions)
         return decisions
+
+    def pending(self, identity: bytes, note: str, *, running: bool) -> None:
+        """The launcher says how a launched worker that has not connected is doing (its job
+        waits RUNNABLE, for this reason; or it runs): if it does not connect in time, its
+        launch fails with `note` as the reason, and, having run, as hopeless when no worker of
+        this controller ever connected."""
+        worker = self._workers.get(identity)
+        if worker is None or worker.connected:
+            return
+        launch = worker.launch
+        launch.note = note
+        launch.running = launch.running or running
 
     def cut(self, identity: bytes) -> None:
         """A worker's connection closed, and the report of how its process ended is on its
@@ -600,16 +659,24 @@ class Scheduler:
             if not self._still_waiting(launch_id):
                 continue
             launch = self._launches[launch_id]
-            reason = (
-                "launched workers did not connect within "
-                f"seconds_launch={self.settings.seconds_launch:g} (or did not finish their "
-                "setup: the controller's initializer)"
-            )
+            within = f"seconds_launch={self.settings.seconds_launch:g}"
+            if launch.note is not None and not launch.running:
+                reason = f"launched workers did not start within {within}: {launch.note}"
+            elif launch.note is not None:
+                reason = f"launched workers did not connect within {within}: {launch.note}"
+            else:
+                reason = (
+                    f"launched workers did not connect within {within} (or did not finish "
+                    "their setup: the controller's initializer)"
+                )
             identities = tuple(sorted(launch.waiting))
             self._write_off(launch, reason, decisions)
             decisions.append(Abandon(launch.id, identities, reason))
             if not launch.connected_any:
-                self._launch_failed(reason, decisions)
+                # Workers that ran but could not connect, when none ever has, cannot reach
+                # the controller: launching more would only bill more of them.
+                hopeless = launch.running and not self._connected_ever
+                self._launch_failed(reason, decisions, hopeless=hopeless)
             self._retire_if_done(launch, decisions)
         self._scale(now, decisions)
         return decisions
@@ -737,7 +804,7 @@ class Scheduler:
                     timeout = entry.timeout
                     if self._spare:
                         entry = self._spare.pop()
-                        entry.id, entry.level, entry.crashes = task, 0, 0
+                        entry.id, entry.level, entry.crashes, entry.interruptions = task, 0, 0, 0
                         entry.worker, entry.timeout = None, timeout
                     else:
                         entry = _Task(task, timeout=timeout)
@@ -794,11 +861,17 @@ class Scheduler:
                     worker = pool.popitem()[1]
                     self._give(worker, depth - len(worker.assigned), decisions, now)
 
-    def _launch_failed(self, reason: str, decisions: list[Decision]) -> None:
+    def _launch_failed(
+        self, reason: str, decisions: list[Decision], *, hopeless: bool = False
+    ) -> None:
+        """A launch failed; `hopeless`: another would fail the same way (its workers ran, and
+        no worker of this controller ever reached it), so waiting calls raise at once."""
         self._failures += 1
         self._failed_total += 1
+        if hopeless:
+            self._failures = max(self._failures, self.settings.launch_failures_max)
         if self._broken is None and self._failures >= self.settings.launch_failures_max:
-            self._broken = Broken(self._failures, reason)
+            self._broken = Broken(self._failures, reason, hopeless)
             decisions.append(self._broken)
 
     def _scale(self, now: float, decisions: list[Decision]) -> None:

@@ -79,6 +79,8 @@ class Spans:
         _, _, trace = _opentelemetry()
         span.set_attribute("batchcrew.task.status", result.status)
         span.set_attribute("batchcrew.task.retries", retries)
+        span.set_attribute("batchcrew.task.interruptions", result.interruptions)
+        span.set_attribute("batchcrew.task.attempts", result.attempts)
         span.set_attribute("batchcrew.controller", result.controller)
         if result.worker is not None:
             span.set_attribute("batchcrew.worker", result.worker)

@@ -159,6 +159,14 @@ class Tracker:
             record.crashes += crashed
             self._gone.append(record)
 
+    def explain(self, identity: bytes, reason: str) -> None:
+        """The launcher learned why a worker already gone ended (its job's status reason, say
+        a reclaimed host): the workers table says that from now on."""
+        for record in reversed(self._gone):
+            if record.worker.encode() == identity:
+                record.reason = reason
+                return
+
     def launch_failed(self, launch: str, reason: str) -> None:
         self.launch_failures += 1
         self.error(f"launch {launch}", reason)

@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from batchcrew import protocol, seeding, tracing
+from batchcrew import protocol, retrying, seeding, tracing
 from batchcrew.errors import ProtocolError, TaskInterrupted
 
 EXIT_LOST = 3
@@ -41,6 +41,20 @@ EXIT_STUCK = 4
 
 EXIT_SETUP = 5
 """Exit code of a worker whose initializer raised, or that its controller refused."""
+
+EXIT_TERMINATED = 143
+"""Exit code of a worker stopped from outside by SIGTERM (128 + 15, as a shell reports it)."""
+
+#: Why a worker stopped by SIGTERM leaves: what sends it, as a worker's log and the
+#: controller's workers table say it.
+STOPPED_BY_SIGTERM = (
+    "stopped from outside by SIGTERM (its job was terminated, or its host reclaimed or scaled in)"
+)
+
+
+class _Stopping(BaseException):
+    """Raised by the SIGTERM handler out of a wait for the controller's next message."""
+
 
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -67,6 +81,7 @@ class WorkerSettings:
     server_key: str = ""
     public_key: str = ""
     secret_key: str = ""
+    announce: int = 0  # 1: say where it connects and why it leaves (its own log, remotely)
 
     @property
     def identity(self) -> bytes:
@@ -301,6 +316,8 @@ class _Channel:
         self.unsent_since = 0.0
         self._main_holds = True
         self._timeout = -1  # the socket's RCVTIMEO, in milliseconds
+        self.receiving = False  # the main thread waits in a read: SIGTERM may break it off
+        self.stopping = False  # SIGTERM came: the next read is not begun
         self.wake_read, self._wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
 
@@ -341,10 +358,17 @@ class _Channel:
         if milliseconds != self._timeout:
             sock.setsockopt(zmq.RCVTIMEO, milliseconds)
             self._timeout = milliseconds
+        self.receiving = True
         try:
+            if self.stopping:
+                # SIGTERM came just before this read (the handler runs between bytecodes of
+                # this thread, so it either saw `receiving` or set `stopping` before this).
+                raise _Stopping
             frame = sock.recv(copy=False)
         except zmq.Again:
             return None
+        finally:
+            self.receiving = False
         self.pending.extend(_decode(sock, frame))
         return self.pending.popleft() if self.pending else None
 
@@ -486,12 +510,43 @@ class Runner:
 
     def __init__(self, channel: _Channel | None = None) -> None:
         self._functions = _FunctionCache()
+        self._policies = _FunctionCache(8)  # tasks' retry_on, unpickled when a task raises
         self._warnings = _Warnings()
         self.usage = _Usage()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel = channel
         self.running: _Running | None = None
         self._interruptible = False  # the main thread is inside the task's own code
+        self.draining: str | None = None  # why it leaves, once SIGTERM came
+        self.handed_back: int | None = None  # the task SIGTERM interrupted: not to be reported
+
+    def on_terminate(self, signum: int, frame: Any) -> None:
+        """The SIGTERM handler: the container is being stopped from outside (TerminateJob, a
+        reclaimed Spot host, a scale-in; ECS sends SIGKILL after its stop timeout, 30 s by
+        default). The running task is interrupted and handed back to the controller, which
+        runs it elsewhere; a wait for the next message is broken off; the worker then says
+        why it goes, and goes."""
+        if self.draining is not None:
+            return
+        self.draining = STOPPED_BY_SIGTERM
+        running = self.running
+        if running is not None and not running.done:
+            self.handed_back = running.task_id
+            if running.interrupt is None:
+                running.interrupt = "stopping"
+                running.interrupted_at = time.monotonic()
+            coroutine, loop = running.coroutine, running.loop
+            if coroutine is not None and loop is not None:
+                loop.call_soon_threadsafe(coroutine.cancel)
+            elif self._interruptible and not running.raised:
+                running.raised = True
+                raise TaskInterrupted(_interrupt_message(running))
+            return
+        channel = self._channel
+        if channel is not None:
+            channel.stopping = True
+            if channel.receiving:
+                raise _Stopping  # nothing half sent or half read: safe to leave from here
 
     def on_signal(self, signum: int, frame: Any) -> None:
         """The SIGINT handler: raise the interruption in the task, and only there."""
@@ -548,7 +603,7 @@ class Runner:
             )
         self._warnings.start()
         failure: BaseException | None = None
-        seeding.begin(task.seed)
+        seeding.begin(task.seed, task.attempt)
         running.started = time.monotonic()  # its time limit counts from here
         try:
             # The SIGINT handler raises only between these two flags: an interruption
@@ -570,6 +625,9 @@ class Runner:
         except BaseException as error:
             self._interruptible = False
             value, failure = None, error
+        retry, note = False, ""
+        if failure is not None and task.retry_on is not None and running.interrupt is None:
+            retry, note = self._retries(task.retry_on, failure)
         running.done = True
         seeding.end()
         seconds = time.perf_counter() - start
@@ -597,12 +655,13 @@ class Runner:
                 task.task_id,
                 "error",
                 seconds,
-                error=_describe(failure),
+                error=_describe(failure) + note,
                 trace=_trace(failure),
                 warnings=messages,
                 memory=peak,
                 rss=rss,
                 cpu=cpu,
+                retry=retry,
             )
         try:
             data, buffers = protocol.dump_value(value)
@@ -630,6 +689,28 @@ class Runner:
             cpu=cpu,
         )
 
+    def _retries(self, retry_on: protocol.Buffer, error: BaseException) -> tuple[bool, str]:
+        """Whether the task's `retry_on` retries `error`, which it raised; and, when that
+        cannot be told, a note for its error message (it is then not retried)."""
+        # retry_on is applied here, on the worker, not on the controller: here the exception
+        # itself is at hand (isinstance against the real classes and their hierarchy; a
+        # predicate reading its attributes, an HTTP status or an errno), where the controller
+        # would have only its text.
+        try:
+            policy = self._policies.get(retry_on)
+        except BaseException as failure:
+            note = f" (not retried: its retry_on cannot be unpickled here: {_describe(failure)})"
+            return False, note
+        try:
+            # A predicate is the task's own code: interruptible, and within its time limit.
+            self._interruptible = True
+            try:
+                return retrying.matches(policy, error), ""
+            finally:
+                self._interruptible = False
+        except BaseException as failure:
+            return False, f" (not retried: its retry_on raised {_describe(failure)})"
+
     def _await(self, awaitable: Any, running: _Running | None) -> Any:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
@@ -652,6 +733,11 @@ class Runner:
 
 
 def _interrupt_message(running: _Running) -> str:
+    if running.interrupt == "stopping":
+        return (
+            "the worker is being stopped (SIGTERM) and hands the task back to the controller, "
+            "which runs it again elsewhere"
+        )
     if running.interrupt == "timeout":
         return (
             f"TimeoutError: the task ran longer than its seconds_timeout={running.timeout:g} "
@@ -817,8 +903,17 @@ class _Watcher(threading.Thread):
             f"{self._settings.seconds_interrupt:g} after it was interrupted"
         )
         print(f"batchcrew worker: {reason}; exiting", file=sys.stderr, flush=True)
+        # Stopped from outside, it hands the task back (it did not fail); else the launcher
+        # must end what the task left.
+        stopping = self._runner.draining is not None
+        code = EXIT_TERMINATED if stopping else EXIT_STUCK
+        goodbye = (
+            protocol.Bye(f"{STOPPED_BY_SIGTERM}; {reason}", interrupted=True)
+            if stopping
+            else protocol.Bye(reason, end=True)
+        )
         # Whatever happens below, the process ends soon: the task holds the main thread.
-        threading.Timer(_SECONDS_FLUSH + 1.0, os._exit, (EXIT_STUCK,)).start()
+        threading.Timer(_SECONDS_FLUSH + 1.0, os._exit, (code,)).start()
         if self._holding or channel.lock.acquire(timeout=1.0):
             channel.flush()
             if running.interrupt == "timeout":
@@ -829,13 +924,13 @@ class _Watcher(threading.Thread):
                     error=f"{_interrupt_message(running)}, but did not stop: its worker was ended",
                 )
                 channel.send(protocol.encode(outcome))
-            channel.send(protocol.encode(protocol.Bye(reason, end=True)))
+            channel.send(protocol.encode(goodbye))
             # Closing everything and ending the context flushes what was just sent.
             channel.sock.disable_monitor()
             channel.sock.close(linger=int(_SECONDS_FLUSH * 1000))
             self._monitor.close(0)
             self._context.term()
-        os._exit(EXIT_STUCK)
+        os._exit(code)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -894,7 +989,8 @@ def serve(settings: WorkerSettings) -> str:
 
     Raises `SetupError` if the controller refuses this worker (another Python or batchcrew
     version) or the initializer raises. Call it on the main thread: a plain-function task is
-    interrupted by SIGINT there.
+    interrupted by SIGINT there, and SIGTERM stops the worker, which hands its running task
+    back to the controller (the reason it returns is then `STOPPED_BY_SIGTERM`).
     """
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = _socket(context, settings)
@@ -903,22 +999,39 @@ def serve(settings: WorkerSettings) -> str:
     runner = Runner(channel)
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, runner.on_signal) if on_main else None
+    previous_term = signal.signal(signal.SIGTERM, runner.on_terminate) if on_main else None
     watcher = _Watcher(
         context, monitor, channel, runner, settings, threading.get_ident() if on_main else None
     )
     watcher.start()
+    name = settings.identity.decode()
+    if settings.announce:
+        # The first line of a remote worker's log (CloudWatch, a SLURM output file): where it
+        # dials, so that one that cannot get there says where it tried.
+        print(f"batchcrew worker {name}: connecting to {settings.controller}", file=sys.stderr)
     try:
         sock.connect(settings.controller)
-        _set_up(channel, runner, settings)
-        reason = _loop(channel, runner, settings)
-        channel.flush()  # before the goodbye, which hands back what has not run
-        channel.send(protocol.encode(protocol.Bye(reason)))
+        try:
+            _set_up(channel, runner, settings)
+        except _Stopping:
+            reason = f"{STOPPED_BY_SIGTERM} before it was set up"
+        else:
+            try:
+                reason = _loop(channel, runner, settings)
+            except _Stopping:
+                reason = STOPPED_BY_SIGTERM
+            channel.flush()  # before the goodbye, which hands back what has not run
+            goodbye = protocol.Bye(reason, interrupted=runner.draining is not None)
+            channel.send(protocol.encode(goodbye))
+        if settings.announce:
+            print(f"batchcrew worker {name}: leaving: {reason}", file=sys.stderr, flush=True)
         return reason
     finally:
         watcher.stop()
         watcher.join()
         if on_main:
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term)
         runner.close()
         channel.close()
         sock.disable_monitor()
@@ -964,6 +1077,8 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
     started = last = time.monotonic()
     done = 0
     while True:
+        if runner.draining is not None:
+            return runner.draining  # SIGTERM came while it was busy elsewhere
         now = time.monotonic()
         wall = settings.seconds_wall - (now - started)
         idle = settings.seconds_idle - (now - last)
@@ -994,6 +1109,9 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
             )
         else:
             outcome = runner.run(message)
+            if runner.handed_back == message.task_id:
+                # Interrupted by SIGTERM: the goodbye hands it back, to run elsewhere.
+                return STOPPED_BY_SIGTERM
         out = protocol.encode(outcome)
         size = sum(map(protocol.nbytes, out))
         if 0 < settings.max_message_size < size:
@@ -1052,13 +1170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"batchcrew worker: {error}", file=sys.stderr)
         return 2
     try:
-        serve(settings)
+        reason = serve(settings)
     except SetupError as error:
         print(f"batchcrew worker {settings.identity.decode()}: {error}", file=sys.stderr)
         _exit_soon(EXIT_SETUP)
         return EXIT_SETUP
-    _exit_soon(0)
-    return 0
+    code = EXIT_TERMINATED if reason.startswith(STOPPED_BY_SIGTERM) else 0
+    _exit_soon(code)
+    return code
 
 
 def _exit_soon(code: int) -> None:

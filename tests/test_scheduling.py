@@ -14,6 +14,7 @@ from batchcrew.scheduling import (
     Alarm,
     Assign,
     Broken,
+    Cause,
     Complete,
     Decision,
     End,
@@ -155,6 +156,71 @@ def test_crashes_max_zero_resolves_the_first_crash() -> None:
     scheduler.connected_worker(identity, 0.0)
     (fail,) = of(Fail, scheduler.lost(identity, 1.0, clean=False, reason="OOM"))
     assert fail.status == "crash"
+
+
+def test_a_loss_by_the_infrastructure_requeues_at_the_same_level_without_a_crash() -> None:
+    # crashes_max=0: one crash would resolve the task; a reclaimed host is not a crash.
+    scheduler = Scheduler(Settings(workers=1, levels=3, crashes_max=0, interruptions_max=2))
+    first = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(first, 0.0)
+    decisions = scheduler.lost(
+        first, 1.0, clean=False, reason="Host EC2 terminated", cause="infrastructure"
+    )
+    assert not of(Fail, decisions)
+    (launch,) = of(Launch, decisions)
+    assert launch.level == 0  # no climb up the resource ladder
+    (second,) = launch.identities
+    assert of(Assign, scheduler.connected_worker(second, 1.0)) == [Assign(second, 1)]
+    assert of(Complete, scheduler.result(second, 1, 0.1, 2.0)) == [Complete(1, second, 0, 1)]
+
+
+def test_interruptions_max_resolves_the_task_as_a_crash_naming_the_budget() -> None:
+    scheduler = Scheduler(Settings(workers=1, crashes_max=5, interruptions_max=1))
+    identity = launched(scheduler.push(1, 0.0))[0]
+    for attempt in range(2):
+        scheduler.connected_worker(identity, float(attempt))
+        decisions = scheduler.lost(
+            identity, attempt + 0.5, clean=False, reason="reclaimed", cause="infrastructure"
+        )
+        if attempt == 0:
+            identity = launched(decisions)[0]
+    (fail,) = of(Fail, decisions)
+    assert fail.status == "crash"  # what moves a task to its controller's backup
+    assert "lost 2 time(s) by no doing of its own" in fail.message
+    assert "interruptions_max=1" in fail.message
+
+
+def test_workers_that_ran_but_never_connected_break_the_run_at_once() -> None:
+    scheduler = Scheduler(Settings(workers=2, seconds_launch=10.0, launch_failures_max=5))
+    first, second = launched(scheduler.push_many([1, 2], 0.0))
+    scheduler.pending(first, "its job is RUNNABLE: no capacity", running=False)
+    scheduler.pending(second, "its jobs ran but none connected: check the network", running=True)
+    decisions = scheduler.tick(10.0)
+    (broken,) = of(Broken, decisions)
+    assert broken.hopeless
+    assert "check the network" in broken.reason
+    assert not of(Launch, decisions)  # no more jobs billed dialling a controller out of reach
+
+
+def test_a_launch_still_queued_says_why_and_is_replaced() -> None:
+    scheduler = Scheduler(Settings(workers=1, seconds_launch=10.0))
+    (identity,) = launched(scheduler.push(1, 0.0))
+    scheduler.pending(identity, "its job is RUNNABLE: CE disabled", running=False)
+    decisions = scheduler.tick(10.0)
+    (abandon,) = of(Abandon, decisions)
+    assert abandon.reason.endswith("its job is RUNNABLE: CE disabled")
+    assert not of(Broken, decisions)
+    assert len(launched(decisions)) == 1  # capacity may come: try again
+
+
+def test_workers_that_ran_late_after_others_connected_are_an_ordinary_failure() -> None:
+    scheduler = Scheduler(Settings(workers=2, seconds_launch=10.0))
+    first = launched(scheduler.push(1, 0.0))[0]
+    scheduler.connected_worker(first, 0.0)
+    (second,) = launched(scheduler.push(2, 1.0))
+    scheduler.pending(second, "ran but did not connect", running=True)
+    decisions = scheduler.tick(11.0)
+    assert not of(Broken, decisions)  # the network works: one slow worker is no proof
 
 
 def test_a_goodbye_requeues_unstarted_tasks_without_counting_a_crash() -> None:
@@ -467,6 +533,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.pushed = 0
         self.resolved: list[int] = []
         self.crashes: dict[int, int] = {}
+        self.interruptions: dict[int, int] = {}
         self.live: dict[bytes, int] = {}  # launched and not written off: identity -> level
         self.launches: dict[str, list[bytes]] = {}
         self.waiting: list[bytes] = []  # launched, not connected
@@ -479,16 +546,24 @@ class SchedulerMachine(RuleBasedStateMachine):
         workers=st.integers(1, 5),
         levels=st.integers(1, 3),
         crashes_max=st.integers(0, 2),
+        interruptions_max=st.integers(0, 2),
         tasks_max=st.sampled_from([math.inf, 1, 3]),
         pipeline=st.integers(1, 4),
     )
     def start(
-        self, workers: int, levels: int, crashes_max: int, tasks_max: float, pipeline: int
+        self,
+        workers: int,
+        levels: int,
+        crashes_max: int,
+        interruptions_max: int,
+        tasks_max: float,
+        pipeline: int,
     ) -> None:
         self.settings = Settings(
             workers=workers,
             levels=levels,
             crashes_max=crashes_max,
+            interruptions_max=interruptions_max,
             tasks_max=tasks_max,
             pipeline=pipeline,
             seconds_launch=5.0,
@@ -527,6 +602,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.resolved.append(decision.task)
                 if isinstance(decision, Complete):
                     assert decision.crashes == self.crashes.get(decision.task, 0), "crash count"
+                    assert decision.interruptions == self.interruptions.get(decision.task, 0), (
+                        "interruption count"
+                    )
             elif isinstance(decision, Abandon):
                 for identity in decision.identities:
                     self.forget(identity)
@@ -573,16 +651,26 @@ class SchedulerMachine(RuleBasedStateMachine):
         task = self.running[identity].pop(0)
         self.apply(self.s.result(identity, task, seconds, self.now))
 
-    @rule(pick=st.integers(0, 50), clean=st.booleans(), end=st.booleans())
-    def lose(self, pick: int, clean: bool, end: bool) -> None:
+    @rule(
+        pick=st.integers(0, 50),
+        clean=st.booleans(),
+        end=st.booleans(),
+        cause=st.sampled_from(["task", "infrastructure"]),
+    )
+    def lose(self, pick: int, clean: bool, end: bool, cause: Cause) -> None:
         if not self.live:
             return
         identity = sorted(self.live)[pick % len(self.live)]
         head = (self.running.get(identity) or [None])[0]
-        decisions = self.s.lost(identity, self.now, clean=clean, reason="lost", end=end)
+        decisions = self.s.lost(
+            identity, self.now, clean=clean, reason="lost", end=end, cause=cause
+        )
         resolved = {d.task for d in decisions if isinstance(d, Complete | Fail)}
         if head is not None and not clean and head not in resolved and head not in self.resolved:
-            self.crashes[head] = self.crashes.get(head, 0) + 1
+            # Only the task's own deaths count crashes (and climb levels); the
+            # infrastructure's count interruptions.
+            counts = self.crashes if cause == "task" else self.interruptions
+            counts[head] = counts.get(head, 0) + 1
         self.forget(identity)
         self.apply(decisions)
 

@@ -99,6 +99,8 @@ async def test_a_task_is_a_span_in_the_trace_current_at_push_and_the_worker_join
     assert attributes["batchcrew.controller"] == crew.name
     assert attributes["batchcrew.worker"] == (await crew.push(traced_work, 1)).worker
     assert attributes["batchcrew.task.retries"] == 0
+    assert attributes["batchcrew.task.interruptions"] == 0
+    assert attributes["batchcrew.task.attempts"] == 1
     assert float(attributes["batchcrew.task.seconds"]) >= 0  # type: ignore[arg-type]
     errored = [s for s in exporter.get_finished_spans() if s.status.status_code.name == "ERROR"]
     assert len(errored) == 1

@@ -22,7 +22,14 @@ import zmq
 import batchcrew as bc
 from batchcrew import protocol
 from batchcrew.testing.pytest_plugin import MakeController
-from batchcrew.worker import EXIT_LOST, EXIT_SETUP, EXIT_STUCK, WorkerSettings
+from batchcrew.worker import (
+    EXIT_LOST,
+    EXIT_SETUP,
+    EXIT_STUCK,
+    EXIT_TERMINATED,
+    STOPPED_BY_SIGTERM,
+    WorkerSettings,
+)
 
 
 @pytest.fixture
@@ -660,3 +667,103 @@ def test_an_initializer_raising_an_unprintable_exception_is_reported_clearly(
     code, errors = finish(process)
     assert code == EXIT_SETUP
     assert f"its initializer raised {message}" in errors
+
+
+# -- stopped from outside: SIGTERM ------------------------------------------------------------
+
+
+def announce_then_sleep(started: str) -> None:
+    Path(started).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+async def announce_then_sleep_async(started: str) -> None:
+    Path(started).write_text(str(os.getpid()))
+    await asyncio.sleep(600)
+
+
+def announce_then_ignore_interrupts(started: str) -> None:
+    Path(started).write_text(str(os.getpid()))
+    ignore_interrupts()
+
+
+def wait_for_file(path: Path, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not (path.exists() and path.read_text()):
+        assert time.monotonic() < deadline, f"{path.name} did not appear"
+        time.sleep(0.01)
+
+
+def test_sigterm_while_idle_says_why_and_exits(router: tuple[zmq.Socket[bytes], str]) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L")
+    greet(sock)
+    process.send_signal(signal.SIGTERM)
+    _, message = receive(sock)
+    assert message == protocol.Bye(STOPPED_BY_SIGTERM, interrupted=True)
+    assert finish(process)[0] == EXIT_TERMINATED
+
+
+@pytest.mark.parametrize("function", [announce_then_sleep, announce_then_sleep_async])
+def test_sigterm_hands_the_running_task_back_at_once(
+    router: tuple[zmq.Socket[bytes], str], tmp_path: Path, function: object
+) -> None:
+    """ECS sends SIGTERM when it stops a container (TerminateJob, a Spot reclaim): the task
+    did not fail, so the worker reports no outcome for it and says it hands it back."""
+    sock, address = router
+    process = start_worker(controller=address, launch="L", seconds_interrupt=30.0)
+    identity = greet(sock)
+    started = tmp_path / "started"
+    sock.send_multipart([identity, *task(1, function, str(started))])
+    wait_for_file(started)
+    process.send_signal(signal.SIGTERM)
+    _, message = receive(sock)  # no outcome first: the goodbye
+    assert message == protocol.Bye(STOPPED_BY_SIGTERM, interrupted=True)
+    assert finish(process, within=10)[0] == EXIT_TERMINATED  # long before seconds_interrupt
+
+
+def test_a_task_ignoring_sigterm_still_leaves_within_seconds_interrupt(
+    router: tuple[zmq.Socket[bytes], str], tmp_path: Path
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L", seconds_interrupt=0.5)
+    identity = greet(sock)
+    started = tmp_path / "started"
+    sock.send_multipart([identity, *task(1, announce_then_ignore_interrupts, str(started))])
+    wait_for_file(started)
+    process.send_signal(signal.SIGTERM)
+    _, message = receive(sock)
+    assert isinstance(message, protocol.Bye)
+    assert message.interrupted  # handed back, not failed: ECS's SIGKILL would come next
+    assert message.reason.startswith(STOPPED_BY_SIGTERM)
+    assert "did not stop within seconds_interrupt=0.5" in message.reason
+    assert finish(process)[0] == EXIT_TERMINATED
+
+
+def test_a_remote_worker_says_where_it_connects_and_why_it_leaves(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L", seconds_idle=0.3, announce=1)
+    greet(sock)
+    code, errors = finish(process)
+    assert code == 0
+    lines = errors.splitlines()
+    assert lines[0] == f"batchcrew worker L:0: connecting to {address}"
+    assert lines[-1] == "batchcrew worker L:0: leaving: idle for seconds_idle=0.3"
+
+
+def test_sigterm_before_the_controller_answers_says_where_it_was_dialling(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    """The controller's TerminateJob of a worker that never got through (a security group
+    that drops its connection): its log says where it tried, and why it left."""
+    sock, address = router
+    process = start_worker(controller=address, launch="L", announce=1, seconds_connect=600.0)
+    receive(sock)  # its hello, left unanswered
+    process.send_signal(signal.SIGTERM)
+    code, errors = finish(process)
+    assert code == EXIT_TERMINATED
+    lines = errors.splitlines()
+    assert lines[0] == f"batchcrew worker L:0: connecting to {address}"
+    assert lines[-1] == f"batchcrew worker L:0: leaving: {STOPPED_BY_SIGTERM} before it was set up"

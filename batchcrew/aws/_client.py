@@ -18,7 +18,7 @@ from botocore import exceptions as boto
 
 from batchcrew.errors import BatchError
 
-Service = Literal["batch", "logs"]
+Service = Literal["batch", "logs", "ec2"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class ClientSettings:
     profile: str | None = None
     retry_mode: Literal["standard", "adaptive"] = "adaptive"
     max_attempts: int = 10
+    seconds_connect: float = 10.0  # botocore's connect_timeout, per attempt
 
 
 @asynccontextmanager
@@ -38,7 +39,7 @@ async def open_client(service: Service, settings: ClientSettings) -> AsyncIterat
     can be made (no region, an unknown profile)."""
     config = AioConfig(
         retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
-        connect_timeout=10,
+        connect_timeout=settings.seconds_connect,
         read_timeout=60,
     )
     with map_errors(f"creating the {service} client"):

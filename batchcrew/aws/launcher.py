@@ -11,9 +11,13 @@ whose worker did not leave by itself.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime
 import logging
+import re
 import shlex
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -30,7 +34,7 @@ from batchcrew.aws.definition import find_definition
 from batchcrew.aws.options import BatchOptions, Plan, Resources, sanitize_job_name
 from batchcrew.controller import Controller
 from batchcrew.errors import BatchError, LaunchError
-from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
+from batchcrew.launchers.base import Cause, Launcher, LaunchRequest, WorkerExit, WorkerPending
 
 logger = logging.getLogger("batchcrew")
 
@@ -39,6 +43,51 @@ ARRAY_SIZE_MAX = 10_000
 
 TAG = "batchcrew:controller"
 """The tag on every job a launcher submits: "<controller name>/<instance token>"."""
+
+
+#: statusReason of a job whose host went away (a reclaimed Spot instance, a lost instance),
+#: as AWS reports it: "Host EC2 (instance i-0123456789abcdef0) terminated." (AWS's retry
+#: examples match it with onStatusReason "Host EC2*").
+_HOST_LOST = re.compile(r"^Host EC2 \(instance [^)]*\) terminated")
+#: Container reasons of a job that ECS could not start or keep (an agent or daemon failure,
+#: an image it could not pull): not the task's doing.
+_ECS_FAILURES = (
+    "CannotPullContainerError",
+    "CannotStartContainerError",
+    "CannotCreateContainerError",
+    "CannotInspectContainerError",
+    "DockerTimeoutError",
+    "ResourceInitializationError",
+    "Task failed to start",
+)
+#: The reasons batchcrew itself gives TerminateJob(s): a job it ended is not an outside stop.
+_OWN_REASONS = ("batchcrew", "the batchcrew controller closed")
+
+
+def _exit_of(job: _Job, child: int, detail: Mapping[str, Any]) -> WorkerExit:
+    """How a finished job ended, and whose doing it was, from its JobDetail."""
+    status = detail["status"]
+    container = detail.get("container") or {}
+    reason = detail.get("statusReason") or container.get("reason") or "no reason given"
+    said = f"its AWS Batch job {detail['jobId']} {status.lower()}: {reason}"
+    if status == "SUCCEEDED":
+        return WorkerExit(job.launch, job.offset + child, 0, said)
+    container_reason = str(container.get("reason") or "")
+    cause: Cause | None = None
+    if "OutOfMemoryError" in reason or container_reason.startswith("OutOfMemoryError"):
+        cause = "task"
+        said = f"killed out of memory: {said}"
+    elif _HOST_LOST.match(reason):
+        cause = "infrastructure"
+        said = f"reclaimed: {reason} (its AWS Batch job {detail['jobId']})"
+    elif detail.get("isTerminated") and not reason.startswith(_OWN_REASONS):
+        cause = "infrastructure"
+        said = f"its AWS Batch job {detail['jobId']} was terminated from outside: {reason}"
+    elif any(mark in reason or container_reason.startswith(mark) for mark in _ECS_FAILURES):
+        cause = "infrastructure"
+    elif container.get("exitCode") is not None:
+        cause = "task"  # its process exited, or was killed, with the task on it
+    return WorkerExit(job.launch, job.offset + child, container.get("exitCode", 1), said, cause)
 
 
 def tag_value(controller: str, instance: str) -> str:
@@ -50,10 +99,20 @@ def tag_value(controller: str, instance: str) -> str:
 
 _DESCRIBE_MAX = 100  # job ids per DescribeJobs call ("A list of up to 100 job IDs")
 _SECONDS_DEFINITION = 30.0  # at start, the longest wait to read the job definition
+# The first call of a start: a few quick attempts, so that an endpoint nothing answers at
+# (refused, no route, no such name) fails the start in seconds, not after botocore's ten
+# attempts with backoff; throttling at start is rare, and the next calls retry as set.
+_FIRST_ATTEMPTS = 3
+_FIRST_SECONDS_CONNECT = 3.0
 _DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
+_SECONDS_LOOK = 1.0  # how often a lost worker's job is looked at, until it has ended
 _SECONDS_CLOSE_QUIET = 5.0  # at close, how long ending jobs may take before a WARNING says so
 _ERRORS_KEPT = 1000
 _FINISHED = ("SUCCEEDED", "FAILED")
+#: The statusReason prefixes of a RUNNABLE job that nothing places until its owner acts: the
+#: AWS Batch user guide's "Jobs stuck in a RUNNABLE status" lists MISCONFIGURATION:... (no
+#: compute environment can ever run it) and ACTION_REQUIRED (they are invalid).
+_ACT = ("MISCONFIGURATION", "ACTION_REQUIRED")
 
 
 @dataclass
@@ -65,6 +124,7 @@ class _Job:
     offset: int
     size: int
     unfinished: set[int] = field(default_factory=set)  # child numbers not known finished
+    seen: dict[int, str] = field(default_factory=dict)  # what was last reported of a child
 
     def child_id(self, child: int) -> str:
         return f"{self.id}:{child}" if self.size > 1 else self.id
@@ -121,6 +181,12 @@ class BatchLauncher(Launcher):
         self._errors: deque[dict[str, Any]] = deque(maxlen=_ERRORS_KEPT)
         self._polling = False
         self._plan: Plan | None = None
+        # The controller waits this long for why a worker's connection dropped (its job's
+        # status reason) before it blames the task; workers lost meanwhile are looked at now.
+        self.seconds_cause = seconds_poll
+        self._lost: dict[str, float] = {}  # child job id -> until when to look at it
+        self._told: set[tuple[str, str]] = set()  # (job id, RUNNABLE reason) warned of
+        self._lost_now = asyncio.Event()  # set in a loop callback: no anyio task runs there
 
     # -- life -----------------------------------------------------------------------------
 
@@ -154,16 +220,29 @@ class BatchLauncher(Launcher):
         """The job definition the options name (its latest ACTIVE revision for a bare name);
         None when IAM does not allow reading it and `options.platform` says enough."""
         reference = self.options.job_definition
+        settings = dataclasses.replace(
+            self.options.client_settings(),
+            max_attempts=_FIRST_ATTEMPTS,
+            seconds_connect=_FIRST_SECONDS_CONNECT,
+        )
+        endpoint = "AWS Batch"
         try:
             with anyio.fail_after(_SECONDS_DEFINITION):
-                with map_errors(f"describing job definition {reference!r}"):
-                    definition = await find_definition(self._client, reference)
+                async with open_client("batch", settings) as client:
+                    endpoint = f"AWS Batch at {client.meta.endpoint_url}"
+                    with map_errors(f"describing job definition {reference!r}"):
+                        definition = await find_definition(client, reference)
         except TimeoutError:
             raise LaunchError(
-                f"AWS did not answer DescribeJobDefinitions for {reference!r} within "
+                f"{endpoint} did not answer DescribeJobDefinitions for {reference!r} within "
                 f"{_SECONDS_DEFINITION:g} s: check the network, region and endpoint_url"
             ) from None
         except BatchError as error:
+            if error.code == "Connection":
+                raise LaunchError(
+                    f"cannot reach {endpoint}: {error.message}. Check the network, the region "
+                    "and endpoint_url (or AWS_ENDPOINT_URL)"
+                ) from error
             if error.code not in _DENIED:
                 raise
             if self.options.platform is None:
@@ -373,7 +452,9 @@ class BatchLauncher(Launcher):
             offset += size
         if not self._polling:
             self._polling = True
+            self._lost_now = asyncio.Event()  # of this controller's loop
             self.start_soon(self._poll)
+            self.start_soon(self._look)
 
     def submit_job_request(self, request: LaunchRequest, offset: int, size: int) -> dict[str, Any]:
         """The SubmitJob parameters for workers offset..offset+size-1 of `request`.
@@ -492,15 +573,55 @@ class BatchLauncher(Launcher):
             await anyio.sleep(self.seconds_poll)
             await self.check_jobs()
 
-    async def check_jobs(self) -> None:
-        """Describe the jobs not known finished; report those that finished to the controller
-        (so a job that failed before its worker connected counts as a failed launch now)."""
+    def worker_lost(self, launch: str, index: int) -> None:
+        """A worker's connection dropped: look at its job every second, until it has ended
+        or `seconds_cause` has passed, so that the controller learns why (a reclaimed host,
+        an out-of-memory kill) before it blames the task. (Called in a loop callback: no
+        task runs it, so the clock is time.monotonic's.)"""
+        for job in self._jobs.get(launch, []):
+            if job.offset <= index < job.offset + job.size:
+                child = index - job.offset
+                if child in job.unfinished:
+                    self._lost[job.child_id(child)] = time.monotonic() + self.seconds_cause
+                    self._lost_now.set()
+
+    async def _look(self) -> None:
+        while True:
+            await self._lost_now.wait()
+            self._lost_now.clear()
+            while self._lost:
+                await self.check_jobs(list(self._lost))
+                now = time.monotonic()
+                self._lost = {job: until for job, until in self._lost.items() if until > now}
+                if self._lost:
+                    await anyio.sleep(_SECONDS_LOOK)
+
+    def explain_unreachable(self, address: str) -> str:
+        """Why AWS Batch workers that run do not reach the controller, and what to do."""
+        host, _, port = address.removeprefix("tcp://").rpartition(":")
+        return (
+            f"its AWS Batch jobs were RUNNING, but no worker reached the controller at "
+            f"{address}: the workers dial {host.strip('[]')} on TCP port {port}, which the "
+            "compute environment's instances cannot reach. Put the controller's machine in the "
+            "compute environment's VPC and security group, with an inbound rule allowing all "
+            f"TCP (or port {port}) from the security group itself; a laptop outside the VPC "
+            "cannot be reached (run the controller in the VPC, or tunnel through a bastion with "
+            "`ssh -R` and give the controller address=). `batchcrew doctor` checks the rule. "
+            "Each worker's log says where it dialled: batchcrew logs JOB_ID"
+        )
+
+    async def check_jobs(self, only: list[str] | None = None) -> None:
+        """Describe the jobs not known finished (or those of `only`); report to the controller
+        those that finished, with whose doing it was (so a job that failed before its worker
+        connected counts as a failed launch now, and a reclaimed host is not the task's
+        crash), and how those not finished are doing (RUNNABLE, and why; RUNNING)."""
         children: dict[str, tuple[_Job, int]] = {}
         for jobs in self._jobs.values():
             for job in jobs:
                 for child in job.unfinished:
                     children[job.child_id(child)] = (job, child)
-        ids = list(children)
+        ids = list(children) if only is None else [i for i in only if i in children]
+        environments: str | None = None  # the queue's compute environments, once per check
         for start in range(0, len(ids), _DESCRIBE_MAX):
             chunk = ids[start : start + _DESCRIBE_MAX]
             try:
@@ -511,25 +632,80 @@ class BatchLauncher(Launcher):
                 self._record("DescribeJobs", None, error)
                 continue
             for detail in response.get("jobs", []):
-                if detail.get("status") not in _FINISHED or detail["jobId"] not in children:
+                if detail["jobId"] not in children:
                     continue
                 job, child = children[detail["jobId"]]
-                job.unfinished.discard(child)
-                succeeded = detail["status"] == "SUCCEEDED"
-                container = detail.get("container", {})
-                reason = detail.get("statusReason") or container.get("reason") or "no reason given"
-                self.report(
-                    WorkerExit(
-                        job.launch,
-                        job.offset + child,
-                        0 if succeeded else container.get("exitCode", 1),
-                        f"its AWS Batch job {detail['jobId']} {detail['status'].lower()}: {reason}",
+                status = detail.get("status")
+                if status in _FINISHED:
+                    job.unfinished.discard(child)
+                    self._lost.pop(detail["jobId"], None)
+                    self.report(_exit_of(job, child, detail))
+                    continue
+                running = status in ("STARTING", "RUNNING")
+                said = f"its AWS Batch job {detail['jobId']} is {status}"
+                reason = detail.get("statusReason")
+                if status == "RUNNABLE":
+                    if environments is None:
+                        environments = await self._environments()
+                    said += (
+                        f", not placed: {reason.rstrip('.') if reason else 'AWS gives no reason'}"
+                        f"{environments}"
                     )
-                )
+                    if reason and reason.startswith(_ACT) and (job.id, reason) not in self._told:
+                        # Nothing places it until someone acts: say so now, not after
+                        # seconds_launch (user guide, "Jobs stuck in a RUNNABLE status").
+                        self._told.add((job.id, reason))
+                        logger.warning(
+                            "%s. AWS places it only once that is fixed; `batchcrew doctor` "
+                            "checks the queue and its compute environments",
+                            said,
+                        )
+                if job.seen.get(child) != said:
+                    job.seen[child] = said
+                    self.report(WorkerPending(job.launch, job.offset + child, running, said))
         for launch, jobs in list(self._jobs.items()):
             jobs[:] = [job for job in jobs if job.unfinished]
             if not jobs:
                 del self._jobs[launch]
+
+    async def _environments(self) -> str:
+        """The state of the job queue and of its compute environments, where one is not
+        ENABLED and VALID ("" when all are, or when AWS cannot be asked)."""
+        queue = self.options.job_queue
+        try:
+            async with self._limiter:
+                with map_errors(f"DescribeJobQueues {queue}"):
+                    queues = (await self._client.describe_job_queues(jobQueues=[queue]))[
+                        "jobQueues"
+                    ]
+                names = [
+                    entry["computeEnvironment"]
+                    for found in queues
+                    for entry in found.get("computeEnvironmentOrder", [])
+                ]
+                found_environments = []
+                if names:
+                    with map_errors("DescribeComputeEnvironments"):
+                        found_environments = (
+                            await self._client.describe_compute_environments(
+                                computeEnvironments=names[:100]
+                            )
+                        )["computeEnvironments"]
+        except BatchError as error:
+            self._record("DescribeJobQueues", None, error)
+            return ""
+        said = []
+        for item in [*queues, *found_environments]:
+            state, status = item.get("state"), item.get("status")
+            if state == "ENABLED" and status == "VALID":
+                continue
+            kind = "job queue" if "jobQueueName" in item else "compute environment"
+            name = item.get("jobQueueName") or item.get("computeEnvironmentName")
+            why = ""
+            if status != "VALID" and item.get("statusReason"):
+                why = f": {item['statusReason'].rstrip('.')}"
+            said.append(f"{kind} {name} is {state} and {status}{why}")
+        return f"; {'; '.join(said)}" if said else ""
 
     # -- errors ---------------------------------------------------------------------------
 

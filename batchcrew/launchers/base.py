@@ -11,7 +11,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -41,17 +41,46 @@ class LaunchRequest:
     instance: str = ""
 
 
+#: Who a worker's end is blamed on: "task" (its process exited, or was killed out of memory)
+#: or "infrastructure" (a reclaimed host, a job ended from outside, an agent failure).
+Cause = Literal["task", "infrastructure"]
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerExit:
-    """A launcher saw worker `index` of launch `launch` end; `code` is 0 for a clean exit."""
+    """A launcher saw worker `index` of launch `launch` end; `code` is 0 for a clean exit.
+
+    `cause` says whose doing the end was, where the launcher can tell (a job's status reason):
+    only the task's own deaths count against it (`crashes_max`, a bigger level); the
+    infrastructure's draw on `interruptions_max`. None: the launcher cannot tell, and the
+    death counts as the task's.
+    """
 
     launch: str
     index: int
     code: int | None
     reason: str
+    cause: Cause | None = None
 
 
-Report = Callable[[WorkerExit], None]
+@dataclass(frozen=True, slots=True)
+class WorkerPending:
+    """A launcher saw worker `index` of launch `launch`, which has not connected yet: its job
+    waits to start (`running` False), for `reason` (a queue's status reason: no capacity, a
+    disabled compute environment), or it runs (`running` True), so it should connect soon.
+
+    Only said of a change. The controller says this, not "did not connect", when the launch
+    fails; and workers that ran but never connected, when none of the controller's ever has,
+    end its launching at once (they cannot reach it).
+    """
+
+    launch: str
+    index: int
+    running: bool
+    reason: str
+
+
+Report = Callable[[WorkerExit | WorkerPending], None]
 
 
 class Launcher(ABC):
@@ -62,7 +91,8 @@ class Launcher(ABC):
     `worker_left` to hear of workers that leave by themselves.
     `levels` says how many resource levels the backend offers for retries after a crash;
     `remote` says whether workers run on other machines (then the controller listens on a
-    non-loopback address by default).
+    non-loopback address by default); `seconds_cause` how long to wait, when a remote worker's
+    connection drops, for the launcher to say why (`WorkerExit.cause`).
 
     A launcher serves one controller at a time. Once that controller has closed, another may
     start with the same launcher (the joblib backend starts one per `Parallel` call): each
@@ -72,6 +102,10 @@ class Launcher(ABC):
     name: str = "launcher"
     levels: int = 1
     remote: bool = False
+    seconds_cause: float = 0.0
+    """How long the controller waits, once a remote worker's connection closed, for this
+    launcher's report of why it ended (`report`), before it decides with what it knows: the
+    task it ran counts a crash. 0: it does not wait."""
 
     def __init__(self) -> None:
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -98,6 +132,11 @@ class Launcher(ABC):
         """
         await self.terminate(launch, [index])
 
+    def worker_lost(self, launch: str, index: int) -> None:  # noqa: B027 - optional hook
+        """Worker `index` of `launch` lost its connection, and the controller waits up to
+        `seconds_cause` for a report of why: look now (its job's status), if looking costs
+        little. Called on the event loop; must not block. Does nothing by default."""
+
     def worker_left(self, launch: str, index: int) -> None:  # noqa: B027 - optional hook
         """Worker `index` of `launch` said goodbye and is exiting by itself (idle, done, or told
         to stop), so it needs no ending: a backend that ends what is left at close (a job
@@ -111,10 +150,21 @@ class Launcher(ABC):
         """End every worker still running and release resources (called once per open, at
         the controller's close)."""
 
-    def report(self, exit: WorkerExit) -> None:
-        """Tell the controller that a worker ended (call it from `launch` watchers)."""
+    def report(self, event: WorkerExit | WorkerPending) -> None:
+        """Tell the controller that a worker ended, or how one not connected yet is doing
+        (call it from `launch` watchers and pollers)."""
         if self._report is not None:
-            self._report(exit)
+            self._report(event)
+
+    def explain_unreachable(self, address: str) -> str:
+        """What to check when workers run but none reaches the controller at `address` (a
+        "tcp://host:port" URL): said in the LaunchError. Override it where the backend knows
+        what usually stands in the way (a security group, a firewall)."""
+        return (
+            f"the workers ran, but none reached the controller at {address}: check that their "
+            "machines can open a TCP connection to that address and port (a firewall, a NAT, "
+            "or a host= other machines cannot reach)"
+        )
 
     def start_soon(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Run a background coroutine (a process watcher, a poller) for the launcher's life."""

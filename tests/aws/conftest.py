@@ -3,8 +3,12 @@ moto's server with a queue of its own, and waiting for a job's status through th
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,3 +88,27 @@ async def moto(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Moto:
             ],
         )
     return Moto(moto_endpoint, MOTO_REGION, queue)
+
+
+@pytest.fixture
+def dropped_port() -> Iterator[int]:
+    """A free port whose incoming TCP connections this machine drops silently, as a security
+    group without the self-referencing rule does: a connection attempt hangs, and nothing says
+    why. (nftables, in a table of its own, removed after the test.)"""
+    if os.geteuid() != 0 or shutil.which("nft") is None:
+        pytest.skip("dropping connections needs root and `nft` (apt-get install nftables)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    table = f"batchcrew_unreachable_{port}"
+    rules = [
+        f"add table inet {table}",
+        f"add chain inet {table} output {{ type filter hook output priority 0 ; }}",
+        f"add rule inet {table} output tcp dport {port} drop",
+    ]
+    for rule in rules:
+        subprocess.run(["nft", *rule.split()], check=True, capture_output=True, timeout=30)
+    try:
+        yield port
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, timeout=30)

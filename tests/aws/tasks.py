@@ -33,3 +33,23 @@ def double_or_die_once(x: int, markers: str) -> int:
         marker.touch()
         os._exit(1)
     return 2 * x
+
+
+def announce_then_wait(folder: str, go: str) -> list[int]:
+    """Say on which process it runs (a file per run, named by pid), then wait for `go`;
+    return the pids of every run so far."""
+    Path(folder, str(os.getpid())).touch()
+    wait_for(go)
+    return sorted(int(path.name) for path in Path(folder).iterdir())
+
+
+def frozen_then_wait(folder: str, go: str) -> list[int]:
+    """As `announce_then_wait`, but the first run stops its own process (SIGSTOP), as a host
+    that froze: the SIGTERM of a stop stays pending, so its worker cannot say goodbye and dies
+    only by the SIGKILL that follows."""
+    import signal
+
+    if not any(Path(folder).iterdir()):
+        Path(folder, str(os.getpid())).touch()
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return announce_then_wait(folder, go)

@@ -42,7 +42,7 @@ async def test_the_docs_controller_runs_on_a_fargate_queue_as_written(
             monkeypatch.setenv(name, value)
         await run_awaiting(python_block('platform_capabilities="FARGATE"'))
         script = tmp_path / "pipeline.py"
-        script.write_text(python_block("aws.batch_controller("))
+        script.write_text(python_block('name="my_workflow"'))
         with anyio.fail_after(100):
             done = await anyio.run_process([sys.executable, str(script)], env=dict(os.environ))
         (definition,) = batch.requests_for("RegisterJobDefinition")
