@@ -1,7 +1,8 @@
-"""The `batchcrew` subcommands for AWS Batch by hand: jobs, status, logs, terminate and
-definition register|describe|deregister. Thin: parse, call `BatchMonitor` or `JobDefinition`,
-print a rich table (or one JSON document with --json). Errors come out in the CLI's own words:
-the flags and commands to use, never the Python parameters behind them.
+"""The `batchcrew` subcommands for AWS Batch by hand: jobs, status, logs, terminate,
+definition register|describe|deregister, and doctor. Thin: parse, call `BatchMonitor`,
+`JobDefinition` or `aws.doctor()`, print a rich table (or one JSON document with --json).
+Errors come out in the CLI's own words: the flags and commands to use, never the Python
+parameters behind them.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ _ID_HELP = (
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `jobs`, `status`, `logs`, `terminate` and `definition` to the `batchcrew` parser.
-    Each sets `aws_command`; pass the parsed arguments to `run()`."""
+    """Add `jobs`, `status`, `logs`, `terminate`, `definition` and `doctor` to the `batchcrew`
+    parser. Each sets `aws_command`; pass the parsed arguments to `run()`."""
     common = argparse.ArgumentParser(add_help=False)
     aws = common.add_argument_group("AWS (default: the environment and AWS config files)")
     aws.add_argument("--region", help="AWS region, e.g. us-east-1")
@@ -163,6 +164,51 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     deregister.set_defaults(aws_command=_deregister)
 
+    doctor = subparsers.add_parser(
+        "doctor",
+        parents=[common],
+        help="check a job queue and job definition, then launch one worker to see it work",
+        description="Check that --queue and --definition can run batchcrew workers: the "
+        "credentials and region, the queue and its compute environments, the definition, the "
+        "security groups and the controller's address; then launch one worker for real "
+        "(unless --no-launch) and see where it stops. Each problem comes with its fix. Exit "
+        "code 0: no problem; 1: problems found; 2: bad arguments.",
+    )
+    doctor.add_argument("--queue", required=True, help="job queue name or ARN")
+    doctor.add_argument(
+        "--definition",
+        required=True,
+        help="job definition: name (its latest active revision), name:revision or ARN",
+    )
+    doctor.add_argument(
+        "--workers", type=int, default=1, help="workers the run will ask for (default 1)"
+    )
+    doctor.add_argument("--cpus", type=float, help="vCPUs per worker (default: the definition's)")
+    doctor.add_argument(
+        "--memory", type=float, help="memory per worker (default: the definition's)"
+    )
+    doctor.add_argument("--memory-units", choices=["gigabytes", "mebibytes"], default="gigabytes")
+    doctor.add_argument(
+        "--host", help="address the controller listens on (default: this machine's primary one)"
+    )
+    doctor.add_argument(
+        "--port", type=int, default=0, help="port the controller listens on (default 0: any)"
+    )
+    doctor.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="where the workers dial, if not where the controller listens (a tunnel's far end)",
+    )
+    doctor.add_argument("--no-launch", action="store_true", help="check only: launch no worker")
+    doctor.add_argument(
+        "--seconds-launch",
+        type=float,
+        default=600.0,
+        help="how long the launched worker may take to connect (default 600: a new instance "
+        "takes minutes)",
+    )
+    doctor.set_defaults(aws_command=_doctor)
+
 
 def _queue_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--queue", required=required, help="job queue name or ARN")
@@ -260,6 +306,11 @@ _FLAGS = {
     "platform_version": "--platform-version",
     "revision": "--revision",
     "active": "--active",
+    "workers": "--workers",
+    "host": "--host",
+    "port": "--port",
+    "address": "--address",
+    "seconds_launch": "--seconds-launch",
 }
 _NAMES = "|".join(sorted(_FLAGS, key=len, reverse=True))
 # Not inside a quoted value or a word: the library quotes the values it shows (repr).
@@ -547,6 +598,45 @@ async def _deregister(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _doctor(args: argparse.Namespace) -> int:
+    from batchcrew.aws._doctor import doctor
+    from batchcrew.aws.options import BatchOptions
+
+    options = BatchOptions(
+        job_definition=args.definition,
+        job_queue=args.queue,
+        cpus=args.cpus,
+        memory=args.memory,
+        memory_units=args.memory_units,
+        **_aws(args),
+    )
+    report = await doctor(
+        options=options,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        address=args.address,
+        launch=not args.no_launch,
+        seconds_launch=args.seconds_launch,
+    )
+    rows = [
+        {**row, "fix": None if row["fix"] is None else in_cli_words(row["fix"])}
+        for row in report.checks.iter_rows(named=True)
+    ]
+    if args.json:
+        _print_json(
+            {
+                "ok": report.ok,
+                "job_queue": report.job_queue,
+                "job_definition": report.job_definition,
+                "checks": rows,
+            }
+        )
+    else:
+        _show_checks(rows, report.problems.height)
+    return 0 if report.ok else EXIT_FAILED
+
+
 # -- output ---------------------------------------------------------------------------------
 
 
@@ -586,6 +676,38 @@ def _show(frame: pl.DataFrame, args: argparse.Namespace) -> None:
         # Text, not str: AWS values may hold [brackets] that rich would read as markup.
         table.add_row(*(Text(_cell(value)) for value in row))
     Console().print(table)
+
+
+def _show_checks(rows: list[dict[str, Any]], problems: int) -> None:
+    """The doctor's checks, one line each (status, check, what it found), with the fix on the
+    line under a problem's. (What each looked at, `subject`, is in --json.)"""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    styles = {"ok": "green", "problem": "bold red", "skipped": "yellow"}
+    table = Table(box=None, pad_edge=False, header_style="bold underline")
+    table.add_column("status", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("found", overflow="fold", ratio=1)
+    for row in rows:
+        # Text, not str: AWS values may hold [brackets] that rich would read as markup.
+        table.add_row(
+            Text(row["status"], style=styles.get(row["status"], "")),
+            Text(row["check"]),
+            Text(row["found"]),
+        )
+        if row["fix"]:
+            table.add_row("", "", Text(f"fix: {row['fix']}", style="cyan"))
+    console = Console()
+    console.print(table)
+    if problems:
+        plural = "s" if problems > 1 else ""
+        console.print(
+            Text(f"{problems} problem{plural}: fix them, then run batchcrew doctor again")
+        )
+    else:
+        console.print(Text("no problem found", style="green"))
 
 
 def _show_jobs(frame: pl.DataFrame) -> None:
