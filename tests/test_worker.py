@@ -395,8 +395,13 @@ def test_a_task_that_ignores_its_interruption_ends_its_worker(
     sock, address = router
     process = start_worker(controller=address, launch="L", seconds_interrupt=0.5)
     identity = greet(sock)
-    sock.send_multipart([identity, *task(1, ignore_interrupts, timeout=0.2)])
-    timed_out = outcome(sock)
+    # The timeout must not fire before the task is inside its `try`: an interruption raised
+    # as the function is entered is not ignored. 1 s leaves room for a loaded machine's stall.
+    sock.send_multipart([identity, *task(1, ignore_interrupts, timeout=1.0)])
+    _, timed_out = receive(sock)
+    while isinstance(timed_out, protocol.Busy):  # a task running a while says so
+        _, timed_out = receive(sock)
+    assert isinstance(timed_out, protocol.Outcome), timed_out
     assert timed_out.error is not None
     assert timed_out.error.startswith("TimeoutError")
     assert "its worker was ended" in timed_out.error
