@@ -17,6 +17,7 @@ import batchcrew as bc
 from batchcrew import aws
 from batchcrew.testing import LocalBatch, LocalBatchOptions
 from tests.aws.tasks import announce_then_wait, frozen_then_wait
+from tests.aws.test_launcher import options_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,18 +27,6 @@ def credentials(local_batch: LocalBatch, monkeypatch: pytest.MonkeyPatch) -> Non
     """Point the standard AWS resolution (endpoint, region, dummy keys) at the emulator."""
     for name, value in local_batch.environment().items():
         monkeypatch.setenv(name, value)
-
-
-def options_for(local_batch: LocalBatch, **overrides: Any) -> aws.BatchOptions:
-    settings: dict[str, Any] = {
-        "job_definition": local_batch.job_definition,
-        "job_queue": local_batch.job_queue,
-        "cpus": 1,
-        "memory": 512,
-        "memory_units": "mebibytes",
-        **overrides,
-    }
-    return aws.BatchOptions(**settings)
 
 
 async def runs_of(folder: Path, count: int, within: float) -> list[int]:
