@@ -7,6 +7,7 @@ config files, AWS_ENDPOINT_URL), each overridable; botocore's retry modes handle
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,14 @@ class ClientSettings:
     retry_mode: Literal["standard", "adaptive"] = "adaptive"
     max_attempts: int = 10
     seconds_connect: float = 10.0  # botocore's connect_timeout, per attempt
+
+
+def first_call(settings: ClientSettings) -> ClientSettings:
+    """`settings` for the first call of a start (or a check): a few quick attempts, so that an
+    endpoint nothing answers at (refused, no route, no such name) fails in seconds, not after
+    botocore's ten attempts with backoff; throttling then is rare, and later calls retry as
+    set."""
+    return dataclasses.replace(settings, max_attempts=3, seconds_connect=3.0)
 
 
 @asynccontextmanager

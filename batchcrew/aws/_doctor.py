@@ -22,7 +22,7 @@ import anyio
 import polars as pl
 import zmq
 
-from batchcrew.aws._client import ClientSettings, map_errors, open_client
+from batchcrew.aws._client import ClientSettings, first_call, map_errors, open_client
 from batchcrew.aws.definition import WORKER_COMMAND, find_definition
 from batchcrew.aws.launcher import BatchLauncher
 from batchcrew.aws.options import BatchOptions, Plan, Resources
@@ -46,10 +46,8 @@ CHECK_SCHEMA: dict[str, pl.DataType] = {
     "fix": pl.String(),
 }
 
-#: A first call to AWS (DescribeJobQueues) gets a few quick attempts, as the launcher's does at
-#: start: an endpoint nothing answers at fails the check in seconds.
-_ATTEMPTS = 3
-_SECONDS_CONNECT = 3.0
+# A first call to AWS (DescribeJobQueues) gets a few quick attempts, as the launcher's does at
+# start (`first_call`): an endpoint nothing answers at fails the check in seconds.
 _SECONDS_CALL = 30.0  # the longest any one stage of AWS calls may take
 #: EC2 is optional here: two attempts, and a check skipped if it takes longer than this.
 _SECONDS_EC2 = 15.0
@@ -333,11 +331,7 @@ class _Doctor:
         return row
 
     async def check(self, controller: Controller | None) -> None:
-        settings = dataclasses.replace(
-            self.options.client_settings(),
-            max_attempts=_ATTEMPTS,
-            seconds_connect=_SECONDS_CONNECT,
-        )
+        settings = first_call(self.options.client_settings())
         async with AsyncExitStack() as stack:
             try:
                 client = await stack.enter_async_context(open_client("batch", settings))
@@ -900,7 +894,7 @@ class _Doctor:
             profile=self.options.profile,
             retry_mode=self.options.retry_mode,
             max_attempts=2,
-            seconds_connect=_SECONDS_CONNECT,
+            seconds_connect=first_call(ClientSettings()).seconds_connect,
         )
         try:
             async with open_client("ec2", settings) as ec2:

@@ -12,7 +12,6 @@ whose worker did not leave by itself.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import logging
 import re
@@ -28,7 +27,7 @@ import anyio
 import polars as pl
 
 from batchcrew.aws import _rules
-from batchcrew.aws._client import map_errors, open_client
+from batchcrew.aws._client import first_call, map_errors, open_client
 from batchcrew.aws._ending import end_jobs
 from batchcrew.aws.definition import find_definition
 from batchcrew.aws.options import BatchOptions, Plan, Resources, sanitize_job_name
@@ -99,11 +98,6 @@ def tag_value(controller: str, instance: str) -> str:
 
 _DESCRIBE_MAX = 100  # job ids per DescribeJobs call ("A list of up to 100 job IDs")
 _SECONDS_DEFINITION = 30.0  # at start, the longest wait to read the job definition
-# The first call of a start: a few quick attempts, so that an endpoint nothing answers at
-# (refused, no route, no such name) fails the start in seconds, not after botocore's ten
-# attempts with backoff; throttling at start is rare, and the next calls retry as set.
-_FIRST_ATTEMPTS = 3
-_FIRST_SECONDS_CONNECT = 3.0
 _DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
 _SECONDS_LOOK = 1.0  # how often a lost worker's job is looked at, until it has ended
 _SECONDS_CLOSE_QUIET = 5.0  # at close, how long ending jobs may take before a WARNING says so
@@ -220,11 +214,7 @@ class BatchLauncher(Launcher):
         """The job definition the options name (its latest ACTIVE revision for a bare name);
         None when IAM does not allow reading it and `options.platform` says enough."""
         reference = self.options.job_definition
-        settings = dataclasses.replace(
-            self.options.client_settings(),
-            max_attempts=_FIRST_ATTEMPTS,
-            seconds_connect=_FIRST_SECONDS_CONNECT,
-        )
+        settings = first_call(self.options.client_settings())
         endpoint = "AWS Batch"
         try:
             with anyio.fail_after(_SECONDS_DEFINITION):
