@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from batchcrew.executor import Executor
     from batchcrew.group import ControllerGroup
     from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
+    from batchcrew.launchers.inprocess import InProcessLauncher
     from batchcrew.launchers.local import LocalLauncher
     from batchcrew.results import Result, results_frame
     from batchcrew.seeding import task_attempt, task_seed
@@ -36,6 +37,7 @@ __all__ = [
     "ControllerClosedError",
     "ControllerGroup",
     "Executor",
+    "InProcessLauncher",
     "LaunchError",
     "LaunchRequest",
     "Launcher",
@@ -70,6 +72,7 @@ _HOMES = {
     "LaunchRequest": "batchcrew.launchers.base",
     "WorkerExit": "batchcrew.launchers.base",
     "LocalLauncher": "batchcrew.launchers.local",
+    "InProcessLauncher": "batchcrew.launchers.inprocess",
     "Executor": "batchcrew.executor",
     "ControllerGroup": "batchcrew.group",
     "task_seed": "batchcrew.seeding",

@@ -36,6 +36,7 @@ from batchcrew.errors import (
     TaskTooLargeError,
 )
 from batchcrew.launchers.base import Launcher
+from batchcrew.launchers.inprocess import InProcessLauncher
 from batchcrew.launchers.local import LocalLauncher
 from batchcrew.progress import progress_bar
 from batchcrew.results import ErrorMode, Result, Status, handle_failures, results_frame
@@ -240,7 +241,9 @@ class Controller:
     without counting as crashes. `seconds_timeout` is the default time limit of a task on its
     worker (None: no limit; `push`, `walk` and `map` can set their own), and
     `seconds_interrupt` how long a task has to stop once it is cancelled or timed out before
-    its worker is ended.
+    its worker is ended. `workers_min` (default 0) is a floor of warm workers: that many are
+    launched at start, relaunched when lost, and kept past `seconds_idle` (a worker idle that
+    long asks the controller, which lets it go only while more than `workers_min` remain).
 
     `seconds_wall` and `seconds_timeout` bound cost in two ways. `seconds_wall` is soft (crew's
     meaning): a worker past it takes no new task and leaves once its current task ends, so a
@@ -286,6 +289,7 @@ class Controller:
         name: str = "controller",
         workers: int = 1,
         *,
+        workers_min: int = 0,
         launcher: Launcher | None = None,
         host: str | None = None,
         port: int = 0,
@@ -317,6 +321,12 @@ class Controller:
     ) -> None:
         _check_name("name", name)
         _check_count("workers", workers, minimum=1)
+        _check_count("workers_min", workers_min, minimum=0)
+        if workers_min > workers:
+            raise ValueError(
+                f"workers_min={workers_min} is more than workers={workers}: the controller "
+                "keeps at most `workers` workers; raise workers or lower workers_min"
+            )
         _check_seconds("seconds_idle", seconds_idle)
         _check_seconds("seconds_wall", seconds_wall)
         _check_seconds("seconds_launch", seconds_launch)
@@ -360,6 +370,11 @@ class Controller:
         self.launcher = launcher if launcher is not None else LocalLauncher()
         if not isinstance(self.launcher, Launcher):
             raise TypeError(f"launcher must be a batchcrew Launcher, not {type(launcher).__name__}")
+        if isinstance(self.launcher, InProcessLauncher) and workers != 1:
+            raise ValueError(
+                f"workers={workers} with the InProcessLauncher, which runs one task at a time "
+                "in this process: use workers=1 (or LocalLauncher for parallel workers)"
+            )
         if host is None:
             host = _primary_address() if self.launcher.remote else "127.0.0.1"
         if security == "none" and not _is_loopback(host):
@@ -370,6 +385,7 @@ class Controller:
             )
         self._settings = scheduling.Settings(
             workers=workers,
+            workers_min=workers_min,
             tasks_max=tasks_max,
             seconds_launch=seconds_launch,
             crashes_max=crashes_max,
@@ -970,6 +986,38 @@ class Controller:
         """The task called `name` that the controller still holds: unresolved, or resolved
         and not yet taken (by `await`, `pop`, `collect` or `results`); the newest if several."""
         return self._held_named(name)
+
+    async def everywhere(
+        self, function: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> pl.DataFrame:
+        """Run `function(*args, **kwargs)` on every worker connected now, and on every worker
+        that connects later, before its first task: set-up such as loading a data set or a
+        model once per worker, or setting a log level. A module global it sets is seen by the
+        tasks that run on that worker after it (see docs/worker-environment.md).
+
+        Waits for the workers of now, each once the tasks already sent to it are done, and
+        returns a table with a row per worker: `status` "success", "error" (with `error` and
+        `trace`: that worker goes on taking tasks) or "lost" (it left or died first). No
+        worker connected: an empty table, and every worker to come runs it. A later worker's
+        failure is logged as a warning. A coroutine function is awaited on the worker.
+
+        Raises TypeError if `function` is not callable, `SerializationError` if it or an
+        argument cannot be pickled, and `ControllerClosedError` before start or after close.
+        """
+        dispatcher = self._check_running()
+        _callable(function)
+        with protocol.pickling_by_value(self._modules):
+            try:
+                pickled, arguments = protocol.dump_call(function, args, kwargs)
+            except Exception as error:
+                raise SerializationError(
+                    f"cannot pickle everywhere({function!r:.80}) or its arguments: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+        label = getattr(function, "__qualname__", None) or repr(function)
+        call = dispatcher.everywhere(label, pickled, arguments)
+        await call.done.wait()
+        return call.frame()
 
     def cancel(self, names: Iterable[str] = (), *, all: bool = False) -> int:
         """Cancel unresolved tasks by name, or `all=True`; return how many were cancelled.

@@ -28,6 +28,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from batchcrew import __version__, protocol, scheduling
 from batchcrew.errors import ProtocolError
+from batchcrew.everywhere import Call, Calls
 from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit, WorkerPending
 from batchcrew.security import Keys, ZapHandler
 from batchcrew.tracking import Tracker
@@ -127,6 +128,8 @@ class Dispatcher:
         self.dropped = 0
         """Messages dropped because they came from a peer this controller does not know."""
         self.tracker = Tracker()
+        self.calls = Calls()
+        """`Controller.everywhere` calls, for the workers of the moment and those to come."""
         """Records of the workers, launches and launcher errors, for tables and metrics."""
         self._lingering: dict[bytes, asyncio.TimerHandle] = {}  # remote workers written off
         self.late = 0
@@ -160,6 +163,7 @@ class Dispatcher:
                     self._launch_calls = calls
                     group.start_soon(self._watch_faults)
                     group.start_soon(self._clock)
+                    self._apply(self.scheduler.start(time.monotonic()))  # warm workers_min
                     task_status.started()
                     while True:  # start the calls that loop callbacks asked for
                         await self._calls_ready.wait()
@@ -167,6 +171,7 @@ class Dispatcher:
                         while self._pending_calls:
                             calls.start_soon(self._call, *self._pending_calls.popleft())
         finally:
+            self.calls.close("the controller closed before this worker answered")
             for fd in fds:
                 loop.remove_reader(fd)
             self._unbind()
@@ -257,6 +262,16 @@ class Dispatcher:
         asked of `payload` each time it goes out."""
         self._apply(self.scheduler.push_many(tasks, time.monotonic(), timeout))
 
+    def everywhere(self, label: str, function: bytes, arguments: bytes) -> Call:
+        """Send a `Controller.everywhere` call to every ready worker now; record it for every
+        worker that becomes ready later. Its `done` is set once those of now have answered."""
+        workers = self.scheduler.ready_workers()
+        call = self.calls.add(label, function, arguments, workers, self.tracker.name)
+        for worker in workers:
+            self._post(worker, list(call.frames))
+        self._flush()
+        return call
+
     def cancel(self, task: int, why: str = "cancelled") -> None:
         """Cancel an unresolved task; a worker running it is told to interrupt it."""
         self._apply(self.scheduler.cancel(task, time.monotonic()), why)
@@ -304,6 +319,9 @@ class Dispatcher:
                 )
             elif isinstance(decision, scheduling.Gone):
                 self.tracker.gone(decision.worker, decision.reason, crashed=decision.crashed)
+                self.calls.gone(decision.worker, decision.reason)
+            elif isinstance(decision, scheduling.Keep):
+                self._post(decision.worker, list(_STAY))
             elif isinstance(decision, scheduling.Retire):
                 if self._keys is not None:
                     self._keys.retire(decision.launch)
@@ -379,6 +397,7 @@ class Dispatcher:
             # A remote worker's output goes to a log of its own (CloudWatch, a SLURM file),
             # where it says where it connects and why it leaves; a local one's, here.
             announce=int(self.launcher.remote),
+            ask_idle=int(self.scheduler.settings.workers_min > 0),
         )
         environment = settings.environment()
         if self._keys is not None:
@@ -573,6 +592,10 @@ class Dispatcher:
             elif isinstance(message, protocol.Busy):
                 self.scheduler.busy(identity, message.task_id, now)
                 self.tracker.busy(identity, message)
+            elif isinstance(message, protocol.Ran):
+                self.calls.ran(identity, self.tracker.name(identity), message)
+            elif isinstance(message, protocol.Idle):
+                self._apply(self.scheduler.idle(identity))
             elif isinstance(message, protocol.Bye):
                 # A SIGTERM while the controller closes is its own launcher ending workers.
                 stopped = message.interrupted and not self.launcher.stopping
@@ -698,6 +721,9 @@ class Dispatcher:
             logger.warning("dropped a ready from worker %s, which is not awaited", _name(identity))
             return
         logger.debug("worker %s is set up and ready", _name(identity))
+        later = self.calls.for_new_worker()
+        if later:  # everywhere() calls made so far: set-up, before its first task
+            self._send(identity, list(later))
         self._apply(decisions)
         self._notify()
 
@@ -858,6 +884,8 @@ class Dispatcher:
             self._clock_at = -math.inf  # ticking now: alarms raised meanwhile need no wake-up
             self._apply(self.scheduler.tick(time.monotonic()))
 
+
+_STAY = protocol.encode(protocol.Stay())
 
 _LEAVE = protocol.encode(
     protocol.Stop("this worker was written off earlier (lost too long): its tasks went elsewhere")

@@ -287,6 +287,34 @@ class ControllerGroup:
         listed = [names] if isinstance(names, str) else list(names)
         return sum(controller.cancel(listed, all=all) for controller in self._some(controllers))
 
+    async def everywhere(
+        self,
+        function: Callable[..., Any],
+        /,
+        *args: Any,
+        controllers: Iterable[str] | None = None,
+        **kwargs: Any,
+    ) -> pl.DataFrame:
+        """`Controller.everywhere` on each of `controllers` (default: all) at once: their
+        tables together, with a `controller` column first."""
+        chosen = self._some(controllers)
+        tables: dict[str, pl.DataFrame] = {}
+
+        async def run(controller: Controller) -> None:
+            tables[controller.name] = await controller.everywhere(function, *args, **kwargs)
+
+        async with anyio.create_task_group() as group:
+            for controller in chosen:
+                group.start_soon(run, controller)
+        return pl.concat(
+            [
+                tables[controller.name].select(
+                    pl.lit(controller.name).alias("controller"), pl.all()
+                )
+                for controller in chosen
+            ]
+        )
+
     def counts(self, controllers: Iterable[str] | None = None) -> dict[str, int]:
         """`Controller.counts` summed across `controllers` (default: all)."""
         total: dict[str, int] = {}

@@ -52,10 +52,14 @@ class Kind(IntEnum):
     BYE = 3
     READY = 4
     BUSY = 5
+    RAN = 8
+    IDLE = 9
     TASK = 10
     STOP = 11
     CANCEL = 12
     SETUP = 13
+    EVERYWHERE = 16
+    STAY = 17
 
 
 # Messages are made and read for every task: plain slotted classes, as the scheduler's
@@ -132,6 +136,38 @@ class Cancel:
 
 
 @dataclass(slots=True)
+class Everywhere:
+    """The controller asks a worker to run `function(*args, **kwargs)` (`arguments` pickled
+    together) between tasks, as set-up: call number `call` of `Controller.everywhere`."""
+
+    call: int
+    function: Buffer
+    arguments: Buffer
+
+
+@dataclass(slots=True)
+class Ran:
+    """A worker ran everywhere-call `call` in `seconds`: it returned, or raised `error`."""
+
+    call: int
+    seconds: float
+    error: str | None = None
+    trace: str | None = None
+
+
+@dataclass(slots=True)
+class Idle:
+    """A worker has been idle for its `seconds_idle` and asks whether it may leave (only
+    asked with `workers_min`: the controller keeps that many warm). The answer is `Stop` (go)
+    or `Stay` (its idle clock starts again)."""
+
+
+@dataclass(slots=True)
+class Stay:
+    """The controller answers a worker's `Idle`: stay, as one of its warm `workers_min`."""
+
+
+@dataclass(slots=True)
 class Task:
     """A task as the worker receives it: pickled function, pickled arguments, their buffers.
 
@@ -178,7 +214,21 @@ class Outcome:
     retry: bool = False
 
 
-Message = Hello | Ready | Busy | Bye | Stop | Cancel | Setup | Task | Outcome
+Message = (
+    Hello
+    | Ready
+    | Busy
+    | Bye
+    | Stop
+    | Cancel
+    | Setup
+    | Task
+    | Outcome
+    | Everywhere
+    | Ran
+    | Idle
+    | Stay
+)
 
 _KINDS: Final = {kind.value: kind for kind in Kind}
 
@@ -289,6 +339,15 @@ def encode(message: Message) -> list[Buffer]:
         return [head, message.value, *buffers]
     if isinstance(message, Setup):
         return [_header(Kind.SETUP, 0, 2), message.initializer, message.initargs]
+    if isinstance(message, Everywhere):
+        return [_header(Kind.EVERYWHERE, message.call, 2), message.function, message.arguments]
+    if isinstance(message, Ran):
+        ran = {"seconds": message.seconds, "error": message.error, "trace": message.trace}
+        return [_header(Kind.RAN, message.call) + _json(ran)]
+    if isinstance(message, Idle):
+        return [_header(Kind.IDLE)]
+    if isinstance(message, Stay):
+        return [_header(Kind.STAY)]
     if isinstance(message, Busy):
         return [_header(Kind.BUSY, message.task_id) + _USAGE.pack(message.rss, message.cpu)]
     if isinstance(message, Hello):
@@ -485,6 +544,10 @@ def _decode_body(
         if len(body) or len(following) != 2:
             raise ProtocolError("setup message needs an initializer frame and an initargs frame")
         return Setup(following[0], following[1])
+    if kind is Kind.EVERYWHERE:
+        if len(body) or len(following) != 2:
+            raise ProtocolError("everywhere message needs a function frame and an arguments frame")
+        return Everywhere(task_id, following[0], following[1])
     if following:
         raise ProtocolError(f"{kind.name} message has frames it should not have")
     if kind is Kind.BUSY:
@@ -492,6 +555,10 @@ def _decode_body(
             raise ProtocolError(f"a busy message's body is {_USAGE.size} bytes, not {len(body)}")
         rss, cpu = _USAGE.unpack(body)
         return Busy(task_id, rss, cpu)
+    if kind is Kind.IDLE or kind is Kind.STAY:
+        if len(body):
+            raise ProtocolError(f"{kind.name} message has a body it should not have")
+        return Idle() if kind is Kind.IDLE else Stay()
     data = _json_object(body)
     if kind is Kind.HELLO:
         return Hello(
@@ -506,6 +573,10 @@ def _decode_body(
         return Ready(
             _field(data, "error", (str, type(None))), _field(data, "trace", (str, type(None)))
         )
+    if kind is Kind.RAN:
+        seconds = _field(data, "seconds", (int, float))
+        error, trace = (_field(data, key, (str, type(None))) for key in ("error", "trace"))
+        return Ran(task_id, float(seconds), error, trace)
     if kind is Kind.BYE:
         flags = []
         for name in ("end", "interrupted"):
@@ -582,6 +653,17 @@ def dump_setup(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> Se
     each: they travel once per worker)."""
     return Setup(
         cloudpickle.dumps(initializer, protocol=5), cloudpickle.dumps(initargs, protocol=5)
+    )
+
+
+def dump_call(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bytes, bytes]:
+    """Pickle a call made once per worker (`Controller.everywhere`): the function and its
+    arguments, cloudpickle, one frame each."""
+    return (
+        cloudpickle.dumps(function, protocol=5),
+        cloudpickle.dumps((args, kwargs), protocol=5),
     )
 
 

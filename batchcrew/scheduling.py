@@ -114,6 +114,13 @@ class Stop:
 
 
 @dataclass(slots=True)
+class Keep:
+    """Tell an idle worker that asked to leave to stay: it is one of the warm `workers_min`."""
+
+    worker: bytes
+
+
+@dataclass(slots=True)
 class Abandon:
     """These launched workers did not connect in time: end them if they are still around."""
 
@@ -148,6 +155,7 @@ Decision = (
     | End
     | Alarm
     | Stop
+    | Keep
     | Abandon
     | Retire
     | Broken
@@ -199,6 +207,7 @@ class _Worker:
     greeted: bool = False  # said hello: being set up
     connected: bool = False  # set up and ready for tasks
     leaving: bool = False
+    released: bool = False  # it asked to leave idle, and was let go (see `idle`)
     cut: bool = False  # its connection closed: it gets no task, and is lost soon
     assigned: deque[int] = field(default_factory=deque)
     sent: int = 0
@@ -222,9 +231,12 @@ class Settings:
     seconds_short: a mean task time under this counts as short.
     seconds_interrupt: how long a worker has to report an interrupted task (cancelled, or past
     its timeout) before the launcher ends it.
+    workers_min: workers kept warm: launched at start, relaunched when lost, and not let go
+    when idle (workers then ask before they leave idle: see `Scheduler.idle`).
     """
 
     workers: int = 1
+    workers_min: int = 0
     tasks_max: float = math.inf
     seconds_launch: float = 60.0
     crashes_max: int = 5
@@ -296,6 +308,7 @@ class Scheduler:
         self._idle: list[dict[bytes, _Worker]] = [{} for _ in levels]
         self._room: list[dict[bytes, _Worker]] = [{} for _ in levels]
         self._connected = 0
+        self._released = 0  # connected workers let go idle, not yet gone
         self._launching = 0
         self._launches: dict[str, _Launch] = {}
         self._launch_deadlines: list[tuple[float, int, str]] = []  # may hold stale entries
@@ -390,6 +403,11 @@ class Scheduler:
             return self.settings.pipeline
         return 1
 
+    def ready_workers(self) -> list[bytes]:
+        """Every worker connected and ready now, and not leaving (a pass over them all: for
+        rare calls, such as `Controller.everywhere`)."""
+        return [w.identity for w in self._workers.values() if w.connected and not w.leaving]
+
     def unresolved_tasks(self) -> list[int]:
         """Every unresolved task id, oldest first."""
         return list(self._tasks)
@@ -439,6 +457,26 @@ class Scheduler:
         if worker.assigned[0] == task:
             self._expect(worker, task, now + self._grace(), "cancel", decisions)
         return decisions
+
+    def start(self, now: float) -> list[Decision]:
+        """The controller has started: launch its warm `workers_min`."""
+        decisions: list[Decision] = []
+        self._scale(now, decisions)
+        return decisions
+
+    def idle(self, identity: bytes) -> list[Decision]:
+        """A worker idle for its `seconds_idle` asks whether it may leave: `Stop` if more than
+        `workers_min` workers would still be connected, else `Keep`. Nothing if it has a task
+        now (one was sent as it asked: it runs it, and its idle clock starts again)."""
+        worker = self._workers.get(identity)
+        if worker is None or not worker.connected or worker.leaving or worker.assigned:
+            return []
+        if self._connected - self._released <= self.settings.workers_min:
+            return [Keep(identity)]
+        worker.leaving = worker.released = True
+        self._released += 1
+        self._place(worker)  # out of the pools: it gets no task now
+        return [Stop(identity, f"idle, beyond workers_min={self.settings.workers_min}")]
 
     def greeted(self, identity: bytes) -> bool:
         """A worker said hello (its setup follows). False if it is not awaited, or said it
@@ -542,6 +580,8 @@ class Scheduler:
             self._connected -= 1
         else:
             self._launching -= 1
+        if worker.released:
+            self._released -= 1
         decisions: list[Decision] = [End(identity, reason)] if end else []
         crashed = not (clean or worker.leaving) and bool(worker.assigned) and cause == "task"
         decisions.append(Gone(identity, reason, crashed))
@@ -880,11 +920,15 @@ class Scheduler:
         workers = len(self._workers)
         if workers >= self.settings.workers:
             return  # no room to launch anything
-        if self.settings.levels == 1 and workers >= len(self._tasks):
+        floor = self.settings.workers_min
+        if self.settings.levels == 1 and workers >= len(self._tasks) and workers >= floor:
             return  # the common case: every task has a worker
         demand = {level: count for level, count in enumerate(self._demand) if count}
         supply = {level: count for level, count in enumerate(self._supply) if count}
         plan = plan_launches(self.settings.workers, demand, supply)
+        short = floor - workers - sum(plan.values())
+        if short > 0:  # warm workers, at the first level, beyond what the tasks need
+            plan[0] = plan.get(0, 0) + short
         deadline = now + self.settings.seconds_launch
         for level, count in sorted(plan.items(), reverse=True):
             launch = _Launch(next(self._launch_ids), level, deadline, set())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import inspect
 import math
 import os
@@ -30,7 +31,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from batchcrew import protocol, retrying, seeding, tracing
+from batchcrew import namespaces, protocol, retrying, seeding, tracing
 from batchcrew.errors import ProtocolError, TaskInterrupted
 
 EXIT_LOST = 3
@@ -82,6 +83,7 @@ class WorkerSettings:
     public_key: str = ""
     secret_key: str = ""
     announce: int = 0  # 1: say where it connects and why it leaves (its own log, remotely)
+    ask_idle: int = 0  # 1: ask the controller before leaving idle (it keeps workers_min warm)
 
     @property
     def identity(self) -> bytes:
@@ -144,7 +146,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {"str": str, "int": int, "float":
 class _FunctionCache:
     """Unpickled task functions by their pickled bytes, so `map` unpickles its function once."""
 
-    def __init__(self, size: int = 32) -> None:
+    def __init__(self, load: Callable[[bytes], Any], size: int = 32) -> None:
+        self._load = load
         self._size = size
         self._functions: dict[bytes, Callable[..., Any]] = {}
         self._last: tuple[bytes, Callable[..., Any]] | None = None
@@ -156,7 +159,7 @@ class _FunctionCache:
         key = bytes(data)
         function = self._functions.get(key)
         if function is None:
-            function = protocol.load(key)
+            function = self._load(key)
             if len(self._functions) >= self._size:
                 self._functions.pop(next(iter(self._functions)))
             self._functions[key] = function
@@ -497,6 +500,7 @@ class _Running:
     raised: bool = False  # the interruption was raised in it
     coroutine: asyncio.Task[Any] | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    gave_up: bool = False  # in-process: the watcher said it ignored its interruption
 
 
 class Runner:
@@ -508,9 +512,12 @@ class Runner:
     where Python can), a coroutine by cancelling it.
     """
 
-    def __init__(self, channel: _Channel | None = None) -> None:
-        self._functions = _FunctionCache()
-        self._policies = _FunctionCache(8)  # tasks' retry_on, unpickled when a task raises
+    def __init__(self, channel: _Channel | None = None, *, live: bool = False) -> None:
+        # By-value functions of one module share one namespace here, as imported ones do.
+        self.namespaces = namespaces.Namespaces(live=live)
+        load = self.namespaces.load
+        self._functions = _FunctionCache(load)
+        self._policies = _FunctionCache(load, 8)  # tasks' retry_on, unpickled when one raises
         self._warnings = _Warnings()
         self.usage = _Usage()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -548,6 +555,11 @@ class Runner:
             if channel.receiving:
                 raise _Stopping  # nothing half sent or half read: safe to leave from here
 
+    @property
+    def interruptible(self) -> bool:
+        """Whether the task thread is inside the task's own code now."""
+        return self._interruptible
+
     def on_signal(self, signum: int, frame: Any) -> None:
         """The SIGINT handler: raise the interruption in the task, and only there."""
         running = self.running
@@ -563,14 +575,28 @@ class Runner:
         if not len(setup.initializer):
             return protocol.Ready()
         try:
-            initializer = protocol.load(setup.initializer)
-            initargs = protocol.load(setup.initargs)
+            initializer = self.namespaces.load(setup.initializer)
+            initargs = self.namespaces.load(setup.initargs)
             value = initializer(*initargs)
             if inspect.isawaitable(value):
                 self._await(value, None)
         except BaseException as error:
             return protocol.Ready(_describe(error), _trace(error))
         return protocol.Ready()
+
+    def everywhere(self, call: protocol.Everywhere) -> protocol.Ran:
+        """Run a `Controller.everywhere` call: set-up, between tasks, not interruptible."""
+        start = time.perf_counter()
+        try:
+            function = self.namespaces.load(call.function)
+            args, kwargs = self.namespaces.load(call.arguments)
+            value = function(*args, **kwargs)
+            if inspect.isawaitable(value):
+                self._await(value, None)
+        except BaseException as error:
+            seconds = time.perf_counter() - start
+            return protocol.Ran(call.call, seconds, _describe(error), _trace(error))
+        return protocol.Ran(call.call, time.perf_counter() - start)
 
     def run(self, task: protocol.Task) -> protocol.Outcome:
         running = _Running(task.task_id, time.monotonic(), task.timeout)
@@ -592,7 +618,7 @@ class Runner:
         start = time.perf_counter()
         try:
             function = self._functions.get(task.function)
-            args, kwargs = protocol.load(task.arguments, task.buffers)
+            args, kwargs = self.namespaces.load(task.arguments, task.buffers)
         except BaseException as error:
             return protocol.Outcome(
                 task.task_id,
@@ -764,8 +790,13 @@ class _Watcher(threading.Thread):
         runner: Runner,
         settings: WorkerSettings,
         task_thread: int | None,
+        in_process: bool = False,
     ) -> None:
         super().__init__(name="batchcrew-watcher", daemon=True)
+        # In the controller's own process (the in-process launcher), the worker must never
+        # end the process: it interrupts its task thread by an asynchronous exception instead
+        # of SIGINT, and gives up on a task, or on its controller, without exiting.
+        self._in_process = in_process
         self._context = context
         self._monitor = monitor
         self._channel = channel
@@ -781,6 +812,9 @@ class _Watcher(threading.Thread):
         except BaseException:
             # A fault here would leave the main thread waiting for the socket forever.
             traceback.print_exc()
+            if self._in_process:
+                print("batchcrew worker: its watcher thread failed", file=sys.stderr)
+                return
             print("batchcrew worker: its watcher thread failed; exiting", file=sys.stderr)
             os._exit(EXIT_LOST)
 
@@ -826,6 +860,9 @@ class _Watcher(threading.Thread):
                 )
                 if failure:
                     message += f" ({failure})"
+                if self._in_process:
+                    print(message, file=sys.stderr, flush=True)
+                    return
                 print(message + "; exiting", file=sys.stderr, flush=True)
                 os._exit(EXIT_LOST)
 
@@ -892,6 +929,13 @@ class _Watcher(threading.Thread):
         coroutine, loop = running.coroutine, running.loop
         if coroutine is not None and loop is not None:
             loop.call_soon_threadsafe(coroutine.cancel)
+        elif self._task_thread is not None and self._in_process:
+            if self._runner.interruptible and not running.raised:
+                # Python checks for it between bytecodes: not inside C code, as for SIGINT.
+                running.raised = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self._task_thread), ctypes.py_object(TaskInterrupted)
+                )
         elif self._task_thread is not None:
             signal.pthread_kill(self._task_thread, signal.SIGINT)
 
@@ -902,6 +946,16 @@ class _Watcher(threading.Thread):
             f"task {running.task_id} did not stop within seconds_interrupt="
             f"{self._settings.seconds_interrupt:g} after it was interrupted"
         )
+        if self._in_process:
+            if not running.gave_up:
+                running.gave_up = True
+                print(
+                    f"batchcrew worker: {reason}; an in-process worker cannot be ended: it "
+                    "goes on when the task returns",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return
         print(f"batchcrew worker: {reason}; exiting", file=sys.stderr, flush=True)
         # Stopped from outside, it hands the task back (it did not fail); else the launcher
         # must end what the task left.
@@ -984,25 +1038,28 @@ class SetupError(Exception):
     """The controller refused this worker, or its initializer raised: it must exit."""
 
 
-def serve(settings: WorkerSettings) -> str:
+def serve(settings: WorkerSettings, *, in_process: bool = False) -> str:
     """Connect, set up, run tasks until it is time to go, and return why the worker exits.
 
     Raises `SetupError` if the controller refuses this worker (another Python or batchcrew
     version) or the initializer raises. Call it on the main thread: a plain-function task is
     interrupted by SIGINT there, and SIGTERM stops the worker, which hands its running task
     back to the controller (the reason it returns is then `STOPPED_BY_SIGTERM`).
+
+    `in_process`: the worker runs on a thread of the controller's own process (the in-process
+    launcher): its functions see that process's live module globals, a task is interrupted by
+    an asynchronous exception, and nothing it does ends the process.
     """
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = _socket(context, settings)
     monitor = sock.get_monitor_socket()
     channel = _Channel(sock)
-    runner = Runner(channel)
-    on_main = threading.current_thread() is threading.main_thread()
+    runner = Runner(channel, live=in_process)
+    on_main = threading.current_thread() is threading.main_thread() and not in_process
     previous = signal.signal(signal.SIGINT, runner.on_signal) if on_main else None
     previous_term = signal.signal(signal.SIGTERM, runner.on_terminate) if on_main else None
-    watcher = _Watcher(
-        context, monitor, channel, runner, settings, threading.get_ident() if on_main else None
-    )
+    task_thread = threading.get_ident() if on_main or in_process else None
+    watcher = _Watcher(context, monitor, channel, runner, settings, task_thread, in_process)
     watcher.start()
     name = settings.identity.decode()
     if settings.announce:
@@ -1076,6 +1133,7 @@ def _set_up(channel: _Channel, runner: Runner, settings: WorkerSettings) -> None
 def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
     started = last = time.monotonic()
     done = 0
+    asked = False  # it asked the controller whether it may leave idle, and waits to hear
     while True:
         if runner.draining is not None:
             return runner.draining  # SIGTERM came while it was busy elsewhere
@@ -1089,15 +1147,33 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
             if now - started >= settings.seconds_wall:
                 return f"seconds_wall={settings.seconds_wall:g} reached"
             if now - last >= settings.seconds_idle:
-                return f"idle for seconds_idle={settings.seconds_idle:g}"
+                if not settings.ask_idle:
+                    return f"idle for seconds_idle={settings.seconds_idle:g}"
+                # One of the controller's warm workers_min may have to stay: ask, and wait
+                # another seconds_idle for the answer (no answer: ask again).
+                asked = True
+                last = now
+                channel.send(protocol.encode(protocol.Idle()))
             continue
         if isinstance(message, protocol.Stop):
+            if asked:
+                return f"idle for seconds_idle={settings.seconds_idle:g}"
             return f"stopped by the controller: {message.reason}"
+        if isinstance(message, protocol.Stay):
+            asked = False
+            last = time.monotonic()
+            continue
         if isinstance(message, protocol.Cancel):
             channel.mark_cancelled(message.task_id)
             continue
+        if isinstance(message, protocol.Everywhere):
+            channel.flush()  # results kept back go first, as they came first
+            channel.send(protocol.encode(runner.everywhere(message)))
+            last = time.monotonic()
+            continue
         if not isinstance(message, protocol.Task):
             continue
+        asked = False
         if time.monotonic() - started >= settings.seconds_wall:
             # Soft wall time: no new task once it is spent. The goodbye hands this task and
             # any sent ahead back to the controller, which requeues them.

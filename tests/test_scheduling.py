@@ -20,6 +20,7 @@ from batchcrew.scheduling import (
     End,
     Fail,
     Interrupt,
+    Keep,
     Launch,
     Retire,
     Scheduler,
@@ -43,6 +44,43 @@ def start_worker(scheduler: Scheduler, now: float = 0.0) -> tuple[bytes, list[De
     decisions = scheduler.push(99_000 + scheduler.unresolved, now)
     identity = launched(decisions)[0]
     return identity, scheduler.connected_worker(identity, now) or []
+
+
+# -- workers_min -----------------------------------------------------------------------------
+
+
+def test_warm_workers_launch_at_start_stay_idle_and_come_back_when_lost() -> None:
+    scheduler = Scheduler(Settings(workers=3, workers_min=2))
+    warm = launched(scheduler.start(0.0))
+    assert len(warm) == 2  # with no task pushed
+    for identity in warm:
+        assert scheduler.connected_worker(identity, 0.0) == []
+    assert scheduler.start(0.0) == []  # the floor holds: nothing more
+    assert of(Keep, scheduler.idle(warm[0])) == [Keep(warm[0])]
+    # A third worker, for tasks, may leave once idle: the two stay.
+    extra = [identity for task in range(3) for identity in launched(scheduler.push(task, 1.0))]
+    assert len(extra) == 1
+    (third,) = extra
+    scheduler.connected_worker(third, 1.0)
+    for identity in (*warm, third):
+        (task,) = scheduler._workers[identity].assigned
+        scheduler.result(identity, task, 0.1, 2.0)
+    assert scheduler.unresolved == 0
+    stops = of(Stop, scheduler.idle(third))
+    assert [stop.worker for stop in stops] == [third]
+    assert of(Keep, scheduler.idle(warm[1])) == [Keep(warm[1])]  # 2 left: the floor
+    scheduler.lost(third, 3.0, clean=True, reason="idle")
+    assert launched(scheduler.tick(3.0)) == []  # at the floor: nothing to replace
+    # A warm worker lost is replaced at once.
+    assert len(launched(scheduler.lost(warm[0], 4.0, clean=False, reason="killed"))) == 1
+
+
+def test_an_idle_worker_with_a_task_just_sent_neither_stays_nor_goes() -> None:
+    scheduler = Scheduler(Settings(workers=2, workers_min=1))
+    (identity,) = launched(scheduler.start(0.0))
+    scheduler.connected_worker(identity, 0.0)
+    assert of(Assign, scheduler.push(1, 1.0)) == [Assign(identity, 1)]
+    assert scheduler.idle(identity) == []
 
 
 # -- plan_launches ---------------------------------------------------------------------------
