@@ -12,7 +12,9 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 import socket
+import sys
 import time
 import warnings
 from collections import OrderedDict, deque
@@ -226,6 +228,10 @@ class _Watch:
         await self._future
 
 
+LARGE_TASK = 10 << 20
+"""A task pickled larger than this (bytes) is warned about, once per controller."""
+
+
 class Controller:
     """Pushes Python tasks to auto-scaled workers and collects their results.
 
@@ -420,6 +426,8 @@ class Controller:
         self._settled = _Signal()  # nothing is left unresolved
         self._counts = dict.fromkeys(("tasks", "success", "error", "crash", "cancel", "warning"), 0)
         self._seconds = 0.0
+        self._warned_large = False  # tasks over LARGE_TASK bytes were warned about
+        self._started_at: float | None = None  # time.monotonic() at start
         # Pickled functions, with what each was pickled from (see _pickled_function).
         self._functions: dict[Callable[..., Any], tuple[tuple[Any, ...], bytes]] = {}
         self._timeline = Timeline(timeline_max)
@@ -445,12 +453,14 @@ class Controller:
         await self.aclose()
 
     async def start(self) -> None:
-        """Listen for workers and start the launcher. Workers launch when tasks arrive."""
+        """Listen for workers and start the launcher. Workers launch when tasks arrive (and at
+        once, `workers_min` of them)."""
         if self._state != "new":
             raise ControllerClosedError(
                 f"controller {self.name!r} was already started; make a new Controller"
             )
         self._state = "running"
+        self._started_at = time.monotonic()
         self._dispatcher = Dispatcher(
             self._network,
             self._settings,
@@ -624,9 +634,10 @@ class Controller:
         Raises TypeError if `function` is not callable or `retry_on` is not an exception type,
         a tuple of them or a callable, `SerializationError` if the function, an argument or
         `retry_on` cannot be pickled, `TaskTooLargeError` over `max_message_size`, ValueError
-        for a name already in use, a bad timeout, a bad `retries`, or a `retry_on` with no
-        retries, `ControllerClosedError` before start or after close, and `LaunchError` once
-        launching has failed too often.
+        for a name already held (unresolved, or resolved and its result not taken: take it
+        first, so that a second task of that name cannot hide it), a bad timeout, a bad
+        `retries`, or a `retry_on` with no retries, `ControllerClosedError` before start or
+        after close, and `LaunchError` once launching has failed too often.
         """
         return self._push_all(
             function, [(args, kwargs)], [name], seconds_timeout, seed, retries, retry_on
@@ -715,10 +726,15 @@ class Controller:
             label = "" if name is None else f" {name!r}"
             if name is not None:
                 _check_name("name", name)
-                if self._unresolved_named(name) is not None or name in taken:
+                held = self._held_named(name)
+                if held is not None or name in taken:
+                    # Refused, not replaced: a second task of that name would hide the first
+                    # one's result from task(name), and nobody could take it any more.
+                    what = "its result is not taken yet" if held and held._result else "unresolved"
                     raise ValueError(
-                        f"a task named {name!r} is already unresolved; names must be unique "
-                        "among unresolved tasks"
+                        f"a task named {name!r} is already held ({what}); names must be unique "
+                        f"among the tasks a controller holds: take its result first (await "
+                        f"controller.task({name!r}), pop(), collect()), or use another name"
                     )
                 taken.add(name)
             try:
@@ -736,6 +752,8 @@ class Controller:
                     f"task{label} is {size} bytes pickled, over max_message_size={limit}; pass "
                     "large data by reference (a path, a URL) or raise max_message_size"
                 )
+            if size > LARGE_TASK and not self._warned_large:
+                self._warn_large(label, len(pickled), size)
             prepared.append((name, (arguments, tuple(buffers)) if buffers else arguments))
         batch = _Batch(self, pickled, timeout, seed, retries, policy)
         tasks: list[Task] = []
@@ -761,6 +779,26 @@ class Controller:
         if tasks:
             dispatcher.push([task.id for task in tasks], timeout)
         return tasks
+
+    def _warn_large(self, label: str, function: int, size: int) -> None:
+        """Say once per controller that tasks are large: what a function captures (a lambda
+        naming a 200 MB array) travels with every task, unseen."""
+        self._warned_large = True
+        mb = 1 << 20
+        part = (
+            f"its function {function / mb:.1f} MB (with what it captures: globals, closures, "
+            "defaults)"
+            if function * 2 >= size
+            else f"its arguments {(size - function) / mb:.1f} MB"
+        )
+        warnings.warn(
+            f"{'task' + label if label else 'a task'} is {size / mb:.1f} MB pickled, {part}, "
+            "sent with every task like it. If the same data goes with every task, put it on "
+            "the workers once, with `await controller.everywhere(load, ...)` or the "
+            "initializer, into a global that tasks read; or pass a path or URL (said once per "
+            "controller)",
+            stacklevel=_caller_level(),
+        )
 
     def _pickled_function(self, function: Callable[..., Any]) -> bytes:
         """The function's pickle. One found by its module and name pickles to a reference
@@ -1114,16 +1152,21 @@ class Controller:
         }
 
     def summary(self) -> pl.DataFrame:
-        """One row: controller, seconds (total task run time), tasks (pushed), success, error,
-        crash, cancel, warning (tasks that warned), unresolved, workers (connected now)."""
+        """One row: controller, elapsed (wall seconds since it started), task_seconds (the
+        tasks' run times added up: with several workers, more than elapsed), tasks (pushed),
+        success, error, crash, cancel, warning (tasks that warned), unresolved, workers
+        (connected now)."""
         counts = self.counts()
+        started = self._started_at
+        elapsed = None if started is None else time.monotonic() - started
         return pl.DataFrame(
             {
                 "controller": [self.name],
-                "seconds": [self._seconds],
+                "elapsed": [elapsed],
+                "task_seconds": [self._seconds],
                 **{key: [value] for key, value in counts.items()},
             },
-            schema_overrides={"seconds": pl.Float64},
+            schema_overrides={"elapsed": pl.Float64, "task_seconds": pl.Float64},
         )
 
     # -- internals ----------------------------------------------------------------------------
@@ -1370,6 +1413,16 @@ class Controller:
 def _check_error_mode(error: str) -> None:
     if error not in _ERROR_MODES:
         raise ValueError(f'error must be "raise", "warn" or "ignore", not {error!r}')
+
+
+def _caller_level() -> int:
+    """The `stacklevel` of a warning issued by the caller of this function that names the
+    first frame outside batchcrew: the user's line, whichever public method led there."""
+    package = os.path.dirname(__file__) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _callable(function: Any) -> Callable[..., Any]:

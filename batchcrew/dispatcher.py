@@ -96,6 +96,7 @@ class Dispatcher:
         self.controller = controller
         self._setup = protocol.encode(setup or protocol.Setup())
         self._mismatches: set[str] = set()  # cloudpickle versions already warned about
+        self._setup_failures: set[tuple[str, str | None]] = set()  # initializer errors logged
         self.scheduler = scheduling.Scheduler(settings)
         self.launcher = launcher
         self.address = ""
@@ -711,7 +712,14 @@ class Dispatcher:
     def _on_ready(self, identity: bytes, ready: protocol.Ready, now: float) -> None:
         if ready.error is not None:
             reason = f"its initializer raised {ready.error}"
-            logger.error("worker %s: %s\n%s", _name(identity), reason, ready.trace or "")
+            failure = (ready.error, ready.trace)
+            if failure not in self._setup_failures:
+                # One traceback per distinct failure: every worker of every launch fails the
+                # same way, and the LaunchError that follows names it again.
+                self._setup_failures.add(failure)
+                logger.error("worker %s: %s\n%s", _name(identity), reason, ready.trace or "")
+            else:
+                logger.info("worker %s: %s (the same error again)", _name(identity), reason)
             self._forget_fd(identity)
             self._apply(self.scheduler.lost(identity, now, clean=False, reason=reason))
             self._notify()

@@ -29,7 +29,7 @@ class ControllerGroup:
     `controllers=[...]` (default: all) and work across them. A controller's `backup` must be
     in the group: a task that crashes `crashes_max` times on a controller runs on its backup,
     and its result comes back through the original task. Task names given at push are unique
-    across the group among unresolved tasks.
+    across the group among held tasks (unresolved, or resolved and not taken).
 
     Raises ValueError for no controller, duplicate names, or a backup outside the group.
     """
@@ -193,11 +193,11 @@ class ControllerGroup:
         for name in names:
             for other in self.controllers.values():
                 held = other.task(name) if other is not target else None
-                if held is not None and not held.done():
+                if held is not None:
                     raise ValueError(
-                        f"a task named {name!r} is already unresolved on controller "
-                        f"{other.name!r}; names must be unique across the group among "
-                        "unresolved tasks"
+                        f"a task named {name!r} is already held on controller {other.name!r} "
+                        "(unresolved, or its result not taken); names must be unique across "
+                        "the group among held tasks: take its result first, or use another name"
                     )
 
     # -- results --------------------------------------------------------------------------------

@@ -36,12 +36,12 @@ class _ControllerProgress(Progress):
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[workers]} workers"),
+            TextColumn("{task.fields[workers]}"),
             TextColumn("{task.fields[failed]}"),
             TimeElapsedColumn(),
             console=console,
         )
-        self._row = self.add_task(controller.name, total=total, workers=0, failed="")
+        self._row = self.add_task(controller.name, total=total, workers=_workers(0), failed="")
 
     def get_renderables(self) -> Iterable[RenderableType]:
         if self._row is None:  # rich may draw while the bar is being made
@@ -52,10 +52,14 @@ class _ControllerProgress(Progress):
         self.update(
             self._row,
             completed=done,
-            workers=counts["workers"],
+            workers=_workers(counts["workers"]),
             failed=f"[red]{failed} failed" if failed else "",
         )
         return super().get_renderables()
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"
 
 
 @contextmanager

@@ -186,9 +186,20 @@ def _describe(error: BaseException) -> str:
 
 
 def _trace(error: BaseException) -> str:
-    """The formatted traceback of `error`, cut to `_TEXT_MAX`; it never raises."""
+    """The formatted traceback of `error`, cut to `_TEXT_MAX`; it never raises.
+
+    The worker's own frames around the task's are left out: the call into the task at the top,
+    and at the bottom the signal handler an interruption (a timeout, a cancel) is raised in.
+    """
     try:
-        return _cut("".join(traceback.format_exception(error)), _TEXT_MAX)
+        shown = traceback.TracebackException.from_exception(error)
+        stack = shown.stack
+        if any(frame.filename != __file__ for frame in stack):
+            while stack and stack[0].filename == __file__:
+                del stack[0]
+            while stack and stack[-1].filename == __file__:
+                del stack[-1]
+        return _cut("".join(shown.format()), _TEXT_MAX)
     except BaseException as failure:
         return (
             f"(the traceback of this {_type_name(error)} cannot be shown: formatting it raised "
@@ -1035,7 +1046,13 @@ def _socket(context: zmq.Context[zmq.Socket[bytes]], settings: WorkerSettings) -
 
 
 class SetupError(Exception):
-    """The controller refused this worker, or its initializer raised: it must exit."""
+    """The controller refused this worker, or its initializer raised: it must exit.
+
+    `trace`: the initializer's traceback, which the controller is sent too."""
+
+    def __init__(self, message: str, trace: str | None = None) -> None:
+        super().__init__(message)
+        self.trace = trace
 
 
 def serve(settings: WorkerSettings, *, in_process: bool = False) -> str:
@@ -1127,7 +1144,7 @@ def _set_up(channel: _Channel, runner: Runner, settings: WorkerSettings) -> None
     ready = runner.set_up(message)
     channel.send(protocol.encode(ready))
     if ready.error is not None:
-        raise SetupError(f"its initializer raised {ready.error}\n{ready.trace or ''}")
+        raise SetupError(f"its initializer raised {ready.error}", ready.trace)
 
 
 def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
@@ -1248,7 +1265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reason = serve(settings)
     except SetupError as error:
-        print(f"batchcrew worker {settings.identity.decode()}: {error}", file=sys.stderr)
+        said = f"batchcrew worker {settings.identity.decode()}: {error}"
+        if error.trace and settings.announce:  # a log of its own (remote): the whole story
+            said += f"\n{error.trace}"
+        elif error.trace:  # the controller's terminal: it logs the traceback, once
+            said += " (the controller logs its traceback)"
+        print(said, file=sys.stderr)
         _exit_soon(EXIT_SETUP)
         return EXIT_SETUP
     code = EXIT_TERMINATED if reason.startswith(STOPPED_BY_SIGTERM) else 0

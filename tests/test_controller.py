@@ -115,10 +115,15 @@ async def test_generated_names_are_unique_and_given_names_must_be(
     tasks = crew.walk(add, range(5), range(5))
     assert len({task.name for task in tasks}) == 5
     crew.push(hang_briefly, name="same")
-    with pytest.raises(ValueError, match="already unresolved"):
+    with pytest.raises(ValueError, match=r"already held \(unresolved\)"):
         crew.push(add, 1, 2, name="same")
     assert await crew.wait("all", timeout=20)
-    crew.push(add, 1, 2, name="same")  # resolved names are free again
+    # Resolved but not taken: a second "same" would hide the first one's result.
+    with pytest.raises(ValueError, match=r"its result is not taken yet.*take its result first"):
+        crew.push(add, 1, 2, name="same")
+    assert crew.task("same") is not None
+    crew.collect()
+    crew.push(add, 1, 2, name="same")  # taken: the name is free again
     assert await crew.wait("all", timeout=20)
 
 
@@ -206,9 +211,10 @@ async def test_summary_counts_outcomes(controller: MakeController) -> None:
     await crew.map(fail, ["x"], error="ignore")
     await crew.map(warn_and_return, [1])
     summary = crew.summary()
-    assert summary.columns[:8] == [
+    assert summary.columns[:9] == [
         "controller",
-        "seconds",
+        "elapsed",
+        "task_seconds",
         "tasks",
         "success",
         "error",
@@ -223,7 +229,8 @@ async def test_summary_counts_outcomes(controller: MakeController) -> None:
     assert row["error"] == 1
     assert row["warning"] == 1
     assert row["unresolved"] == 0
-    assert row["seconds"] > 0
+    assert row["task_seconds"] > 0
+    assert row["elapsed"] > 0
 
 
 async def test_functions_in_turn_on_one_worker_each_run_as_themselves(
@@ -268,8 +275,26 @@ async def test_a_task_that_changes_the_warning_filters_does_not_hide_the_next_on
 async def test_large_arguments_and_results_cross_intact(controller: MakeController) -> None:
     crew = await controller()
     array = np.random.default_rng(1).random(4_000_000)  # 32 MB
-    result = await crew.push(lambda a: a * 2, array)
-    np.testing.assert_array_equal(result.result, array * 2)
+    with pytest.warns(UserWarning, match=r"is 30\.5 MB pickled, its arguments 30\.5 MB"):
+        task = crew.push(lambda a: a * 2, array)
+    np.testing.assert_array_equal((await task).result, array * 2)
+
+
+async def test_a_function_capturing_large_data_is_warned_about_once(
+    controller: MakeController,
+) -> None:
+    """A lambda naming a large array sends it with every task: said once, with the fix."""
+    crew = await controller()
+    array = np.ones(2_000_000)  # 16 MB
+
+    def first(i: int) -> float:
+        return float(array[i])
+
+    with pytest.warns(UserWarning, match=r"its function 15\.3 MB.*everywhere") as warned:
+        tasks = await crew.map(first, range(3))
+    assert len([w for w in warned if "MB pickled" in str(w.message)]) == 1  # once
+    assert warned[0].filename == __file__  # the user's own line
+    assert tasks["result"].to_list() == [1.0, 1.0, 1.0]
 
 
 # -- bad input -------------------------------------------------------------------------------

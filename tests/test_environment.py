@@ -4,6 +4,7 @@ connect, reproducible random numbers. Real workers (local and LocalBatch), real 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import platform
 import random
@@ -143,6 +144,25 @@ async def test_an_initializer_that_raises_ends_in_launch_error_naming_it(
     assert "2 launches in a row failed" in message
     assert "its initializer raised RuntimeError: the model file is missing" in message
     assert crew.counts()["success"] == 0
+
+
+async def test_a_failing_initializer_shows_its_traceback_once(
+    controller: MakeController,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Four workers over two launches fail the same way: one traceback in all, in the
+    controller's log; each worker says a line of its own."""
+    crew = await controller(workers=2, initializer=raise_on_load, launch_failures_max=2)
+    with caplog.at_level(logging.INFO, "batchcrew"):
+        with anyio.fail_after(60), pytest.raises(bc.LaunchError):
+            await crew.map(predict, range(4))
+        await crew.aclose()
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    printed = capfd.readouterr().err
+    assert (logged + printed).count("Traceback (most recent call last)") == 1
+    assert "the same error again" in logged
+    assert "the controller logs its traceback" in printed
 
 
 def test_bad_initializer_options_are_refused_at_construction() -> None:

@@ -69,6 +69,10 @@ async def test_the_app_runs_jobs_and_closing_it_leaves_no_worker(
             named = await client.post("/jobs", json={"draws": 10, "name": "mine"})
             assert named.json() == {"name": "mine"}
             await wait_resolved(client, "mine")
+            # Its result is held: the name is refused, so that result cannot be hidden.
+            again = await client.post("/jobs", json={"draws": 10, "name": "mine"})
+            assert again.status_code == 409
+            assert "take its result first" in again.json()["detail"]
             taken = await client.delete("/jobs/mine")
             assert taken.json()["status"] == "success"
             assert (await client.get("/jobs/mine")).status_code == 404
@@ -78,6 +82,8 @@ async def test_the_app_runs_jobs_and_closing_it_leaves_no_worker(
 
             workers = (await client.get("/workers")).json()
             assert workers["controller"] == "api"
+            assert workers["elapsed"] > 0
+            assert workers["task_seconds"] > 0
             assert workers["success"] == 2
             assert workers["tasks"] == 2
             assert 1 <= workers["workers"] <= 2

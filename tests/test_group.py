@@ -108,9 +108,14 @@ async def test_names_are_unique_across_the_group_among_unresolved_tasks(
 ) -> None:
     group = await controller_group(*controllers())
     group.push(hang, str(tmp_path / "a"), name="mine", controller="small")
-    with pytest.raises(ValueError, match="already unresolved on controller 'small'"):
+    with pytest.raises(ValueError, match="already held on controller 'small'"):
         group.push(role, name="mine", controller="big")
     group.cancel(["mine"])
+    with pytest.raises(ValueError, match="already held on controller 'small'"):
+        group.push(role, name="mine", controller="big")  # its result is not taken yet
+    cancelled = group.task("mine")
+    assert cancelled is not None
+    assert (await cancelled).status == "cancel"
     assert (await group.push(role, name="mine", controller="big")).result == "big"
 
 

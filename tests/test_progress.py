@@ -38,6 +38,8 @@ async def test_failures_show_on_the_bar(controller: MakeController) -> None:
     with progress_bar(crew, 2, console=console):
         await crew.map(int, ["1", "x"], error="ignore")
     assert "1 failed" in output.getvalue()
+    assert "1 worker " in output.getvalue()  # one worker, not "1 workers"
+    assert "1 workers" not in output.getvalue()
 
 
 async def test_nothing_is_printed_off_a_terminal(

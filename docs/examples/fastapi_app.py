@@ -69,7 +69,7 @@ def create_app(**controller_options: Any) -> FastAPI:
     async def submit(job: JobRequest) -> dict[str, str]:
         try:
             task = controller().push(estimate_pi, job.draws, job.seed, name=job.name)
-        except ValueError as error:  # a name already in use
+        except ValueError as error:  # a name held already: running, or its result not taken
             raise HTTPException(status_code=409, detail=str(error)) from error
         except bc.LaunchError as error:
             raise HTTPException(status_code=503, detail=str(error)) from error
@@ -98,9 +98,10 @@ def create_app(**controller_options: Any) -> FastAPI:
     @app.get("/workers")
     async def workers() -> dict[str, Any]:
         row: dict[str, Any] = controller().summary().row(0, named=True)
-        if not math.isfinite(row["seconds"]):
-            row["seconds"] = None
-        return row
+        return {
+            key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in row.items()
+        }
 
     return app
 
