@@ -54,6 +54,18 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
             def fit(n, scale=2):
                 return Model(scale).score(helper(n))
+
+
+            LOADED = None
+
+
+            def load(value):
+                global LOADED
+                LOADED = value
+
+
+            def loaded():
+                return LOADED
             """
         )
     )
@@ -95,6 +107,18 @@ async def test_code_from_the_users_own_module_runs_on_batch_workers_with_modules
     import cloudpickle
 
     assert user_module.__name__ not in cloudpickle.list_registry_pickle_by_value()
+
+
+async def test_a_module_sent_by_value_keeps_what_its_initializer_set(
+    controller: MakeController, user_module: ModuleType
+) -> None:
+    """`modules=`: the module's functions share one namespace on a worker, as if installed."""
+    crew = await controller(
+        workers=2, modules=[user_module], initializer=user_module.load, initargs=("model",)
+    )
+    frame = await crew.map(lambda _: user_module.loaded(), range(6))
+    assert frame["result"].to_list() == ["model"] * 6
+    assert user_module.LOADED is None  # the controller's own module is untouched
 
 
 def test_modules_must_be_modules() -> None:
