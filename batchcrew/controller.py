@@ -40,6 +40,7 @@ from batchcrew.errors import (
 from batchcrew.launchers.base import Launcher
 from batchcrew.launchers.inprocess import InProcessLauncher
 from batchcrew.launchers.local import LocalLauncher
+from batchcrew.output import Relay
 from batchcrew.progress import progress_bar
 from batchcrew.results import ErrorMode, Result, Status, handle_failures, results_frame
 from batchcrew.retrying import Attempts, Jitter, RetryOn
@@ -57,7 +58,7 @@ _Arguments = tuple[bytes, tuple[memoryview, ...]]
 
 _Fields = tuple[
     Any, Status, str | None, str | None, tuple[str, ...], float | None, str | None, str, str,
-    int | None, int, int,
+    int | None, int, int, str,
 ]  # fmt: skip
 """A resolved task's `Result` until someone asks for it: the fields after `name`, in order.
 A plain tuple of plain values (numbers, text, None) drops out of the garbage collector's sight,
@@ -274,6 +275,12 @@ class Controller:
     worker outlives a lost controller and how long a silent connection counts as alive.
     `max_message_size` (bytes) bounds a task's pickled size and a result's.
 
+    A task's output (what it writes to stdout and stderr, a subprocess's included) comes back
+    in `Result.output`, its first and last `output_max / 2` bytes if it wrote more than
+    `output_max` (default 1 MiB; 0 keeps none); it is also copied to its worker's own log.
+    `output_relay=True` has workers send a running task's output as it comes (every 0.2 s),
+    written to this process's stderr line by line after the task's name (`[task-3] ...`).
+
     The workers' environment: `initializer(*initargs)` runs once on each worker before its
     first task (as in `ProcessPoolExecutor`); if it raises, the worker counts as a failed
     launch. `modules` (your own modules or packages) travel by value with every task, for
@@ -317,6 +324,8 @@ class Controller:
         security: Literal["curve", "none"] = "curve",
         seconds_heartbeat: float = 10.0,
         max_message_size: int = 1 << 30,
+        output_max: int = 1 << 20,
+        output_relay: bool = False,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
         modules: Iterable[ModuleType] = (),
@@ -353,6 +362,9 @@ class Controller:
         if security not in ("curve", "none"):
             raise ValueError(f'security must be "curve" or "none", not {security!r}')
         _check_count("max_message_size", max_message_size, minimum=1)
+        _check_count("output_max", output_max, minimum=0)
+        if not isinstance(output_relay, bool):
+            raise TypeError(f"output_relay must be True or False, not {output_relay!r}")
         _check_count("timeline_max", timeline_max, minimum=0)
         if seed is not None:
             _check_seed(seed)
@@ -410,7 +422,10 @@ class Controller:
             seconds_heartbeat,
             max_message_size,
             dialled,
+            output_max=output_max,
+            output_relay=output_relay,
         )
+        self._relay = Relay() if output_relay else None
         self._dispatcher: Dispatcher | None = None
         self._runner: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -470,6 +485,7 @@ class Controller:
             self._payload,
             self.name,
             self._setup,
+            None if self._relay is None else self._on_output,
         )
         self._loop = asyncio.get_running_loop()
         self._spans = Spans.for_provider(self._tracer_provider)
@@ -1099,7 +1115,8 @@ class Controller:
         gone): worker, launch, level, state ("launching", "idle", "busy", "leaving", "gone"),
         host, pid, job_id (AWS Batch), launched, connected, ended (UTC times), tasks, seconds
         (busy time), errors, crashes, reason (why it ended), rss (resident bytes, latest
-        report) and cpu (CPU seconds). Kept as running state: cheap to call at any time."""
+        report), cpu (CPU seconds) and output_tail (the last line its running task wrote,
+        reported every second). Kept as running state: cheap to call at any time."""
         dispatcher = self._dispatcher
         if dispatcher is None:
             return Tracker().frame(lambda identity: "gone")
@@ -1171,7 +1188,15 @@ class Controller:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _on_output(self, output: protocol.Output) -> None:
+        """A running task's output, relayed by its worker: onto this process's stderr."""
+        task = self._tasks.get(output.task_id)
+        if task is not None and self._relay is not None:
+            self._relay.write(task.id, task.name, bytes(output.data))
+
     def _on_resolved(self, resolution: Resolution) -> None:
+        if self._relay is not None:
+            self._relay.end(resolution.task)  # the end of its last line, if it did not end
         task = self._tasks.get(resolution.task)
         if task is None:
             return
@@ -1253,7 +1278,7 @@ class Controller:
         if self._tasks.pop(task.id, None) is None:
             return  # resolved already (cancelled while a backup ran it)
         self._handed.pop(task.id, None)
-        _, status, _, _, warnings, seconds, worker, _, _, _, _, _ = fields
+        _, status, _, _, warnings, seconds, worker, _, _, _, _, _, _ = fields
         self._counts[status] += 1
         if warnings:
             self._counts["warning"] += 1
@@ -1293,7 +1318,7 @@ class Controller:
             attempts, _, interruptions = self._attempts.take(task.id) or (1, 0, 0)
             fields: _Fields = (
                 None, "crash", reason, None, (), None, None, self.launcher.describe(), self.name,
-                None, attempts, interruptions + resolution.interruptions,
+                None, attempts, interruptions + resolution.interruptions, "",
             )  # fmt: skip
             owner._settle(origin, fields)
             return
@@ -1355,7 +1380,7 @@ class Controller:
                 message = f"on controller {self.name!r}: {message} (before: {'; '.join(history)})"
             return (
                 None, resolution.status, message, None, (), None, worker, launcher, self.name,
-                None, attempts, interruptions,
+                None, attempts, interruptions, "",
             )  # fmt: skip
         value = None
         status, message, trace = outcome.status, outcome.error, outcome.trace
@@ -1367,9 +1392,11 @@ class Controller:
             except Exception as error:
                 status = "error"
                 message = f"the result cannot be unpickled here: {type(error).__name__}: {error}"
+        printed = outcome.output
+        output = bytes(printed).decode(errors="replace") if len(printed) else ""
         return (
             value, status, message, trace, outcome.warnings, outcome.seconds, worker, launcher,
-            self.name, outcome.memory or None, attempts, interruptions,
+            self.name, outcome.memory or None, attempts, interruptions, output,
         )  # fmt: skip
 
     def _on_broken(self, broken: scheduling.Broken) -> None:

@@ -129,6 +129,7 @@ def _worker_row(state: str, record: WorkerRecord) -> dict[str, Any]:
     for number in ("launched", "connected", "ended", "seconds", "cpu"):
         row[number] = _number(row[number])
     row["reason"] = _text(row["reason"])
+    row["output_tail"] = _text(row["output_tail"])
     return row
 
 
@@ -497,6 +498,7 @@ function show(state) {
     ["crashes", (w) => integer(w.crashes), "number"],
     ["memory", (w) => bytes(w.rss), "number"], ["cpu s", (w) => seconds(w.cpu), "number"],
     ["launched", (w) => clock(w.launched)], ["ended", (w) => clock(w.ended)],
+    ["output", (w) => w.state === "busy" ? w.output_tail : "", "text"],
     ["reason", (w) => w.reason, "text"]], view.workers);
   text("workers-note", view.workers.length < view.workers_total
     ? "(showing " + integer(view.workers.length) + " of " + integer(view.workers_total) + ")" : "");

@@ -76,6 +76,8 @@ class Network:
     seconds_heartbeat: float
     max_message_size: int
     address: str | None = None  # where workers dial, if not host:port (a tunnel, a NAT)
+    output_max: int = 1 << 20  # bytes of a task's output kept in its result
+    output_relay: bool = False  # workers send a running task's output as it comes
 
 
 class Dispatcher:
@@ -91,6 +93,7 @@ class Dispatcher:
         payload: Callable[[int], protocol.Task],
         controller: str = "controller",
         setup: protocol.Setup | None = None,
+        output: Callable[[protocol.Output], None] | None = None,
     ) -> None:
         self.network = network
         self.controller = controller
@@ -103,6 +106,7 @@ class Dispatcher:
         self._resolve = resolve
         self._broken = broken
         self._payload = payload
+        self._output = output  # where running tasks' relayed output goes
         self._fds: dict[int, bytes] = {}  # socket descriptor -> the worker connected on it
         self._owed: dict[int, int] = {}  # disconnects still to come for descriptors reused
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -395,6 +399,8 @@ class Dispatcher:
             seconds_connect=self.scheduler.settings.seconds_launch,
             seconds_interrupt=self.scheduler.settings.seconds_interrupt,
             max_message_size=self.network.max_message_size,
+            output_max=self.network.output_max,
+            output_relay=int(self.network.output_relay),
             # A remote worker's output goes to a log of its own (CloudWatch, a SLURM file),
             # where it says where it connects and why it leaves; a local one's, here.
             announce=int(self.launcher.remote),
@@ -597,6 +603,10 @@ class Dispatcher:
                 self.calls.ran(identity, self.tracker.name(identity), message)
             elif isinstance(message, protocol.Idle):
                 self._apply(self.scheduler.idle(identity))
+            elif isinstance(message, protocol.Output):
+                self.tracker.output(identity, message)
+                if self._output is not None:
+                    self._output(message)
             elif isinstance(message, protocol.Bye):
                 # A SIGTERM while the controller closes is its own launcher ending workers.
                 stopped = message.interrupted and not self.launcher.stopping

@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, unique
 from types import CodeType, FunctionType, ModuleType
 from typing import Any, Final, Literal
 
@@ -30,7 +30,7 @@ import cloudpickle
 
 from batchcrew.errors import ProtocolError
 
-VERSION: Final = 2
+VERSION: Final = 3
 MAGIC: Final = b"bc"
 _HEADER = struct.Struct(">2sBBHQ")  # magic, version, kind, frames that follow, task id
 _TASK_META = struct.Struct(">BI")  # layout, metadata length
@@ -44,6 +44,7 @@ Buffer = bytes | memoryview
 """A frame's contents: `bytes`, or a zero-copy view (`zmq.Frame.buffer`, a pickle buffer)."""
 
 
+@unique  # two kinds given one value by mistake fail at import, not on the wire
 class Kind(IntEnum):
     """What a message is. Values below 10 go from worker to controller, the rest the other way."""
 
@@ -52,6 +53,7 @@ class Kind(IntEnum):
     BYE = 3
     READY = 4
     BUSY = 5
+    OUTPUT = 6
     RAN = 8
     IDLE = 9
     TASK = 10
@@ -113,11 +115,22 @@ class Bye:
 @dataclass(slots=True)
 class Busy:
     """A worker is alive and still on task `task_id`, and uses `rss` resident bytes and `cpu`
-    CPU seconds so far: said every second while a task runs longer than that."""
+    CPU seconds so far: said every second while a task runs longer than that. `tail`: the last
+    line the task wrote to its stdout or stderr, if any (a few hundred characters at most)."""
 
     task_id: int
     rss: int = 0
     cpu: float = 0.0
+    tail: str = ""
+
+
+@dataclass(slots=True)
+class Output:
+    """What running task `task_id` wrote to its stdout and stderr since the last such message
+    (raw bytes, in write order): relayed while it runs, when the controller asks for that."""
+
+    task_id: int
+    data: Buffer
 
 
 @dataclass(slots=True)
@@ -198,6 +211,8 @@ class Outcome:
     `memory`: the worker's peak resident bytes while the task ran; `rss` and `cpu`: its
     resident bytes and CPU seconds (the whole process's) when it ended. 0 where not known.
     `retry`: the task raised an exception its `retry_on` matches (only ever with "error").
+    `output`: what it wrote to its stdout and stderr (raw bytes, in write order, already cut to
+    the controller's `output_max`).
     """
 
     task_id: int
@@ -212,12 +227,14 @@ class Outcome:
     rss: int = 0
     cpu: float = 0.0
     retry: bool = False
+    output: Buffer = b""
 
 
 Message = (
     Hello
     | Ready
     | Busy
+    | Output
     | Bye
     | Stop
     | Cancel
@@ -308,7 +325,13 @@ def encode(message: Message) -> list[Buffer]:
         return [first, message.function, message.arguments, *buffers]
     if isinstance(message, Outcome):
         extra = b""
-        if message.error is not None or message.trace is not None or message.warnings:
+        output = message.output
+        if (
+            message.error is not None
+            or message.trace is not None
+            or message.warnings
+            or len(output)
+        ):
             details: dict[str, Any] = {
                 "error": message.error,
                 "trace": message.trace,
@@ -316,6 +339,8 @@ def encode(message: Message) -> list[Buffer]:
             }
             if message.retry:
                 details["retry"] = True
+            if len(output):
+                details["output"] = nbytes(output)  # its bytes follow the metadata
             extra = _json(details)
         buffers = list(message.buffers)
         inline = nbytes(message.value) < _ZERO_COPY_MIN
@@ -332,6 +357,7 @@ def encode(message: Message) -> list[Buffer]:
                     message.cpu,
                 ),
                 extra,
+                output,
             )
         )
         if inline:
@@ -349,7 +375,10 @@ def encode(message: Message) -> list[Buffer]:
     if isinstance(message, Stay):
         return [_header(Kind.STAY)]
     if isinstance(message, Busy):
-        return [_header(Kind.BUSY, message.task_id) + _USAGE.pack(message.rss, message.cpu)]
+        usage = _USAGE.pack(message.rss, message.cpu)
+        return [_header(Kind.BUSY, message.task_id) + usage + message.tail.encode()]
+    if isinstance(message, Output):
+        return [_header(Kind.OUTPUT, message.task_id) + message.data]
     if isinstance(message, Hello):
         data: dict[str, Any] = {
             "pid": message.pid,
@@ -508,6 +537,7 @@ def _decode_body(
         error = trace = None
         warnings: tuple[str, ...] = ()
         retry = False
+        output: Buffer = b""
         if extra_length:
             details = _json_object(extra)
             error = _field(details, "error", (str, type(None)))
@@ -519,6 +549,11 @@ def _decode_body(
             retry = details.get("retry", False)
             if not isinstance(retry, bool):
                 raise ProtocolError("metadata field 'retry' is not a boolean")
+            if "output" in details:
+                length = _field(details, "output", int)
+                if isinstance(length, bool) or not 0 < length <= len(rest):
+                    raise ProtocolError(f"result output of {length!r} bytes is not there")
+                output, rest = bytes(rest[:length]), rest[length:]
         if layout == _INLINE:
             value: Buffer = rest
             buffers = tuple(following)
@@ -539,6 +574,7 @@ def _decode_body(
             rss,
             cpu,
             retry,
+            output,
         )
     if kind is Kind.SETUP:
         if len(body) or len(following) != 2:
@@ -551,10 +587,15 @@ def _decode_body(
     if following:
         raise ProtocolError(f"{kind.name} message has frames it should not have")
     if kind is Kind.BUSY:
-        if len(body) != _USAGE.size:
-            raise ProtocolError(f"a busy message's body is {_USAGE.size} bytes, not {len(body)}")
-        rss, cpu = _USAGE.unpack(body)
-        return Busy(task_id, rss, cpu)
+        if len(body) < _USAGE.size:
+            raise ProtocolError(
+                f"a busy message's body is at least {_USAGE.size} bytes, not {len(body)}"
+            )
+        rss, cpu = _USAGE.unpack_from(body)
+        tail = bytes(body[_USAGE.size :]).decode(errors="replace")
+        return Busy(task_id, rss, cpu, tail)
+    if kind is Kind.OUTPUT:
+        return Output(task_id, bytes(body))
     if kind is Kind.IDLE or kind is Kind.STAY:
         if len(body):
             raise ProtocolError(f"{kind.name} message has a body it should not have")

@@ -33,6 +33,7 @@ RESULT_SCHEMA: Mapping[str, pl.DataType | type[pl.DataType]] = {
     "memory": pl.Int64,
     "attempts": pl.Int64,
     "interruptions": pl.Int64,
+    "output": pl.String,
 }
 
 
@@ -48,7 +49,10 @@ class Result:
     not known). `attempts` counts its attempts: 1, plus one for each retry after it raised an
     error its `retry_on` matched (`push(..., retries=)`); reruns after a dead worker are not
     attempts. `interruptions` counts the workers the infrastructure took from under it (a
-    reclaimed host, a job stopped from outside), each followed by a rerun.
+    reclaimed host, a job stopped from outside), each followed by a rerun. `output` is what
+    the task wrote to its stdout and stderr, in the order written, its subprocesses' too: cut
+    in the middle, with a note of how much, past the controller's `output_max` (its last
+    attempt's; "" for a task whose worker died under it, or that never ran).
     """
 
     name: str
@@ -64,6 +68,7 @@ class Result:
     memory: int | None = None
     attempts: int = 1
     interruptions: int = 0
+    output: str = ""
 
     def to_dict(self, *, jsonable: bool = False) -> dict[str, Any]:
         """The fields as a plain dict. With `jsonable=True`, ready for `json.dumps` (a web
@@ -83,6 +88,7 @@ class Result:
             "memory": self.memory,
             "attempts": self.attempts,
             "interruptions": self.interruptions,
+            "output": self.output,
         }
 
 

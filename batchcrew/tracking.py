@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from batchcrew import protocol
+from batchcrew.output import last_line
 
 WORKERS_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "worker": pl.String,
@@ -40,6 +41,7 @@ WORKERS_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "reason": pl.String,
     "rss": pl.Int64,
     "cpu": pl.Float64,
+    "output_tail": pl.String,
 }
 
 TIMELINE_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
@@ -77,6 +79,7 @@ class WorkerRecord:
     reason: str | None = None
     rss: int | None = None
     cpu: float | None = None
+    output_tail: str | None = None  # the last line its running task wrote
 
     def row(self, state: str) -> dict[str, Any]:
         """The record as a row of the workers table (`WORKERS_SCHEMA`'s columns, in order),
@@ -99,6 +102,7 @@ class WorkerRecord:
             "reason": self.reason,
             "rss": self.rss,
             "cpu": self.cpu,
+            "output_tail": self.output_tail,
         }
 
 
@@ -144,12 +148,23 @@ class Tracker:
             record.errors += 1
         if outcome.rss:
             record.rss, record.cpu = outcome.rss, outcome.cpu
+        record.output_tail = None  # its task is over
         return record.worker
 
     def busy(self, identity: bytes, busy: protocol.Busy) -> None:
         record = self._live.get(identity)
-        if record is not None and busy.rss:
-            record.rss, record.cpu = busy.rss, busy.cpu
+        if record is not None:
+            if busy.rss:
+                record.rss, record.cpu = busy.rss, busy.cpu
+            if busy.tail:
+                record.output_tail = busy.tail
+
+    def output(self, identity: bytes, output: protocol.Output) -> None:
+        """A running task's output, relayed: its last line is the worker's `output_tail`."""
+        record = self._live.get(identity)
+        line = last_line(bytes(output.data[-1024:]))
+        if record is not None and line:
+            record.output_tail = line
 
     def gone(self, identity: bytes, reason: str, *, crashed: bool) -> None:
         record = self._live.pop(identity, None)

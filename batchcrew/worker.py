@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import inspect
 import math
 import os
@@ -26,13 +27,14 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TextIO
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from batchcrew import namespaces, protocol, retrying, seeding, tracing
 from batchcrew.errors import ProtocolError, TaskInterrupted
+from batchcrew.output import Capture
 
 EXIT_LOST = 3
 """Exit code of a worker that lost its controller, or could not reach it."""
@@ -67,6 +69,8 @@ class WorkerSettings:
 
     `server_key` is the controller's CURVE public key; `public_key`/`secret_key` are this
     worker's own (all Z85 text). Empty keys mean no encryption (`security="none"`).
+    `output_max`: bytes of a task's output kept in its outcome; `output_relay`: 1 to send a
+    running task's output to the controller as it comes (with both 0, it is not captured).
     """
 
     controller: str
@@ -79,6 +83,8 @@ class WorkerSettings:
     seconds_connect: float = 60.0
     seconds_interrupt: float = 5.0
     max_message_size: int = -1
+    output_max: int = 1 << 20
+    output_relay: int = 0
     server_key: str = ""
     public_key: str = ""
     secret_key: str = ""
@@ -320,8 +326,9 @@ class _Channel:
     together. Only the lock's holder touches any of them.
     """
 
-    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], log: TextIO) -> None:
         self.sock = sock
+        self.log = log  # the worker's own messages go there (never into a task's output)
         self.lock = threading.Lock()
         self.lock.acquire()  # the main thread's, from the start
         self.pending: deque[protocol.Message] = deque()
@@ -383,7 +390,7 @@ class _Channel:
             return None
         finally:
             self.receiving = False
-        self.pending.extend(_decode(sock, frame))
+        self.pending.extend(_decode(sock, frame, self.log))
         return self.pending.popleft() if self.pending else None
 
     def read_waiting(self, on_cancel: Callable[[protocol.Cancel], None]) -> None:
@@ -395,7 +402,7 @@ class _Channel:
                 frame = sock.recv(_NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            for message in _decode(sock, frame):
+            for message in _decode(sock, frame, self.log):
                 if isinstance(message, protocol.Cancel):
                     on_cancel(message)
                 else:
@@ -428,7 +435,7 @@ class _Channel:
         os.close(self._wake_write)
 
 
-def _decode(sock: zmq.Socket[bytes], frame: zmq.Frame) -> list[protocol.Message]:
+def _decode(sock: zmq.Socket[bytes], frame: zmq.Frame, log: TextIO) -> list[protocol.Message]:
     frames = [frame]
     while frame.more:
         frame = sock.recv(copy=False)
@@ -436,7 +443,7 @@ def _decode(sock: zmq.Socket[bytes], frame: zmq.Frame) -> list[protocol.Message]
     try:
         return protocol.decode_all([part.buffer for part in frames])
     except ProtocolError as error:
-        print(f"batchcrew worker: dropped a malformed message: {error}", file=sys.stderr)
+        print(f"batchcrew worker: dropped a malformed message: {error}", file=log)
         return []
 
 
@@ -509,6 +516,7 @@ class _Running:
     interrupt: str | None = None  # "cancel" or "timeout", once it was interrupted
     interrupted_at: float = 0.0
     raised: bool = False  # the interruption was raised in it
+    relayed: float = 0.0  # when its output was last relayed to the controller
     coroutine: asyncio.Task[Any] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     gave_up: bool = False  # in-process: the watcher said it ignored its interruption
@@ -516,14 +524,16 @@ class _Running:
 
 class Runner:
     """Runs one task: unpickle it, call it (awaiting a coroutine on a loop kept for the worker's
-    life), capture warnings, run time and any exception, and pickle the outcome.
+    life), capture warnings, output, run time and any exception, and pickle the outcome.
 
     While the task runs, `running` describes it and the channel is lent to the watcher, which
     may interrupt it: a plain function by SIGINT on the main thread (raising `TaskInterrupted`
     where Python can), a coroutine by cancelling it.
     """
 
-    def __init__(self, channel: _Channel | None = None, *, live: bool = False) -> None:
+    def __init__(
+        self, channel: _Channel | None = None, output: Capture | None = None, *, live: bool = False
+    ) -> None:
         # By-value functions of one module share one namespace here, as imported ones do.
         self.namespaces = namespaces.Namespaces(live=live)
         load = self.namespaces.load
@@ -533,6 +543,7 @@ class Runner:
         self.usage = _Usage()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel = channel
+        self.output = output  # the process's stdout and stderr, if they are captured
         self.running: _Running | None = None
         self._interruptible = False  # the main thread is inside the task's own code
         self.draining: str | None = None  # why it leaves, once SIGTERM came
@@ -612,18 +623,30 @@ class Runner:
     def run(self, task: protocol.Task) -> protocol.Outcome:
         running = _Running(task.task_id, time.monotonic(), task.timeout)
         self.usage.task_starts()
+        output = self.output
+        if output is not None:
+            output.begin()  # what loading it prints (an import) is its output too
         self.running = running
-        if self._channel is not None:
+        channel = self._channel
+        if channel is not None:
             # From here on the watcher may take the socket: loading the task (imports, large
             # arguments) can take long too, and it says so to the controller meanwhile.
-            self._channel.lend()
+            channel.lend()
         try:
-            return self._run(task, running)
+            outcome = self._run(task, running)
         finally:
             running.done = True
             self.running = None
-            if self._channel is not None:
-                self._channel.reclaim()
+            if channel is not None:
+                channel.reclaim()
+        if output is not None and output.relay and channel is not None:
+            rest = output.take_unrelayed()  # written since the watcher last relayed
+            if rest:
+                channel.send(protocol.encode(protocol.Output(task.task_id, rest)))
+        return outcome
+
+    def _output(self) -> bytes:
+        return b"" if self.output is None else self.output.end()
 
     def _run(self, task: protocol.Task, running: _Running) -> protocol.Outcome:
         start = time.perf_counter()
@@ -637,6 +660,7 @@ class Runner:
                 time.perf_counter() - start,
                 error=f"the task could not be unpickled on the worker: {_describe(error)}",
                 trace=_trace(error),
+                output=self._output(),
             )
         self._warnings.start()
         failure: BaseException | None = None
@@ -669,6 +693,7 @@ class Runner:
         seeding.end()
         seconds = time.perf_counter() - start
         rss, peak, cpu = self.usage.task_ends(seconds)
+        output = self._output()
         # From here on, everything that turns the task's exception, result or warnings into
         # text or bytes is guarded: nothing a task raises, returns or warns ends its worker.
         messages = _warning_texts(self._warnings.take())
@@ -686,6 +711,7 @@ class Runner:
                 memory=peak,
                 rss=rss,
                 cpu=cpu,
+                output=output,
             )
         if failure is not None:
             return protocol.Outcome(
@@ -699,6 +725,7 @@ class Runner:
                 rss=rss,
                 cpu=cpu,
                 retry=retry,
+                output=output,
             )
         try:
             data, buffers = protocol.dump_value(value)
@@ -713,6 +740,7 @@ class Runner:
                 memory=peak,
                 rss=rss,
                 cpu=cpu,
+                output=output,
             )
         return protocol.Outcome(
             task.task_id,
@@ -724,6 +752,7 @@ class Runner:
             memory=peak,
             rss=rss,
             cpu=cpu,
+            output=output,
         )
 
     def _retries(self, retry_on: protocol.Buffer, error: BaseException) -> tuple[bool, str]:
@@ -822,11 +851,12 @@ class _Watcher(threading.Thread):
             self._watch()
         except BaseException:
             # A fault here would leave the main thread waiting for the socket forever.
-            traceback.print_exc()
+            log = self._channel.log
+            traceback.print_exc(file=log)
             if self._in_process:
-                print("batchcrew worker: its watcher thread failed", file=sys.stderr)
+                print("batchcrew worker: its watcher thread failed", file=log, flush=True)
                 return
-            print("batchcrew worker: its watcher thread failed; exiting", file=sys.stderr)
+            print("batchcrew worker: its watcher thread failed; exiting", file=log, flush=True)
             os._exit(EXIT_LOST)
 
     def _watch(self) -> None:
@@ -839,8 +869,11 @@ class _Watcher(threading.Thread):
         poller = zmq.Poller()
         poller.register(self._monitor, zmq.POLLIN)
         poller.register(channel.wake_read, zmq.POLLIN)
+        output = self._runner.output
         while not self._stopping.is_set():
             events = dict(poller.poll(int(_TICK * 1000)))
+            if output is not None:
+                output.follow()  # what tasks write reaches the worker's log as they write it
             while self._monitor in events:
                 try:
                     event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
@@ -872,9 +905,9 @@ class _Watcher(threading.Thread):
                 if failure:
                     message += f" ({failure})"
                 if self._in_process:
-                    print(message, file=sys.stderr, flush=True)
+                    print(message, file=channel.log, flush=True)
                     return
-                print(message + "; exiting", file=sys.stderr, flush=True)
+                print(message + "; exiting", file=channel.log, flush=True)
                 os._exit(EXIT_LOST)
 
     def _keep_clocks(self, poller: zmq.Poller, woken: bool) -> None:
@@ -913,13 +946,26 @@ class _Watcher(threading.Thread):
             and not running.done
         ):
             self._give_up(running)
+        output = self._runner.output
+        if (
+            self._holding
+            and output is not None
+            and output.relay
+            and now - running.relayed >= _SECONDS_RELAY
+        ):
+            running.relayed = now
+            data = output.relay_since()
+            if data:
+                channel.send(protocol.encode(protocol.Output(running.task_id, data)))
         if self._holding and now - max(running.pinged, running.received) >= _SECONDS_BUSY:
             # Every second of a long task: the controller shows how much memory and CPU time
-            # it takes, and ends this worker if it falls silent while a timed or interrupted
-            # task runs (frozen, or a task holding the GIL in C code keeps this thread out).
+            # it takes (and the last line it wrote), and ends this worker if it falls silent
+            # while a timed or interrupted task runs (frozen, or a task holding the GIL in C
+            # code keeps this thread out).
             running.pinged = now
             rss, _, cpu = self._runner.usage.read()
-            channel.send(protocol.encode(protocol.Busy(running.task_id, rss, cpu)))
+            tail = "" if output is None else output.tail()
+            channel.send(protocol.encode(protocol.Busy(running.task_id, rss, cpu, tail)))
 
     def _give_back(self, poller: zmq.Poller) -> None:
         poller.unregister(self._channel.sock)
@@ -963,11 +1009,11 @@ class _Watcher(threading.Thread):
                 print(
                     f"batchcrew worker: {reason}; an in-process worker cannot be ended: it "
                     "goes on when the task returns",
-                    file=sys.stderr,
+                    file=channel.log,
                     flush=True,
                 )
             return
-        print(f"batchcrew worker: {reason}; exiting", file=sys.stderr, flush=True)
+        print(f"batchcrew worker: {reason}; exiting", file=channel.log, flush=True)
         # Stopped from outside, it hands the task back (it did not fail); else the launcher
         # must end what the task left.
         stopping = self._runner.draining is not None
@@ -982,11 +1028,13 @@ class _Watcher(threading.Thread):
         if self._holding or channel.lock.acquire(timeout=1.0):
             channel.flush()
             if running.interrupt == "timeout":
+                output = self._runner.output
                 outcome = protocol.Outcome(
                     running.task_id,
                     "error",
                     time.monotonic() - (running.started or running.received),
                     error=f"{_interrupt_message(running)}, but did not stop: its worker was ended",
+                    output=b"" if output is None else output.so_far(),
                 )
                 channel.send(protocol.encode(outcome))
             channel.send(protocol.encode(goodbye))
@@ -1003,6 +1051,8 @@ class _Watcher(threading.Thread):
 
 _TICK = 0.05  # how often the watcher looks at the clocks
 _SECONDS_BUSY = 1.0  # how often a worker on a long task says it is alive, and what it uses
+_SECONDS_RELAY = 0.2  # with output_relay, how often a long task's new output is sent
+_RELAY_MAX = 1 << 16  # and the most bytes sent at a time
 _SECONDS_MEASURED = 0.001  # a task this long has its memory and CPU time measured
 _SECONDS_USAGE = 0.5  # shorter tasks share figures this old at most
 _UNSENT_MAX = 16  # results kept back at most, to go out together
@@ -1055,8 +1105,15 @@ class SetupError(Exception):
         self.trace = trace
 
 
-def serve(settings: WorkerSettings, *, in_process: bool = False) -> str:
+def serve(
+    settings: WorkerSettings, output: Capture | None = None, *, in_process: bool = False
+) -> str:
     """Connect, set up, run tasks until it is time to go, and return why the worker exits.
+
+    `output`: the process's stdout and stderr, captured (only the worker process's entry
+    point takes them over): each outcome then carries its task's output, and the worker's own
+    messages go to `output.log`. None: not captured (every outcome's output is empty), and
+    its messages go to `sys.stderr`.
 
     Raises `SetupError` if the controller refuses this worker (another Python or batchcrew
     version) or the initializer raises. Call it on the main thread: a plain-function task is
@@ -1070,8 +1127,8 @@ def serve(settings: WorkerSettings, *, in_process: bool = False) -> str:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = _socket(context, settings)
     monitor = sock.get_monitor_socket()
-    channel = _Channel(sock)
-    runner = Runner(channel, live=in_process)
+    channel = _Channel(sock, sys.stderr if output is None else output.log)
+    runner = Runner(channel, output, live=in_process)
     on_main = threading.current_thread() is threading.main_thread() and not in_process
     previous = signal.signal(signal.SIGINT, runner.on_signal) if on_main else None
     previous_term = signal.signal(signal.SIGTERM, runner.on_terminate) if on_main else None
@@ -1082,7 +1139,7 @@ def serve(settings: WorkerSettings, *, in_process: bool = False) -> str:
     if settings.announce:
         # The first line of a remote worker's log (CloudWatch, a SLURM output file): where it
         # dials, so that one that cannot get there says where it tried.
-        print(f"batchcrew worker {name}: connecting to {settings.controller}", file=sys.stderr)
+        print(f"batchcrew worker {name}: connecting to {settings.controller}", file=channel.log)
     try:
         sock.connect(settings.controller)
         try:
@@ -1098,7 +1155,7 @@ def serve(settings: WorkerSettings, *, in_process: bool = False) -> str:
             goodbye = protocol.Bye(reason, interrupted=runner.draining is not None)
             channel.send(protocol.encode(goodbye))
         if settings.announce:
-            print(f"batchcrew worker {name}: leaving: {reason}", file=sys.stderr, flush=True)
+            print(f"batchcrew worker {name}: leaving: {reason}", file=channel.log, flush=True)
         return reason
     finally:
         watcher.stop()
@@ -1208,20 +1265,16 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
         out = protocol.encode(outcome)
         size = sum(map(protocol.nbytes, out))
         if 0 < settings.max_message_size < size:
-            outcome = protocol.Outcome(
-                outcome.task_id,
-                "error",
-                outcome.seconds,
-                error=f"the task's result is {size} bytes pickled, over the controller's "
-                f"max_message_size={settings.max_message_size}; return large data by "
-                "reference (a path, a URL) or raise max_message_size",
-                warnings=outcome.warnings,
-            )
-            out = protocol.encode(outcome)
+            out = protocol.encode(_within(outcome, size, settings.max_message_size, runner.output))
         # Results of short tasks go back together while more tasks wait here: one message
         # instead of several, and the controller answers with the next tasks together.
         if not channel.unsent and not channel.waiting():
             channel.send(out)  # alone: straight out
+        elif not protocol.is_small(out[0]):
+            # Large (its output, say): alone, after those kept back, so that together they
+            # cannot pass max_message_size.
+            channel.flush()
+            channel.send(out)
         else:
             channel.send_later(out)
             if (
@@ -1235,6 +1288,35 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
         last = time.monotonic()
         if done >= settings.tasks_max:
             return f"tasks_max={settings.tasks_max:g} reached"
+
+
+_NOTE_ROOM = 200  # bytes left for the note in an output cut to fit max_message_size
+
+
+def _within(
+    outcome: protocol.Outcome, size: int, limit: int, output: Capture | None
+) -> protocol.Outcome:
+    """An outcome of `size` bytes, over max_message_size `limit`, made to fit: its output cut
+    if that is enough, else an error saying that its result is too large (with what output
+    still fits)."""
+    printed = protocol.nbytes(outcome.output)
+    why = f"max_message_size={limit}"
+    if output is not None and printed and size - printed + _NOTE_ROOM <= limit:
+        kept = output.again(limit - (size - printed) - _NOTE_ROOM, why)
+        return dataclasses.replace(outcome, output=kept)
+    failed = protocol.Outcome(
+        outcome.task_id,
+        "error",
+        outcome.seconds,
+        error=f"the task's result is {size - printed} bytes pickled, over the controller's "
+        f"max_message_size={limit}; return large data by reference (a path, a URL) or raise "
+        "max_message_size",
+        warnings=outcome.warnings,
+    )
+    if output is not None and printed:
+        bare = sum(map(protocol.nbytes, protocol.encode(failed)))
+        failed.output = output.again(limit - bare - _NOTE_ROOM, why)
+    return failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1262,20 +1344,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"batchcrew worker: {error}", file=sys.stderr)
         return 2
+    output = _capture(settings)
     try:
-        reason = serve(settings)
+        reason = serve(settings, output)
     except SetupError as error:
+        log = sys.stderr if output is None else output.log
         said = f"batchcrew worker {settings.identity.decode()}: {error}"
         if error.trace and settings.announce:  # a log of its own (remote): the whole story
             said += f"\n{error.trace}"
         elif error.trace:  # the controller's terminal: it logs the traceback, once
             said += " (the controller logs its traceback)"
-        print(said, file=sys.stderr)
+        print(said, file=log)
         _exit_soon(EXIT_SETUP)
         return EXIT_SETUP
+    finally:
+        if output is not None:
+            output.close()
     code = EXIT_TERMINATED if reason.startswith(STOPPED_BY_SIGTERM) else 0
     _exit_soon(code)
     return code
+
+
+def _capture(settings: WorkerSettings) -> Capture | None:
+    """Take the process's stdout and stderr over, so that each task's output travels with
+    its outcome; None if the controller asks for no output, or they cannot be taken over."""
+    if settings.output_max <= 0 and not settings.output_relay:
+        return None
+    relay_max = _RELAY_MAX
+    if settings.max_message_size > 0:  # an Output message must get through too
+        relay_max = max(0, min(relay_max, settings.max_message_size - 1024))
+    try:
+        return Capture(
+            max(0, settings.output_max), relay=bool(settings.output_relay), relay_max=relay_max
+        )
+    except OSError as error:
+        name = settings.identity.decode()
+        print(f"batchcrew worker {name}: task output is not captured: {error}", file=sys.stderr)
+        return None
 
 
 def _exit_soon(code: int) -> None:

@@ -144,6 +144,7 @@ async def test_map_returns_a_frame_in_input_order(controller: MakeController) ->
         "memory",
         "attempts",
         "interruptions",
+        "output",
     ]
     assert frame["name"].to_list() == [f"n{i}" for i in range(20)]
     assert frame["result"].to_list() == [i + i + 20 for i in range(20)]

@@ -48,6 +48,7 @@ async def test_the_workers_table_follows_a_worker_through_its_life(
     assert crew.workers().columns == [
         "worker", "launch", "level", "state", "host", "pid", "job_id", "launched",
         "connected", "ended", "tasks", "seconds", "errors", "crashes", "reason", "rss", "cpu",
+        "output_tail",
     ]  # fmt: skip
     started = tmp_path / "started"
     long = crew.push(hang, str(started))

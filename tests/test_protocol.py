@@ -34,12 +34,15 @@ def test_every_message_kind_round_trips() -> None:
         protocol.Ran(3, 0.5, "OSError: disk full", "Traceback..."),
         protocol.Idle(),
         protocol.Stay(),
+        protocol.Busy(12, rss=2**30, cpu=1.5, tail="epoch 3: loss 0.25 ✓"),
+        protocol.Output(12, b"line one\nline \xff two"),
         protocol.Task(7, b"fn", b"args", (b"buffer",)),
         protocol.Task(7, b"fn", b"args", timeout=2.5),
         protocol.Task(7, b"fn", b"args", seed=2**127),
         protocol.Outcome(8, "success", 0.25, value=b"value", buffers=(b"b1", b"b2")),
         protocol.Outcome(8, "success", 0.25, value=b"v", memory=2**31, rss=2**30, cpu=0.5),
         protocol.Outcome(9, "error", 1.5, "ValueError: no", "Traceback...", ("UserWarning: w",)),
+        protocol.Outcome(10, "success", 0.1, value=b"v", output=b"printed\n\xff"),
     ]
     for message in messages:
         assert roundtrip(message) == message
@@ -76,6 +79,10 @@ def header(
 
 def frame(kind: int, body: bytes = b"", **header_fields: int | bytes) -> bytes:
     return header(kind, **header_fields) + body  # type: ignore[arg-type]
+
+
+def result_meta(details: bytes) -> bytes:
+    return struct.pack(">BdBIQQd", 0, 0.0, 0, len(details), 0, 0, 0.0) + details
 
 
 def task_body(meta: bytes = b"", layout: int = 0, function: bytes = b"fn") -> bytes:
@@ -116,7 +123,15 @@ def task_body(meta: bytes = b"", layout: int = 0, function: bytes = b"fn") -> by
         ([frame(3, b'{"reason": "r"}', extra=1), b"x"], "BYE message has frames it should"),
         ([frame(3, b'{"reason": "r", "end": 1}')], "'end' is not a boolean"),
         ([frame(12, b'{"why": "r"}')], "'reason'"),
-        ([frame(5, b"{}")], "a busy message's body is 16 bytes, not 2"),
+        ([frame(5, b"{}")], "a busy message's body is at least 16 bytes, not 2"),
+        (
+            [frame(2, result_meta(b'{"error": null, "trace": null, "warnings": [], "output": 5}'))],
+            "result output of 5 bytes is not there",
+        ),
+        (
+            [frame(2, result_meta(b'{"error": null, "trace": null, "warnings": [], "output": 0}'))],
+            "result output of 0 bytes is not there",
+        ),
     ],
 )
 def test_malformed_frames_raise_protocol_error(frames: list[bytes], message: str) -> None:
@@ -141,6 +156,25 @@ def test_several_messages_travel_in_one_and_large_parts_apart() -> None:
         protocol.decode(frames)
     with pytest.raises(ProtocolError):
         protocol.decode_all(frames[:4] + frames[5:])  # one frame lost spoils them all
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.binary(max_size=200),
+    st.binary(max_size=100_000),
+    st.text(max_size=100),
+)
+def test_output_round_trips_as_written(
+    task_id: int, output: bytes, value: bytes, tail: str
+) -> None:
+    """A task's output travels byte for byte, whatever it holds, beside a value of any size
+    (inline or apart), and so does a relayed part or a busy message's last line."""
+    outcome = protocol.Outcome(task_id, "success", 0.5, value=value, output=output)
+    assert roundtrip(outcome) == outcome
+    assert roundtrip(protocol.Output(task_id, output)) == protocol.Output(task_id, output)
+    busy = protocol.Busy(task_id, 1, 2.0, tail)
+    assert roundtrip(busy) == busy
 
 
 def test_a_future_version_says_what_to_do() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from batchcrew.worker import (
     STOPPED_BY_SIGTERM,
     WorkerSettings,
 )
+from tests.output_tasks import write, write_every_way, write_then_sleep
 
 
 @pytest.fixture
@@ -772,3 +775,94 @@ def test_sigterm_before_the_controller_answers_says_where_it_was_dialling(
     lines = errors.splitlines()
     assert lines[0] == f"batchcrew worker L:0: connecting to {address}"
     assert lines[-1] == f"batchcrew worker L:0: leaving: {STOPPED_BY_SIGTERM} before it was set up"
+
+
+# -- task output --------------------------------------------------------------------------------
+
+
+def next_but_busy(sock: zmq.Socket[bytes]) -> protocol.Message:
+    """The next message that is not a busy message (a task running a while sends those)."""
+    _, message = receive(sock)
+    while isinstance(message, protocol.Busy):
+        _, message = receive(sock)
+    return message
+
+
+def test_the_workers_own_messages_go_to_its_log_and_never_into_a_tasks_output(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L", announce=1)
+    identity = greet(sock)
+    sock.send_multipart([identity, *task(1, write_every_way, "one")])
+    first = outcome(sock)
+    assert bytes(first.output) == b"print one\nstderr one\nfd one\necho one\nno newline"
+    sock.send_multipart([identity, b"garbage"])  # the worker says so in its log, between tasks
+    sock.send_multipart([identity, *task(2, write, "two\n")])
+    assert bytes(outcome(sock).output) == b"two\n"
+    sock.send_multipart([identity, *protocol.encode(protocol.Stop("done"))])
+    code, errors = finish(process)
+    assert code == 0
+    lines = errors.splitlines()
+    assert lines[0] == f"batchcrew worker L:0: connecting to {address}"
+    assert lines[-1] == "batchcrew worker L:0: leaving: stopped by the controller: done"
+    # The log still shows what the tasks wrote (each task's output ends a line there).
+    assert "\n".join(lines[1:-1]) == (
+        "print one\nstderr one\nfd one\necho one\nno newline\n"
+        "batchcrew worker: dropped a malformed message: first frame of 7 bytes, shorter than a "
+        "header\n"
+        "two"
+    )
+
+
+def test_a_cancelled_task_reports_what_it_wrote_which_was_relayed_as_it_came(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    sock, address = router
+    process = start_worker(controller=address, launch="L", output_relay=1)
+    identity = greet(sock)
+    sock.send_multipart([identity, *task(1, write_then_sleep, "started", 600.0)])
+    assert next_but_busy(sock) == protocol.Output(1, b"started\n")
+    sock.send_multipart([identity, *cancel(1)])
+    interrupted = next_but_busy(sock)
+    assert isinstance(interrupted, protocol.Outcome)
+    assert interrupted.error == "the task was cancelled and interrupted"
+    assert bytes(interrupted.output) == b"started\n"
+    sock.send_multipart([identity, *protocol.encode(protocol.Stop("done"))])
+    assert finish(process)[0] == 0
+
+
+def test_with_relay_on_a_worker_whose_log_is_a_terminal_leaves_task_output_to_the_relay(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    """A local worker shares the controller's terminal, where the relay prints each line after
+    its task's name: printed there by the worker too, every line would show twice."""
+    sock, address = router
+    terminal, worker_side = pty.openpty()
+    settings = WorkerSettings(controller=address, launch="L", announce=1, output_relay=1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchcrew.worker"],
+        env={**os.environ, **settings.environment(), "BATCHCREW_WORKER_INDEX": "0"},
+        stderr=worker_side,
+    )
+    os.close(worker_side)
+    try:
+        identity = greet(sock)
+        sock.send_multipart([identity, *task(1, write, "for the relay\n")])
+        assert next_but_busy(sock) == protocol.Output(1, b"for the relay\n")
+        assert bytes(outcome(sock).output) == b"for the relay\n"
+        sock.send_multipart([identity, *protocol.encode(protocol.Stop("done"))])
+        assert process.wait(timeout=30) == 0
+        shown = b""
+        while select.select([terminal], [], [], 1.0)[0]:
+            try:
+                data = os.read(terminal, 65536)
+            except OSError:  # the worker's side is closed: all of it was read
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(terminal)
+    assert b"connecting to" in shown  # its own messages still go there
+    assert b"for the relay" not in shown
