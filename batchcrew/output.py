@@ -162,11 +162,10 @@ class Capture:
         Python's streams are flushed first, so a `print` without a newline counts too."""
         _flush()
         with self._lock:
-            start = self._start
-            if start is None:
+            written = self._written()
+            if written is None:
                 return b""
-            size = self._size()
-            start = min(start, size)
+            start, size = written
             self._start = None
             self._ended = (start, size)
             if size == start:  # the common case: it wrote nothing
@@ -190,11 +189,10 @@ class Capture:
         """What the running task wrote until now, cut to `output_max` (for an outcome sent
         while it still runs: a timed-out task that does not stop)."""
         with self._lock:
-            start = self._start
-            if start is None:
+            written = self._written()
+            if written is None:
                 return b""
-            size = self._size()
-            start = min(start, size)
+            start, size = written
             if size > self._seen:
                 self._look(start, size)
             return self._kept(start, size, self.output_max, f"output_max={self.output_max}")
@@ -221,6 +219,15 @@ class Capture:
                 os.close(descriptor)
 
     # -- under the lock -----------------------------------------------------------------------
+
+    def _written(self) -> tuple[int, int] | None:
+        """Where the running task's output starts and ends in the file; None if no task
+        runs. Called holding the lock."""
+        start = self._start
+        if start is None:
+            return None
+        size = self._size()
+        return min(start, size), size
 
     def _size(self) -> int:
         """The file's size now. Should a task have truncated it (opening /dev/stdout for
