@@ -110,8 +110,18 @@ async def test_names_are_unique_across_the_group_among_unresolved_tasks(
     group.push(hang, str(tmp_path / "a"), name="mine", controller="small")
     with pytest.raises(ValueError, match="already unresolved on controller 'small'"):
         group.push(role, name="mine", controller="big")
+    names = (f"n{i}" if i != 2 else "mine" for i in range(4))  # checked as the walk takes
+    with pytest.raises(ValueError, match="already unresolved on controller 'small'") as raised:
+        group.walk(role, range(4), names=names, controller="big")
+    assert "at item 2; nothing was pushed" in raised.value.__notes__[0]
+    with pytest.raises(ValueError, match="already unresolved on controller 'small'"):
+        await group.map(role, range(4), names=iter(["mine"]), controller="big")
+    assert group.counts(controllers=["big"])["tasks"] == 0
     group.cancel(["mine"])
     assert (await group.push(role, name="mine", controller="big")).result == "big"
+    with anyio.fail_after(30):
+        tasks = await group.walk(role, range(2), names=iter(["a", "b"]), controller="big")
+        assert [(await task).result for task in tasks] == ["big", "big"]
 
 
 async def test_a_task_that_keeps_crashing_on_small_succeeds_on_its_backup_big(
