@@ -42,7 +42,7 @@ from batchcrew.results import ErrorMode, Result, Status, handle_failures, result
 from batchcrew.retrying import Attempts, Jitter, RetryOn
 from batchcrew.tracing import Spans
 from batchcrew.tracking import Timeline, Tracker
-from batchcrew.walking import Walk
+from batchcrew.walking import Budget, Walk
 
 logger = logging.getLogger("batchcrew")
 
@@ -279,6 +279,16 @@ class Controller:
     worker outlives a lost controller and how long a silent connection counts as alive.
     `max_message_size` (bytes) bounds a task's pickled size and a result's.
 
+    `memory_max` (bytes; default None: no bound) bounds what the controller holds for its
+    unresolved tasks: their pickled arguments (out-of-band buffers included) and about 300
+    bytes of bookkeeping each, so that it bounds the controller's memory for many tiny tasks
+    too. `walk` and `map` take their next item only while the controller holds less, and
+    otherwise wait until tasks resolve; `push` counts toward it but never waits and is never
+    refused. The bound can be passed by the last task a walk took (a task larger than
+    `memory_max` still goes, once the held bytes fall under it: nothing waits for ever).
+    Resolved tasks no longer count: their results are held until taken, and a walk keeps its
+    tasks unless `keep=False`.
+
     The workers' environment: `initializer(*initargs)` runs once on each worker before its
     first task (as in `ProcessPoolExecutor`); if it raises, the worker counts as a failed
     launch. `modules` (your own modules or packages) travel by value with every task, for
@@ -321,6 +331,7 @@ class Controller:
         security: Literal["curve", "none"] = "curve",
         seconds_heartbeat: float = 10.0,
         max_message_size: int = 1 << 30,
+        memory_max: int | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
         modules: Iterable[ModuleType] = (),
@@ -352,6 +363,7 @@ class Controller:
             raise ValueError(f'security must be "curve" or "none", not {security!r}')
         _check_count("max_message_size", max_message_size, minimum=1)
         _check_count("timeline_max", timeline_max, minimum=0)
+        _check_memory_max(memory_max)
         if seed is not None:
             _check_seed(seed)
         self._retries = retrying.check_retries(retries)
@@ -426,6 +438,7 @@ class Controller:
         self._traces: dict[int, dict[str, str]] = {}  # unresolved tasks' trace contexts
         self._failures: deque[Result] = deque(maxlen=_FAILURES_KEPT)
         self._group: anyio.abc.TaskGroup | None = None  # the runner's, once started
+        self._budget = None if memory_max is None else Budget(memory_max)
         self._feeding: set[Walk] = set()  # walks still taking from their iterables
         self.backup = backup
 
@@ -620,6 +633,8 @@ class Controller:
         `name`, `seconds_timeout`, `seed`, `retries` or `retry_on` to `function`, bind it
         first, `push(functools.partial(function, name="x"))`.
 
+        The task counts toward the controller's `memory_max`, but `push` never waits for room.
+
         Raises TypeError if `function` is not callable or `retry_on` is not an exception type,
         a tuple of them or a callable, `SerializationError` if the function, an argument or
         `retry_on` cannot be pickled, `TaskTooLargeError` over `max_message_size`, ValueError
@@ -648,13 +663,13 @@ class Controller:
         controller's `workers`, so that they launch together: one AWS Batch array job), all or
         nothing: a bad item there raises here, as `push` would, and nothing is pushed. It
         takes the rest in the background (a task of the controller's), a slice of a few
-        milliseconds at a time. `tasks = await walk` gives every task once the iterables are
-        exhausted; `async for task in walk` gives each as it is pushed; an item that fails
-        later stops the walk there and raises from those (see `Walk`). `wait()` and
-        `results()` count a walk still taking as unresolved work. `keep=False` lets the walk
-        forget each task `async for` hands out, for a walk without end. `seconds_timeout`
-        limits each task's run time, and `retries` and `retry_on` retry each task that
-        raises, as in `push`.
+        milliseconds at a time, as the controller has room under `memory_max`. `tasks = await
+        walk` gives every task once the iterables are exhausted; `async for task in walk`
+        gives each as it is pushed; an item that fails later stops the walk there and raises
+        from those (see `Walk`). `wait()` and `results()` count a walk still taking as
+        unresolved work. `keep=False` lets the walk forget each task `async for` hands out,
+        for a walk without end. `seconds_timeout` limits each task's run time, and `retries`
+        and `retry_on` retry each task that raises, as in `push`.
 
         Raises at once what `push` raises for the options (and for a first slice's item), and
         TypeError for iterables that are not iterable.
@@ -842,6 +857,10 @@ class Controller:
             for task in tasks:
                 self._traces[task.id] = spans.start(task.id, task.name, self.name)
         self._counts["tasks"] += len(tasks)
+        budget = self._budget
+        if budget is not None:
+            for _, payload in prepared:
+                budget.charge(payload)
         if tasks:
             dispatcher.push([task.id for task in tasks], batch.timeout)
         return tasks
@@ -964,7 +983,7 @@ class Controller:
         input order.
 
         The iterables may be any (a generator too): the map takes from them as `walk` does, a
-        slice at a time. `error`: "raise" raises `TaskError` at the
+        slice at a time and within `memory_max`. `error`: "raise" raises `TaskError` at the
         first failure, stops taking, and cancels (interrupting) every task of this map still
         unresolved; "warn" warns once all have resolved; "ignore" returns failures as rows. An
         item that cannot be pushed raises as in `walk` (at once if it comes early), and
@@ -1263,6 +1282,11 @@ class Controller:
         waits."""
         if self._tasks.pop(task.id, None) is None:
             return  # resolved already (cancelled while a backup ran it)
+        budget = self._budget
+        if budget is not None:
+            payload = task._payload
+            assert payload is not None
+            budget.release(payload)
         self._handed.pop(task.id, None)
         _, status, _, _, warnings, seconds, worker, _, _, _, _, _ = fields
         self._counts[status] += 1
@@ -1497,6 +1521,14 @@ def _check_address(address: object, port: int) -> str:
             "machine (an SSH reverse tunnel, a NAT) forwards to one port"
         )
     return f"tcp://{text}"
+
+
+def _check_memory_max(value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(
+            "memory_max must be a whole number of bytes >= 1 (such as 2 << 30 for 2 GiB), or "
+            f"None for no bound, not {value!r}"
+        )
 
 
 def _check_seed(value: object) -> None:

@@ -1,7 +1,8 @@
-"""Walks: tasks pushed from iterables a slice at a time, yielding to the event loop between.
+"""Walks: tasks pushed from iterables a slice at a time, as the controller has room for them.
 
 `Controller.walk` and `map` take from their iterables (a generator too) in slices bounded by
-count and by time, so that no slice holds the event loop for long.
+count and by time, so that no slice holds the event loop for long, and wait between slices for
+room under the controller's `memory_max` (`Budget`), woken as tasks resolve.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from batchcrew.errors import BatchcrewError, ControllerClosedError
 if TYPE_CHECKING:
     from batchcrew.controller import Controller, Task, _Arguments, _Batch, _Watch
 
+TASK_BYTES = 300
+"""What a queued task costs the controller besides its pickled arguments: its `Task`, its
+entries in the controller's and the scheduler's tables, its slot in the walk (measured with
+tracemalloc: see benchmarks/walk.py). Counted toward `memory_max`, so that the bound holds for
+many tiny tasks too."""
+
 _SLICE_TASKS = 1_000  # at most this many tasks a slice
 _SLICE_SECONDS = 0.005  # and a slice stops taking once it has worked this long
 _FIRST_SECONDS = 0.01  # the first slice, in the call to walk
@@ -30,8 +37,49 @@ _YIELD_EVERY = 256  # tasks `async for` hands out between yields to the loop
 _END: Any = object()  # what next() gives for an exhausted iterable
 
 
+class Budget:
+    """The bytes a controller holds for its unresolved tasks (their pickled arguments and
+    `TASK_BYTES` each), against its `memory_max`. Walks and maps wait for room; `push` counts
+    but never waits. Waiters are woken as tasks resolve: no polling."""
+
+    __slots__ = ("_room", "held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._room: asyncio.Event | None = None  # made when a walk waits
+
+    def full(self) -> bool:
+        return self.held >= self.limit
+
+    def charge(self, payload: bytes | _Arguments) -> None:
+        self.held += held_bytes(payload)
+
+    def release(self, payload: bytes | _Arguments) -> None:
+        self.held -= held_bytes(payload)
+        room = self._room
+        if room is not None and self.held < self.limit:
+            self._room = None
+            room.set()
+
+    async def room(self) -> None:
+        """Return once the controller holds less than `limit`."""
+        while self.held >= self.limit:
+            if self._room is None:
+                self._room = asyncio.Event()
+            await self._room.wait()
+
+
+def held_bytes(payload: bytes | _Arguments) -> int:
+    """What a task with this payload counts toward `memory_max`."""
+    if isinstance(payload, bytes):
+        return len(payload) + TASK_BYTES
+    arguments, buffers = payload
+    return len(arguments) + sum(buffer.nbytes for buffer in buffers) + TASK_BYTES
+
+
 class Walk:
-    """Tasks pushed from iterables, a slice at a time: what `Controller.walk` returns.
+    """Tasks pushed from iterables as the controller has room: what `Controller.walk` returns.
 
     `await walk` returns the list of its tasks once its iterables are exhausted (awaiting again
     returns it again); `async for task in walk` yields each task as it is pushed; `tasks` is
@@ -149,13 +197,17 @@ class Walk:
     # -- feeding --------------------------------------------------------------------------------
 
     async def _feed(self) -> None:
-        """Push the rest a slice at a time, yielding to the loop between slices: a task of the
-        controller's task group."""
+        """Push the rest a slice at a time, yielding to the loop between slices and waiting for
+        room under the budget: a task of the controller's task group."""
+        budget = self._controller._budget
         try:
             with anyio.CancelScope() as self._scope:
                 going = not self._ended
                 while going:
-                    await anyio.lowlevel.checkpoint()
+                    if budget is not None and budget.full():
+                        await budget.room()
+                    else:
+                        await anyio.lowlevel.checkpoint()
                     going = self._push_slice(first=False)
         except Exception as error:  # a fault of batchcrew's own: it fails the walk, not the run
             self._end(error)
@@ -168,7 +220,7 @@ class Walk:
     def _push_slice(self, *, first: bool) -> bool:
         """Take the next items and push them as one slice: at most `_SLICE_TASKS` and for at
         most `_SLICE_SECONDS` (the first slice, in the call to walk: at least the controller's
-        `workers`, so that they launch together). Returns
+        `workers`, so that they launch together), only while the budget has room. Returns
         whether items may remain. An item that cannot be pushed stops the walk there, the items
         before it pushed; in the first slice it raises at once, and nothing is pushed."""
         controller = self._controller
@@ -183,6 +235,8 @@ class Walk:
         count = max(_SLICE_TASKS, workers) if first else _SLICE_TASKS
         floor = workers if first else 0  # taken before the clock may stop the slice
         seconds = _FIRST_SECONDS if first else _SLICE_SECONDS
+        budget = controller._budget
+        held = 0 if budget is None else budget.held
         batch = dataclasses.replace(self._batch, pushed=time.time())
         taken: set[str] = set()
         prepared: list[tuple[str | None, bytes | _Arguments]] = []
@@ -191,6 +245,8 @@ class Walk:
         start = time.perf_counter()
         with protocol.pickling_by_value(controller.modules):
             while len(prepared) < count:
+                if budget is not None and held >= budget.limit:
+                    break
                 if (
                     len(prepared) >= max(floor, 1)
                     and not len(prepared) % _CLOCK_EVERY
@@ -227,6 +283,8 @@ class Walk:
                     break
                 prepared.append(item)
                 self._taken += 1
+                if budget is not None:
+                    held += held_bytes(item[1])
         if failure is not None:
             if first:
                 raise failure

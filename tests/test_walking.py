@@ -1,4 +1,4 @@
-"""Walks: taking from any iterable a slice at a time, on real workers."""
+"""Walks: taking from any iterable a slice at a time, within `memory_max`, on real workers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import numpy as np
 import pytest
 
 import batchcrew as bc
+from batchcrew.walking import TASK_BYTES
 from tests.conftest import MakeController, watch_resolutions
 from tests.tasks import add, wait_for
 
@@ -83,6 +85,48 @@ async def test_a_walk_takes_its_items_in_slices_with_the_loop_running_between(
         assert await crew.wait("all")
 
 
+async def test_a_walk_takes_from_a_generator_only_as_tasks_resolve(
+    controller: MakeController,
+) -> None:
+    limit = 10 * TASK_BYTES
+    crew = await controller(workers=2, memory_max=limit)
+    ahead: list[int] = []  # for each item taken: how many taken and not yet resolved
+
+    def items() -> Iterator[int]:
+        for number in range(300):
+            counts = crew.counts()
+            ahead.append(number - (counts["tasks"] - counts["unresolved"]))
+            yield number
+
+    with anyio.fail_after(60):
+        tasks = await crew.walk(add, items(), range(300))
+        results = [await task for task in tasks]
+    assert [result.result for result in results] == [2 * i for i in range(300)]
+    # Each task counts at least TASK_BYTES, and the walk takes only while under the limit.
+    assert max(ahead) < limit // TASK_BYTES
+    assert max(ahead) >= 2  # and it keeps both workers fed meanwhile
+
+
+async def test_wait_and_results_count_a_walk_still_taking(controller: MakeController) -> None:
+    crew = await controller(workers=1, memory_max=2 * TASK_BYTES)
+    walk = crew.walk(add, numbers(50), range(50))
+    first = len(walk.tasks)
+    assert crew.cancel(all=True) == first  # nothing unresolved now, but the walk goes on
+    assert crew.counts()["unresolved"] == 0
+    assert not walk.done()
+    with anyio.fail_after(60):
+        assert await crew.wait("all")
+    assert walk.done()
+    assert crew.counts()["success"] == 50 - first
+    crew.collect()
+    walk = crew.walk(add, numbers(50), range(50))
+    first = len(walk.tasks)
+    assert crew.cancel(all=True) == first
+    with anyio.fail_after(60):
+        seen = [result.status async for result in crew.results()]
+    assert Counter(seen) == {"cancel": first, "success": 50 - first}
+
+
 async def test_a_walk_is_awaited_or_iterated_asynchronously_not_as_a_list(
     controller: MakeController,
 ) -> None:
@@ -103,7 +147,7 @@ async def test_a_walk_is_awaited_or_iterated_asynchronously_not_as_a_list(
 async def test_a_walk_that_keeps_nothing_hands_each_task_out_once(
     controller: MakeController,
 ) -> None:
-    crew = await controller(workers=2)
+    crew = await controller(workers=2, memory_max=50 * TASK_BYTES)
     walk = crew.walk(add, numbers(3_000), range(3_000), keep=False)
     results = []
     with anyio.fail_after(60):
@@ -208,3 +252,104 @@ async def test_names_may_be_a_generator_and_must_match_the_items(
     gate.touch()
     with anyio.fail_after(60):
         assert (await held).result == "through"
+
+
+# -- memory_max ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "1 GiB"])
+def test_memory_max_is_a_whole_number_of_bytes(value: object) -> None:
+    with pytest.raises(ValueError, match="memory_max must be a whole number of bytes >= 1"):
+        bc.Controller(memory_max=value)  # type: ignore[arg-type]
+
+
+async def test_push_counts_toward_memory_max_but_never_waits_and_a_walk_waits_for_room(
+    controller: MakeController, tmp_path: Path
+) -> None:
+    crew = await controller(workers=2, memory_max=1)
+    gate = tmp_path / "gate"
+    held = [crew.push(wait_for, str(gate)) for _ in range(3)]  # all at once, over the bound
+    assert crew.counts()["unresolved"] == 3
+    walk = crew.walk(add, range(5), range(5))
+    assert walk.tasks == []  # no room: nothing taken
+    assert not await crew.wait("all", timeout=0.3)
+    assert walk.tasks == []
+    assert not walk.done()
+    gate.touch()
+    with anyio.fail_after(60):
+        tasks = await walk  # one at a time, each as the one before resolves
+        assert [(await task).result for task in tasks] == [0, 2, 4, 6, 8]
+        assert [(await task).result for task in held] == ["through"] * 3
+
+
+async def test_a_task_larger_than_memory_max_still_runs(controller: MakeController) -> None:
+    crew = await controller(workers=2, memory_max=10_000)
+    data = np.zeros(100_000)  # 800 kB, out of band: eighty times the bound
+    with anyio.fail_after(60):
+        tasks = await crew.walk(len, [data] * 3)
+        assert [(await task).result for task in tasks] == [100_000] * 3
+        assert (await crew.push(len, data)).result == 100_000
+
+
+async def test_map_over_a_generator_raises_at_the_first_failure_and_stops_taking(
+    controller: MakeController,
+) -> None:
+    crew = await controller(workers=2, memory_max=20 * TASK_BYTES)
+    taken = 0
+
+    def items() -> Iterator[str]:
+        nonlocal taken
+        for number in range(100_000):
+            taken += 1
+            yield "bad" if number == 5 else str(number)
+
+    with anyio.fail_after(60), pytest.raises(bc.TaskError, match="invalid literal") as raised:
+        await crew.map(int, items())
+    assert raised.value.result.status == "error"
+    assert taken < 1_000
+    assert crew.counts()["unresolved"] == 0  # the rest were cancelled
+    assert await crew.wait("all", timeout=10)
+    assert crew.collect().height == 0  # the map took what it had
+    frame = await crew.map(int, (str(i) for i in range(50)))
+    assert frame["result"].to_list() == list(range(50))
+
+
+# -- stopping ---------------------------------------------------------------------------------
+
+
+async def test_cancelling_a_walk_stops_it_and_cancels_its_tasks(
+    controller: MakeController, tmp_path: Path
+) -> None:
+    crew = await controller(workers=1, memory_max=3 * TASK_BYTES)
+    gate = tmp_path / "gate"
+    taken = 0
+
+    def gates() -> Iterator[str]:
+        nonlocal taken
+        for _ in range(100):
+            taken += 1
+            yield str(gate)
+
+    walk = crew.walk(wait_for, gates())
+    pushed = len(walk.tasks)
+    assert 1 <= pushed <= 3
+    assert walk.cancel() == pushed
+    assert walk.done()
+    with anyio.fail_after(30):
+        tasks = await walk
+        assert [(await task).status for task in tasks] == ["cancel"] * pushed
+        assert await crew.wait("all")
+    assert taken == pushed
+
+
+async def test_a_walk_whose_controller_closes_raises_controller_closed(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with bc.Controller(workers=1, memory_max=2 * TASK_BYTES, seconds_heartbeat=5) as crew:
+        walk = crew.walk(wait_for, (str(gate) for _ in range(100)))
+        assert walk.tasks
+    with anyio.fail_after(30):
+        with pytest.raises(bc.ControllerClosedError, match="closed while the walk was pushing"):
+            await walk
+        assert [(await task).status for task in walk.tasks] == ["cancel"] * len(walk.tasks)
+    with pytest.raises(bc.ControllerClosedError, match="is closed"):
+        crew.walk(add, [1], [1])
