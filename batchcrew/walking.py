@@ -40,13 +40,17 @@ _END: Any = object()  # what next() gives for an exhausted iterable
 class Budget:
     """The bytes a controller holds for its unresolved tasks (their pickled arguments and
     `TASK_BYTES` each), against its `memory_max`. Walks and maps wait for room; `push` counts
-    but never waits. Waiters are woken as tasks resolve: no polling."""
+    but never waits. Waiters are woken as tasks resolve (no polling), once an eighth of the
+    bound is free: woken at every resolution, a walk would push its tasks a few at a time,
+    and spend a quarter of the controller's time on slices (a million tiny tasks: 8,000
+    tasks/s against 10,900 unbounded)."""
 
-    __slots__ = ("_room", "held", "limit")
+    __slots__ = ("_low", "_room", "held", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        self._low = min(limit - 1, limit - limit // 8)  # waiters wake at or under this
         self._room: asyncio.Event | None = None  # made when a walk waits
 
     def full(self) -> bool:
@@ -58,13 +62,16 @@ class Budget:
     def release(self, payload: bytes | _Arguments) -> None:
         self.held -= held_bytes(payload)
         room = self._room
-        if room is not None and self.held < self.limit:
+        if room is not None and self.held <= self._low:
             self._room = None
             room.set()
 
     async def room(self) -> None:
-        """Return once the controller holds less than `limit`."""
-        while self.held >= self.limit:
+        """Return once the controller holds an eighth of `limit` less than it (if it is full
+        now; else at once)."""
+        if self.held < self.limit:
+            return
+        while self.held > self._low:
             if self._room is None:
                 self._room = asyncio.Event()
             await self._room.wait()
