@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from batchcrew.launchers.local import LocalLauncher
     from batchcrew.results import Result, results_frame
     from batchcrew.seeding import task_attempt, task_seed
+    from batchcrew.walking import Walk
 
 __version__ = "0.2.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "TaskError",
     "TaskInterrupted",
     "TaskTooLargeError",
+    "Walk",
     "WorkerExit",
     "results_frame",
     "task_attempt",
@@ -77,6 +79,7 @@ _HOMES = {
     "ControllerGroup": "batchcrew.group",
     "task_seed": "batchcrew.seeding",
     "task_attempt": "batchcrew.seeding",
+    "Walk": "batchcrew.walking",
 }
 
 

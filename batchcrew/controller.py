@@ -46,6 +46,7 @@ from batchcrew.results import ErrorMode, Result, Status, handle_failures, result
 from batchcrew.retrying import Attempts, Jitter, RetryOn
 from batchcrew.tracing import Spans
 from batchcrew.tracking import Timeline, Tracker
+from batchcrew.walking import Budget, Walk
 
 logger = logging.getLogger("batchcrew")
 
@@ -191,20 +192,35 @@ class _Signal:
 
 
 class _Watch:
-    """What a `map` waits on: one future for all its tasks, done when every task has resolved,
-    or at the first failure when the map stops early."""
+    """What a `map` waits on: one future for all its tasks, done when its walk has pushed
+    them all and every one has resolved, at the first failure when the map stops early, or
+    when its walk fails."""
 
-    __slots__ = ("_future", "_remaining", "_stop_early", "failure")
+    __slots__ = ("_fed", "_future", "_remaining", "_stop_early", "failure")
 
-    def __init__(self, tasks: list[Task], *, stop_early: bool) -> None:
+    def __init__(self, *, stop_early: bool) -> None:
         self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._remaining = len(tasks)
+        self._remaining = 0
+        self._fed = False
         self._stop_early = stop_early
         self.failure: Result | None = None
+
+    def add(self, tasks: list[Task]) -> None:
+        """Tasks the map's walk pushed."""
+        self._remaining += len(tasks)
         for task in tasks:
             task._watch = self
             if task._result is not None:
                 self.resolved(task._resolved_result())
+
+    def fed(self, error: BaseException | None) -> None:
+        """The map's walk stopped taking: exhausted, or on `error`."""
+        if error is not None:
+            self.fail(error)
+            return
+        self._fed = True
+        if not self._remaining:
+            self._done()
 
     def resolved(self, result: Result) -> None:
         self._remaining -= 1
@@ -212,7 +228,7 @@ class _Watch:
             self.failure = result
             if self._stop_early:
                 self._done()
-        if not self._remaining:
+        if not self._remaining and self._fed:
             self._done()
 
     def fail(self, error: BaseException) -> None:
@@ -224,8 +240,6 @@ class _Watch:
             self._future.set_result(None)
 
     async def wait(self) -> None:
-        if not self._future.done() and not self._remaining:
-            self._done()  # every task had resolved before the map began to wait
         await self._future
 
 
@@ -280,6 +294,15 @@ class Controller:
     `output_max` (default 1 MiB; 0 keeps none); it is also copied to its worker's own log.
     `output_relay=True` has workers send a running task's output as it comes (every 0.2 s),
     written to this process's stderr line by line after the task's name (`[task-3] ...`).
+    `memory_max` (bytes; default None: no bound) bounds what the controller holds for its
+    unresolved tasks: their pickled arguments (out-of-band buffers included) and about 300
+    bytes of bookkeeping each, so that it bounds the controller's memory for many tiny tasks
+    too. `walk` and `map` take their next item only while the controller holds less, and
+    otherwise wait until tasks resolve; `push` counts toward it but never waits and is never
+    refused. The bound can be passed by the last task a walk took (a task larger than
+    `memory_max` still goes, once the held bytes fall under it: nothing waits for ever).
+    Resolved tasks no longer count: their results are held until taken, and a walk keeps its
+    tasks unless `keep=False`.
 
     The workers' environment: `initializer(*initargs)` runs once on each worker before its
     first task (as in `ProcessPoolExecutor`); if it raises, the worker counts as a failed
@@ -326,6 +349,7 @@ class Controller:
         max_message_size: int = 1 << 30,
         output_max: int = 1 << 20,
         output_relay: bool = False,
+        memory_max: int | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
         modules: Iterable[ModuleType] = (),
@@ -366,6 +390,7 @@ class Controller:
         if not isinstance(output_relay, bool):
             raise TypeError(f"output_relay must be True or False, not {output_relay!r}")
         _check_count("timeline_max", timeline_max, minimum=0)
+        _check_memory_max(memory_max)
         if seed is not None:
             _check_seed(seed)
         self._retries = retrying.check_retries(retries)
@@ -451,6 +476,8 @@ class Controller:
         self._traces: dict[int, dict[str, str]] = {}  # unresolved tasks' trace contexts
         self._failures: deque[Result] = deque(maxlen=_FAILURES_KEPT)
         self._group: anyio.abc.TaskGroup | None = None  # the runner's, once started
+        self._budget = None if memory_max is None else Budget(memory_max)
+        self._feeding: set[Walk] = set()  # walks still taking from their iterables
         self.backup = backup
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -647,6 +674,8 @@ class Controller:
         `name`, `seconds_timeout`, `seed`, `retries` or `retry_on` to `function`, bind it
         first, `push(functools.partial(function, name="x"))`.
 
+        The task counts toward the controller's `memory_max`, but `push` never waits for room.
+
         Raises TypeError if `function` is not callable or `retry_on` is not an exception type,
         a tuple of them or a callable, `SerializationError` if the function, an argument or
         `retry_on` cannot be pickled, `TaskTooLargeError` over `max_message_size`, ValueError
@@ -667,21 +696,72 @@ class Controller:
         seconds_timeout: float | None = None,
         retries: int | None = None,
         retry_on: RetryOn | None = None,
-    ) -> list[Task]:
-        """Push `function` over zipped `iterables`, like builtin `map`; return the tasks.
+        keep: bool = True,
+    ) -> Walk:
+        """Push `function` over zipped `iterables`, like builtin `map`; return a `Walk` at once.
 
-        All or nothing: if one task cannot be pushed (see `push`), none is. Tasks pushed
-        together launch their workers together (one AWS Batch array job). `seconds_timeout`
-        limits each task's run time, and `retries` and `retry_on` retry each task that
-        raises, as in `push`.
+        The iterables may be any (a generator too), and so may `names`. The walk pushes a first
+        slice in this call (up to 1,000 tasks or about 10 ms of pickling, but at least the
+        controller's `workers`, so that they launch together: one AWS Batch array job), all or
+        nothing: a bad item there raises here, as `push` would, and nothing is pushed. It
+        takes the rest in the background (a task of the controller's), a slice of a few
+        milliseconds at a time, as the controller has room under `memory_max`. `tasks = await
+        walk` gives every task once the iterables are exhausted; `async for task in walk`
+        gives each as it is pushed; an item that fails later stops the walk there and raises
+        from those (see `Walk`). `wait()` and `results()` count a walk still taking as
+        unresolved work. `keep=False` lets the walk forget each task `async for` hands out,
+        for a walk without end. `seconds_timeout` limits each task's run time, and `retries`
+        and `retry_on` retry each task that raises, as in `push`.
+
+        Raises at once what `push` raises for the options (and for a first slice's item), and
+        TypeError for iterables that are not iterable.
         """
-        rows: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
-            (row, {}) for row in zip(*iterables, strict=False)
-        ]
-        listed: list[str | None] = [None] * len(rows) if names is None else list(names)
-        if len(listed) != len(rows):
-            raise ValueError(f"names has {len(listed)} entries for {len(rows)} tasks")
-        return self._push_all(function, rows, listed, seconds_timeout, None, retries, retry_on)
+        if not isinstance(keep, bool):
+            raise TypeError(f"keep must be True or False, not {keep!r}")
+        return self._walk(function, iterables, names, seconds_timeout, retries, retry_on, keep)
+
+    def _walk(
+        self,
+        function: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        names: Iterable[str] | None,
+        seconds_timeout: float | None,
+        retries: int | None,
+        retry_on: RetryOn | None,
+        keep: bool,
+        watch: _Watch | None = None,
+    ) -> Walk:
+        self._check_running()
+        runner, group = self._runner, self._group
+        if runner is None or runner.done() or group is None:
+            raise ControllerClosedError(f"controller {self.name!r} is closed")
+        batch = self._batch(function, seconds_timeout, None, retries, retry_on)
+        walk = Walk(
+            self,
+            batch,
+            zip(*iterables, strict=False),
+            None if names is None else iter(names),
+            keep=keep,
+            watch=watch,
+        )
+        self._feeding.add(walk)
+        try:
+            more = walk._push_slice(first=True)
+        except BaseException:
+            self._feeding.discard(walk)
+            raise
+        if more:
+            group.start_soon(walk._feed, name=f"batchcrew-{self.name}-walk")
+        else:
+            walk._end(walk._failure)
+        return walk
+
+    def _walk_ended(self, walk: Walk) -> None:
+        """`walk` stopped taking: who waits for all tasks, or for results, looks again."""
+        self._feeding.discard(walk)
+        self._resolutions.notify()
+        if not self._tasks and not self._feeding:
+            self._settled.notify()
 
     def _push_all(
         self,
@@ -693,7 +773,33 @@ class Controller:
         retries: int | None = None,
         retry_on: RetryOn | None = None,
     ) -> list[Task]:
+        """Push every call, all or nothing."""
         dispatcher = self._check_running()
+        batch = self._batch(function, seconds_timeout, seed, retries, retry_on)
+        taken: set[str] = set()
+        if not self._modules:
+            prepared = [
+                self._prepare(batch, args, kwargs, name, taken)
+                for (args, kwargs), name in zip(calls, names, strict=True)
+            ]
+        else:
+            with protocol.pickling_by_value(self._modules):
+                prepared = [
+                    self._prepare(batch, args, kwargs, name, taken)
+                    for (args, kwargs), name in zip(calls, names, strict=True)
+                ]
+        return self._commit(dispatcher, batch, prepared)
+
+    def _batch(
+        self,
+        function: Callable[..., Any],
+        seconds_timeout: float | None,
+        seed: int | None,
+        retries: int | None,
+        retry_on: RetryOn | None,
+    ) -> _Batch:
+        """What the tasks of one push or walk share, checked and pickled once. Raises as
+        `push` does for the function and the options."""
         _callable(function)
         if seconds_timeout is None:
             seconds_timeout = self._seconds_timeout
@@ -713,65 +819,73 @@ class Controller:
                 f"retry_on={retry_on!r:.80} has no effect without retries: give retries= too "
                 "(how many more attempts after the first), here or on the Controller"
             )
-        retry = (retries, retry_on)
         if not self._modules:
-            return self._push_pickled(dispatcher, function, calls, names, timeout, seed, retry)
-        with protocol.pickling_by_value(self._modules):
-            return self._push_pickled(dispatcher, function, calls, names, timeout, seed, retry)
+            pickled = self._pickled_function(function)
+            policy = self._policy(retries, retry_on)
+        else:
+            with protocol.pickling_by_value(self._modules):
+                pickled = self._pickled_function(function)
+                policy = self._policy(retries, retry_on)
+        return _Batch(self, pickled, timeout, seed, retries, policy)
 
-    def _push_pickled(
+    def _policy(self, retries: int, retry_on: RetryOn | None) -> bytes | None:
+        """The pickled `retry_on` the workers apply (with retries only)."""
+        if not retries:
+            return None
+        return self._retry_on if retry_on is None else retrying.dump_retry_on(retry_on)
+
+    def _prepare(
+        self,
+        batch: _Batch,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None,
+        taken: set[str],
+    ) -> tuple[str | None, bytes | _Arguments]:
+        """Check a task's name (against those held, and `taken` by the tasks pushed with it)
+        and pickle its arguments, for `_commit`. Raises ValueError for a bad name or one in
+        use, `SerializationError`, and `TaskTooLargeError`."""
+        label = "" if name is None else f" {name!r}"
+        if name is not None:
+            _check_name("name", name)
+            held = self._held_named(name)
+            if held is not None or name in taken:
+                # Refused, not replaced: a second task of that name would hide the first
+                # one's result from task(name), and nobody could take it any more.
+                what = "its result is not taken yet" if held and held._result else "unresolved"
+                raise ValueError(
+                    f"a task named {name!r} is already held ({what}); names must be unique "
+                    f"among the tasks a controller holds: take its result first (await "
+                    f"controller.task({name!r}), pop(), collect()), or use another name"
+                )
+            taken.add(name)
+        try:
+            arguments, buffers = protocol.dump_arguments(args, kwargs, by_value=bool(self._modules))
+        except Exception as error:
+            raise SerializationError(
+                f"cannot pickle the arguments of task{label} ({_culprit(args, kwargs)}): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        size = len(batch.function) + len(arguments)
+        if buffers:
+            size += sum(buffer.nbytes for buffer in buffers)
+        limit = self._network.max_message_size
+        if size > limit:
+            raise TaskTooLargeError(
+                f"task{label} is {size} bytes pickled, over max_message_size={limit}; pass "
+                "large data by reference (a path, a URL) or raise max_message_size"
+            )
+        if size > LARGE_TASK and not self._warned_large:
+            self._warn_large(label, len(batch.function), size)
+        return name, (arguments, tuple(buffers)) if buffers else arguments
+
+    def _commit(
         self,
         dispatcher: Dispatcher,
-        function: Callable[..., Any],
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-        names: list[str | None],
-        timeout: float | None,
-        seed: int | None,
-        retry: tuple[int, RetryOn | None],
+        batch: _Batch,
+        prepared: list[tuple[str | None, bytes | _Arguments]],
     ) -> list[Task]:
-        pickled = self._pickled_function(function)
-        retries, retry_on = retry
-        policy = None
-        if retries:
-            policy = self._retry_on if retry_on is None else retrying.dump_retry_on(retry_on)
-        limit = self._network.max_message_size
-        by_value = bool(self._modules)
-        taken: set[str] = set()
-        prepared: list[tuple[str | None, bytes | _Arguments]] = []
-        for (args, kwargs), name in zip(calls, names, strict=True):
-            label = "" if name is None else f" {name!r}"
-            if name is not None:
-                _check_name("name", name)
-                held = self._held_named(name)
-                if held is not None or name in taken:
-                    # Refused, not replaced: a second task of that name would hide the first
-                    # one's result from task(name), and nobody could take it any more.
-                    what = "its result is not taken yet" if held and held._result else "unresolved"
-                    raise ValueError(
-                        f"a task named {name!r} is already held ({what}); names must be unique "
-                        f"among the tasks a controller holds: take its result first (await "
-                        f"controller.task({name!r}), pop(), collect()), or use another name"
-                    )
-                taken.add(name)
-            try:
-                arguments, buffers = protocol.dump_arguments(args, kwargs, by_value=by_value)
-            except Exception as error:
-                raise SerializationError(
-                    f"cannot pickle the arguments of task{label} ({_culprit(args, kwargs)}): "
-                    f"{type(error).__name__}: {error}"
-                ) from error
-            size = len(pickled) + len(arguments)
-            if buffers:
-                size += sum(buffer.nbytes for buffer in buffers)
-            if size > limit:
-                raise TaskTooLargeError(
-                    f"task{label} is {size} bytes pickled, over max_message_size={limit}; pass "
-                    "large data by reference (a path, a URL) or raise max_message_size"
-                )
-            if size > LARGE_TASK and not self._warned_large:
-                self._warn_large(label, len(pickled), size)
-            prepared.append((name, (arguments, tuple(buffers)) if buffers else arguments))
-        batch = _Batch(self, pickled, timeout, seed, retries, policy)
+        """Make the tasks of prepared calls, count them, and queue them."""
         tasks: list[Task] = []
         named, unresolved = self._named, self._tasks
         for name, payload in prepared:
@@ -792,8 +906,12 @@ class Controller:
             for task in tasks:
                 self._traces[task.id] = spans.start(task.id, task.name, self.name)
         self._counts["tasks"] += len(tasks)
+        budget = self._budget
+        if budget is not None:
+            for _, payload in prepared:
+                budget.charge(payload)
         if tasks:
-            dispatcher.push([task.id for task in tasks], timeout)
+            dispatcher.push([task.id for task in tasks], batch.timeout)
         return tasks
 
     def _warn_large(self, label: str, function: int, size: int) -> None:
@@ -933,49 +1051,48 @@ class Controller:
         """Run `function` over zipped `iterables` and return every result as a DataFrame, in
         input order.
 
-        `error`: "raise" raises `TaskError` at the first failure, and cancels (interrupting)
-        every task of this map still unresolved; "warn" warns once all have resolved; "ignore"
-        returns failures as rows. If the coroutine awaiting `map` is cancelled, the map cancels
-        its unresolved tasks first. `progress=True` shows a live progress bar on a terminal
-        (tasks done, workers connected, failures). `seconds_timeout` limits each task's run
-        time, and `retries` and `retry_on` retry each task that raises, as in `push`: a task
-        being retried has not failed yet, so it stops no map.
+        The iterables may be any (a generator too): the map takes from them as `walk` does, a
+        slice at a time and within `memory_max`. `error`: "raise" raises `TaskError` at the
+        first failure, stops taking, and cancels (interrupting) every task of this map still
+        unresolved; "warn" warns once all have resolved; "ignore" returns failures as rows. An
+        item that cannot be pushed raises as in `walk` (at once if it comes early), and
+        cancels the map's tasks. If the coroutine awaiting `map` is cancelled, the map stops
+        taking and cancels its unresolved tasks first. `progress=True` shows a live progress
+        bar on a terminal (tasks done out of the inputs' `len()`, if they have one; workers
+        connected; failures). `seconds_timeout` limits each task's run time, and `retries` and
+        `retry_on` retry each task that raises, as in `push`: a task being retried has not
+        failed yet, so it stops no map.
         """
         _check_error_mode(error)
-        tasks = self.walk(
-            function,
-            *iterables,
-            names=names,
-            seconds_timeout=seconds_timeout,
-            retries=retries,
-            retry_on=retry_on,
+        watch = _Watch(stop_early=error == "raise")
+        walk = self._walk(
+            function, iterables, names, seconds_timeout, retries, retry_on, True, watch
         )
-        watch = _Watch(tasks, stop_early=error == "raise")
         try:
-            with progress_bar(self, len(tasks)) if progress else contextlib.nullcontext():
+            with progress_bar(self, _length(iterables)) if progress else contextlib.nullcontext():
                 await watch.wait()
         except BaseException:
-            # Cancelled, or launching broke: what this map started stops costing now.
-            self._abandon(tasks)
+            # Cancelled, a bad item, or launching broke: what this map started stops costing.
+            self._abandon(walk)
             raise
         failure = watch.failure
         if error == "raise" and failure is not None:
-            cancelled = self._abandon(tasks)
+            cancelled = self._abandon(walk)
             message = f"task {failure.name!r} of this map failed with status {failure.status}"
             if failure.error:
                 message += f": {failure.error}"
             if cancelled:
                 message += f"; its other {cancelled} unresolved task(s) were cancelled"
             raise TaskError(message, failure)
-        results = [self._take(task) for task in tasks]
+        results = [self._take(task) for task in walk._tasks]
         handle_failures(results, error)
         return results_frame(results)
 
-    def _abandon(self, tasks: list[Task]) -> int:
-        """Cancel the unresolved ones of `tasks`, and take every resolved one's result: they
-        belonged to a map that will not return them. Returns how many were cancelled."""
-        cancelled = self._cancel_ids([task.id for task in tasks if task._result is None])
-        for task in tasks:
+    def _abandon(self, walk: Walk) -> int:
+        """Stop `walk` and cancel its unresolved tasks, and take every resolved one's result:
+        they belonged to a map that will not return them. Returns how many were cancelled."""
+        cancelled = walk.cancel()
+        for task in walk._tasks:
             if task._result is not None:
                 self._take(task)
         return cancelled
@@ -987,20 +1104,22 @@ class Controller:
     ) -> bool:
         """Wait until every task is resolved ("all") or a resolved result is waiting ("one").
 
-        Returns True when that holds, False after `timeout` seconds. "one" with no result
-        waiting and nothing unresolved returns False at once: nothing would ever arrive.
+        A walk (or map) still taking from its iterables counts as unresolved work: "all" waits
+        for it to finish and for its tasks too. Returns True when that holds, False after
+        `timeout` seconds. "one" with no result waiting and nothing unresolved returns False at
+        once: nothing would ever arrive.
         """
         if mode not in ("all", "one"):
             raise ValueError(f'mode must be "all" or "one", not {mode!r}')
 
         def met() -> bool:
             if mode == "all":
-                return not self._tasks
+                return not self._tasks and not self._feeding
             return bool(self._resolved)
 
         with anyio.move_on_after(math.inf if timeout is None else timeout):
             while not met():
-                if mode == "one" and not self._tasks:
+                if mode == "one" and not self._tasks and not self._feeding:
                     return False
                 self._raise_if_broken()
                 if self._state != "running":
@@ -1025,13 +1144,14 @@ class Controller:
         return results_frame(results)
 
     async def results(self) -> AsyncIterator[Result]:
-        """Yield results as they resolve (taking them), until nothing is left unresolved."""
+        """Yield results as they resolve (taking them), until nothing is left unresolved and no
+        walk is taking from its iterables."""
         while True:
             result = self.pop()
             if result is not None:
                 yield result
                 continue
-            if not self._tasks or self._state != "running":
+            if (not self._tasks and not self._feeding) or self._state != "running":
                 return
             self._raise_if_broken()
             await self._resolutions.wait()
@@ -1277,6 +1397,11 @@ class Controller:
         waits."""
         if self._tasks.pop(task.id, None) is None:
             return  # resolved already (cancelled while a backup ran it)
+        budget = self._budget
+        if budget is not None:
+            payload = task._payload
+            assert payload is not None
+            budget.release(payload)
         self._handed.pop(task.id, None)
         _, status, _, _, warnings, seconds, worker, _, _, _, _, _, _ = fields
         self._counts[status] += 1
@@ -1430,11 +1555,21 @@ class Controller:
         if self._error is not None:
             for task in self._tasks.values():
                 task._fail(self._error)
+        for walk in list(self._feeding):
+            walk._end(self._error or walk._closed())
         self._resolutions.notify()
         self._settled.notify()
 
     def __repr__(self) -> str:
         return f"<Controller {self.name!r} {self._state}, {len(self._tasks)} unresolved>"
+
+
+def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """How many calls zipped `iterables` make, if each has a `len()` (else None)."""
+    try:
+        return min((len(iterable) for iterable in iterables), default=0)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _check_error_mode(error: str) -> None:
@@ -1513,6 +1648,14 @@ def _check_address(address: object, port: int) -> str:
             "machine (an SSH reverse tunnel, a NAT) forwards to one port"
         )
     return f"tcp://{text}"
+
+
+def _check_memory_max(value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(
+            "memory_max must be a whole number of bytes >= 1 (such as 2 << 30 for 2 GiB), or "
+            f"None for no bound, not {value!r}"
+        )
 
 
 def _check_seed(value: object) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -19,6 +19,7 @@ import polars as pl
 from batchcrew.controller import Controller, Task, _check_error_mode
 from batchcrew.results import ErrorMode, Result, handle_failures, results_frame
 from batchcrew.retrying import RetryOn
+from batchcrew.walking import Walk
 
 
 class ControllerGroup:
@@ -146,19 +147,21 @@ class ControllerGroup:
         seconds_timeout: float | None = None,
         retries: int | None = None,
         retry_on: RetryOn | None = None,
+        keep: bool = True,
         controller: str | None = None,
-    ) -> list[Task]:
-        """`Controller.walk` on controller `controller` (default: the first)."""
+    ) -> Walk:
+        """`Controller.walk` on controller `controller` (default: the first). A name in use on
+        another controller of the group stops the walk at that item, as one in use on
+        `controller` does."""
         target = self._one(controller)
-        listed = None if names is None else list(names)
-        self._check_names(listed or [], target)
         return target.walk(
             function,
             *iterables,
-            names=listed,
+            names=None if names is None else self._checked_names(names, target),
             seconds_timeout=seconds_timeout,
             retries=retries,
             retry_on=retry_on,
+            keep=keep,
         )
 
     async def map(
@@ -176,18 +179,23 @@ class ControllerGroup:
         """`Controller.map` on controller `controller` (default: the first); tasks that a
         backup finishes come back here too."""
         target = self._one(controller)
-        listed = None if names is None else list(names)
-        self._check_names(listed or [], target)
         return await target.map(
             function,
             *iterables,
-            names=listed,
+            names=None if names is None else self._checked_names(names, target),
             error=error,
             progress=progress,
             seconds_timeout=seconds_timeout,
             retries=retries,
             retry_on=retry_on,
         )
+
+    def _checked_names(self, names: Iterable[str], target: Controller) -> Iterator[str]:
+        """`names`, each checked as a walk takes it: a name unresolved on another controller
+        of the group raises ValueError there."""
+        for name in names:
+            self._check_names([name], target)
+            yield name
 
     def _check_names(self, names: Sequence[str], target: Controller) -> None:
         for name in names:

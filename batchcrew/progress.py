@@ -28,7 +28,7 @@ _FAILED = ("error", "crash", "cancel")
 
 
 class _ControllerProgress(Progress):
-    def __init__(self, controller: Controller, total: int, console: Console) -> None:
+    def __init__(self, controller: Controller, total: int | None, console: Console) -> None:
         self._controller = controller
         self._start = controller.counts()
         self._row: TaskID | None = None
@@ -64,10 +64,11 @@ def _workers(count: int) -> str:
 
 @contextmanager
 def progress_bar(
-    controller: Controller, total: int, *, console: Console | None = None
+    controller: Controller, total: int | None, *, console: Console | None = None
 ) -> Iterator[None]:
-    """Show tasks resolved out of `total` (counted from entry), workers connected and failures
-    while the block runs. Prints nothing unless `console` (default: stderr) is a terminal."""
+    """Show tasks resolved out of `total` (counted from entry; None: not known), workers
+    connected and failures while the block runs. Prints nothing unless `console` (default:
+    stderr) is a terminal."""
     console = console or Console(stderr=True)
     if not console.is_terminal:
         yield

@@ -115,7 +115,9 @@ async def batchcrew_run(tasks: int, latency: int, security: str, reads: float = 
 async def _batchcrew_figures(controller: bc.Controller, tasks: int, latency: int) -> Figures:
     await controller.map(noop, range(400))  # workers up, pipelining learned
     start = time.perf_counter()
-    for task in controller.walk(noop, range(tasks)):
+    walk = controller.walk(noop, range(tasks))
+    # A list before walks were lazy (an older checkout, --against); a Walk, awaited, since.
+    for task in walk if isinstance(walk, list) else await walk:
         await task
     throughput = tasks / (time.perf_counter() - start)
     samples = []

@@ -133,7 +133,7 @@ async def bytes_per_queued_task(queued: int) -> float:
         gc.collect()
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
-        tasks = controller.walk(noop, range(queued))
+        tasks = await controller.walk(noop, range(queued))
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
@@ -144,21 +144,22 @@ async def bytes_per_queued_task(queued: int) -> float:
 async def push_seconds(queued: int) -> float:
     async with bc.Controller(workers=1, launcher=Idle(), seconds_launch=1e6) as controller:
         start = time.perf_counter()
-        controller.walk(noop, range(queued))
+        await controller.walk(noop, range(queued))
         return time.perf_counter() - start
 
 
 async def drain_seconds(queued: int, rounds: int = 1) -> float:
-    """Seconds to resolve `rounds` times `queued` tasks on 2 local workers, each round pushed at
-    once and drained before the next (pushing and collecting untimed); checks that every task
-    resolved exactly once."""
+    """Seconds to resolve `rounds` times `queued` tasks on 2 local workers, each round walked
+    and drained before the next (from the walk's call, whose slices go out while the first
+    tasks run; collecting untimed); checks that every task resolved exactly once."""
     seconds = 0.0
     async with bc.Controller(workers=2) as controller:
         await controller.map(noop, range(400))  # workers up, pipelining learned
         controller.collect()
         for done in range(1, rounds + 1):
-            tasks = controller.walk(noop, range(queued))
+            # From the walk's call: its slices go out while the first tasks already run.
             start = time.perf_counter()
+            tasks = await controller.walk(noop, range(queued))
             await controller.wait("all")
             seconds += time.perf_counter() - start
             assert controller.counts()["success"] == 400 + done * queued, controller.counts()
@@ -235,8 +236,8 @@ async def swarm_rate(workers: int, tasks: int) -> tuple[float, float, int, float
 
         gc.callbacks.append(collected)
         sampler = asyncio.create_task(sample())
-        controller.walk(noop, range(tasks))
         start = time.perf_counter()
+        controller.walk(noop, range(tasks))  # wait() waits for the walk's slices too
         await controller.wait("all")
         rate = tasks / (time.perf_counter() - start)
         done.set()

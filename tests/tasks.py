@@ -153,3 +153,14 @@ def raise_crash_then_return(record: str) -> list[tuple[int, float, int | None]]:
     if len(attempts) == 2:
         os._exit(1)
     return attempts
+
+
+# -- walks (tests/test_walking.py) -----------------------------------------------------------
+
+
+def wait_for(gate: str) -> str:
+    """Run until the file `gate` exists (the test opens it), at most a minute."""
+    deadline = time.monotonic() + 60
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return "through"

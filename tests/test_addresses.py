@@ -67,7 +67,7 @@ async def test_workers_dial_the_address_given_and_reach_the_controller_through_i
         workers=2, host="127.0.0.1", port=tunnel.port, address=f"127.0.0.1:{listening}"
     )
     assert crew.address == f"tcp://127.0.0.1:{listening}"
-    results = [await task for task in crew.walk(add, range(4), range(4))]
+    results = [await task for task in await crew.walk(add, range(4), range(4))]
     assert [result.result for result in results] == [0, 2, 4, 6]
     assert tunnel.carried >= 1  # the workers came in through the forward
 

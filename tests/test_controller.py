@@ -90,7 +90,7 @@ async def test_a_held_result_is_made_when_asked_for_and_is_the_same_each_time(
     controller: MakeController,
 ) -> None:
     crew = await controller(workers=1)
-    tasks = crew.walk(add, range(3), range(3))
+    tasks = await crew.walk(add, range(3), range(3))
     await crew.wait("all")
     gc.collect()
     # Held as a tuple of plain values, out of the garbage collector's sight, until asked for.
@@ -112,7 +112,7 @@ async def test_generated_names_are_unique_and_given_names_must_be(
     controller: MakeController,
 ) -> None:
     crew = await controller()
-    tasks = crew.walk(add, range(5), range(5))
+    tasks = await crew.walk(add, range(5), range(5))
     assert len({task.name for task in tasks}) == 5
     crew.push(hang_briefly, name="same")
     with pytest.raises(ValueError, match=r"already held \(unresolved\)"):

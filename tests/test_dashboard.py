@@ -298,7 +298,7 @@ async def test_the_page_in_a_browser_follows_the_run_and_shows_names_as_text(
             assert crew.counts() == counts  # nothing moved while the page caught up
 
         # Three tasks held at a gate: unresolved on the page, running on both workers.
-        held = crew.walk(wait_for, [str(gate)] * 3)
+        held = await crew.walk(wait_for, [str(gate)] * 3)
         await expect(page.locator("#state-busy")).to_have_text("2")
         await page_matches_counts()
         await expect(page.locator("#count-unresolved")).to_have_text("3")

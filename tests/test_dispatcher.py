@@ -29,7 +29,7 @@ async def test_a_late_result_of_a_written_off_worker_is_dropped_as_such_and_it_i
     caplog.set_level(logging.DEBUG, logger="batchcrew")
     launcher = HandLauncher()
     crew = await controller(workers=2, launcher=launcher)
-    first, second = crew.walk(add, [1, 2], [10, 20])  # one launch of two workers
+    first, second = await crew.walk(add, [1, 2], [10, 20])  # one launch of two workers
     request = await launcher.requests.get()
     assert request.count == 2
     keys = dict(request.environment)

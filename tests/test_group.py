@@ -103,13 +103,20 @@ async def test_cancel_across_the_group(controller_group: MakeGroup, tmp_path: Pa
     assert group.counts()["cancel"] == 2
 
 
-async def test_names_are_unique_across_the_group_among_unresolved_tasks(
+async def test_names_are_unique_across_the_group_among_held_tasks(
     controller_group: MakeGroup, tmp_path: Path
 ) -> None:
     group = await controller_group(*controllers())
     group.push(hang, str(tmp_path / "a"), name="mine", controller="small")
     with pytest.raises(ValueError, match="already held on controller 'small'"):
         group.push(role, name="mine", controller="big")
+    names = (f"n{i}" if i != 2 else "mine" for i in range(4))  # checked as the walk takes
+    with pytest.raises(ValueError, match="already held on controller 'small'") as raised:
+        group.walk(role, range(4), names=names, controller="big")
+    assert "at item 2; nothing was pushed" in raised.value.__notes__[0]
+    with pytest.raises(ValueError, match="already held on controller 'small'"):
+        await group.map(role, range(4), names=iter(["mine"]), controller="big")
+    assert group.counts(controllers=["big"])["tasks"] == 0
     group.cancel(["mine"])
     with pytest.raises(ValueError, match="already held on controller 'small'"):
         group.push(role, name="mine", controller="big")  # its result is not taken yet
@@ -117,6 +124,9 @@ async def test_names_are_unique_across_the_group_among_unresolved_tasks(
     assert cancelled is not None
     assert (await cancelled).status == "cancel"
     assert (await group.push(role, name="mine", controller="big")).result == "big"
+    with anyio.fail_after(30):
+        tasks = await group.walk(role, range(2), names=iter(["a", "b"]), controller="big")
+        assert [(await task).result for task in tasks] == ["big", "big"]
 
 
 async def test_a_task_that_keeps_crashing_on_small_succeeds_on_its_backup_big(

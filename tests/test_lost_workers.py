@@ -258,7 +258,7 @@ async def test_a_frozen_worker_is_written_off_and_its_frames_refused_when_it_tha
     if sibling:
         others, other_go = tmp_path / "others", tmp_path / "other-go"
         others.mkdir()
-        frozen_task, other = crew.walk(
+        frozen_task, other = await crew.walk(
             once_started, [str(started), str(others)], [str(go), str(other_go)]
         )
         await started_pids(others, 1, within=20)

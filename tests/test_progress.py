@@ -31,6 +31,17 @@ async def test_a_terminal_gets_a_live_bar(controller: MakeController) -> None:
     assert crew.name[:20] in text
 
 
+async def test_a_map_over_a_generator_counts_up_to_an_unknown_total(
+    controller: MakeController,
+) -> None:
+    crew = await controller(workers=2)
+    output = io.StringIO()
+    console = Console(file=output, force_terminal=True, width=100)
+    with progress_bar(crew, None, console=console):
+        await crew.map(shout, (str(i) for i in range(10)))
+    assert "10/?" in output.getvalue()
+
+
 async def test_failures_show_on_the_bar(controller: MakeController) -> None:
     crew = await controller(workers=1)
     output = io.StringIO()

@@ -518,7 +518,7 @@ async def test_map_retries_each_task_and_a_retried_task_stops_no_map(
     assert frame["status"].to_list() == ["success"] * 3
     assert frame["attempts"].to_list() == [2, 2, 2]
     assert frame["interruptions"].to_list() == [0, 0, 0]
-    tasks = crew.walk(flaky, records, [5, 5, 5], retries=0)
+    tasks = await crew.walk(flaky, records, [5, 5, 5], retries=0)
     with anyio.fail_after(30):
         results = [await task for task in tasks]
     assert [result.attempts for result in results] == [1, 1, 1]

@@ -108,7 +108,7 @@ async def test_workers_that_cannot_reach_the_controller_fail_the_run_at_once(
         seconds_launch=seconds_launch,
     )
     async with controller:
-        tasks = controller.walk(sum, [[1]] * 3)  # three workers' worth
+        tasks = await controller.walk(sum, [[1]] * 3)  # three workers' worth
         with anyio.fail_after(1.5 * seconds_launch), pytest.raises(bc.LaunchError) as raised:
             await tasks[0]
     message = str(raised.value)

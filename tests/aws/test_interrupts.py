@@ -43,7 +43,7 @@ async def test_a_timed_out_task_that_ignores_its_interrupt_gets_its_array_child_
         job_queue=local_batch.job_queue, job_definition=local_batch.job_definition
     )
     async with controller, monitor:
-        stuck, quick = controller.walk(stubborn, [600, 0], seconds_timeout=1)
+        stuck, quick = await controller.walk(stubborn, [600, 0], seconds_timeout=1)
         assert (await quick).result == "quick"
         result = await stuck
         assert result.status == "error"

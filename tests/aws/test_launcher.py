@@ -131,7 +131,7 @@ async def test_200_tasks_on_4_batch_workers_and_no_job_left_running(
 
 async def test_a_burst_goes_out_as_one_array_job(local_batch: LocalBatch) -> None:
     async with aws.batch_controller(workers=5, options=options_for(local_batch)) as controller:
-        tasks = controller.walk(double, range(5))
+        tasks = await controller.walk(double, range(5))
         results = [await task for task in tasks]
     assert [result.result for result in results] == [0, 2, 4, 6, 8]
     (submitted,) = local_batch.requests_for("SubmitJob")
@@ -172,9 +172,9 @@ async def test_an_out_of_memory_task_is_retried_on_a_bigger_worker(
 ) -> None:
     options = options_for(local_batch, memory=[160, 700])
     async with aws.batch_controller(workers=3, options=options, crashes_max=2) as controller:
-        small = controller.walk(double, range(6))
+        small = await controller.walk(double, range(6))
         big = controller.push(hog, 300, name="big")
-        more_small = controller.walk(double, range(6, 12))
+        more_small = await controller.walk(double, range(6, 12))
         big_result = await big
         small_results = [await task for task in small + more_small]
     assert big_result.status == "success"
