@@ -122,12 +122,17 @@ class Capture:
         self._unrelayed = b""  # what the last task wrote after its last relay
 
     def begin(self) -> None:
-        """A task starts: its output begins here. What came before it goes to the log."""
+        """A task starts: its output begins where the file was last seen to end (by the last
+        task's `end`, or by `follow` since, which copied to the log what came between). So a
+        task costs one system call here, at its end; only output written between tasks in
+        the moment before this one starts (after the watcher's last look, at most a tick ago)
+        is counted as this task's."""
         with self._lock:
-            size = self._size()
-            if size > self._seen:
-                self._copy(self._seen, size)  # written between tasks: not this task's
+            size = self._seen
             if size > _TRUNCATE_AT:
+                size = self._size()
+                if size > self._seen:
+                    self._copy(self._seen, size)  # written between tasks: not this task's
                 os.ftruncate(self._file, 0)  # its writers append: they go on from 0
                 size = 0
             self._start = self._seen = self._relayed = size
