@@ -167,15 +167,20 @@ class Capture:
         Python's streams are flushed first, so a `print` without a newline counts too."""
         _flush()
         with self._lock:
-            written = self._written()
-            if written is None:
+            start = self._start
+            if start is None:
                 return b""
-            start, size = written
-            self._start = None
-            self._ended = (start, size)
+            size = os.lseek(self._file, 0, os.SEEK_END)  # its one system call (see `_size`)
             if size == start:  # the common case: it wrote nothing
+                self._start = None
+                self._ended = (start, size)
                 self._unrelayed = b""
                 return b""
+            if size < self._seen:  # a task truncated the file: `_size` says what that means
+                size = self._size()
+                start = min(start, size)
+            self._start = None
+            self._ended = (start, size)
             if size > self._seen:
                 self._look(start, size)
             if self._mirror and not self._last.endswith(b"\n"):
