@@ -39,6 +39,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from scale import Idle  # the script's own directory is on the path
 
 import batchcrew as bc
 from batchcrew.walking import TASK_BYTES
@@ -65,18 +66,6 @@ def resident(field: str) -> int:
 
 
 # -- what a queued task costs ------------------------------------------------------------------
-
-
-class Idle(bc.Launcher):
-    """Launches nothing: tasks stay queued."""
-
-    name = "idle"
-
-    async def launch(self, request: bc.LaunchRequest) -> None:
-        return None
-
-    async def terminate(self, launch: str, indexes: object = None) -> None:
-        return None
 
 
 async def bookkeeping(count: int) -> tuple[float, float]:
