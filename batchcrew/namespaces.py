@@ -21,6 +21,7 @@ import builtins
 import hashlib
 import io
 import pickle
+import re
 import sys
 import types
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from batchcrew.protocol import Buffer
 # then its state (defaults, closure, the globals it names) is set on it.
 _MAKE_FUNCTION = "_make_function"
 _SET_STATE = "_function_setstate"
-_MARK = _MAKE_FUNCTION.encode()
+_MARK = re.compile(re.escape(_MAKE_FUNCTION.encode()))
 _DEFINITIONS = (types.ModuleType, types.FunctionType, type)
 
 
@@ -58,10 +59,9 @@ class Namespaces:
     def load(self, data: Buffer, buffers: Sequence[Buffer] = ()) -> Any:
         """Unpickle what `protocol.dump_*` made, making by-value functions in this worker's
         namespaces. Only ever call it on frames from an authenticated peer."""
-        raw = data if isinstance(data, bytes) else bytes(data)
-        if _MARK not in raw:  # no by-value function in it: the fast, plain path
-            return pickle.loads(raw, buffers=buffers)
-        return _Unpickler(self, io.BytesIO(raw), buffers=buffers).load()
+        if _MARK.search(data) is None:  # no by-value function in it: the fast, plain path
+            return pickle.loads(data, buffers=buffers)  # (searched in place: no copy)
+        return _Unpickler(self, io.BytesIO(data), buffers=buffers).load()
 
     def namespace(self, module: str) -> dict[str, Any] | None:
         """The namespace kept for `module`, if a function of it was seen."""
