@@ -155,7 +155,10 @@ async def test_the_initializer_runs_once_per_worker_and_every_task_sees_what_it_
     pids = {pid for pid, _ in frame["result"]}
     assert [value for _, value in frame["result"]] == [x + 6 for x in range(60)]
     lines = runs.read_text().split()
-    assert sorted(lines) == sorted(str(pid) for pid in pids)  # once per worker, no more
+    assert len(lines) == len(set(lines))  # once per worker, no more
+    # every worker that ran a task had run the initializer first; a worker that started
+    # late may have run it and found no task left, so the lines may name more pids
+    assert {str(pid) for pid in pids} <= set(lines)
 
 
 async def test_an_initializer_that_raises_ends_in_launch_error_naming_it(
