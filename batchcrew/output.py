@@ -126,17 +126,24 @@ class Capture:
         task's `end`, or by `follow` since, which copied to the log what came between). So a
         task costs one system call here, at its end; only output written between tasks in
         the moment before this one starts (after the watcher's last look, at most a tick ago)
-        is counted as this task's."""
-        with self._lock:
-            size = self._seen
-            if size > _TRUNCATE_AT:
+        is counted as this task's.
+
+        Its common path takes no lock, as every task pays for it: it only reads `_seen`, which
+        the watcher may move on meanwhile (having copied what came between tasks to the log);
+        the task's output then starts a little earlier, as said above, and nothing reaches the
+        log twice. `_start`, set last, is what tells the watcher that a task runs."""
+        start = self._seen
+        if start > _TRUNCATE_AT:
+            with self._lock:
                 size = self._size()
                 if size > self._seen:
                     self._copy(self._seen, size)  # written between tasks: not this task's
                 os.ftruncate(self._file, 0)  # its writers append: they go on from 0
-                size = 0
-            self._start = self._seen = self._relayed = size
-            self._last = b""
+                self._seen = 0
+                start = 0
+        self._last = b""
+        self._relayed = start
+        self._start = start
 
     def follow(self) -> None:
         """Copy what was written since the last look to the log (the watcher, every tick)."""
@@ -165,20 +172,28 @@ class Capture:
     def end(self) -> bytes:
         """The task has returned: its output, cut to `output_max` (b"" if it wrote nothing).
         Python's streams are flushed first, so a `print` without a newline counts too."""
-        _flush()
+        try:  # (`_flush`, inlined: every task pays for this path)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        start = self._start
+        if start is None:
+            return b""
+        size = os.lseek(self._file, 0, os.SEEK_END)  # its one system call (see `_size`)
+        if size == start:
+            # The common case: it wrote nothing, so the watcher has nothing to copy or keep,
+            # and no lock is needed to say that the task is over.
+            self._ended = (start, size)
+            self._unrelayed = b""
+            self._start = None
+            return b""
         with self._lock:
             start = self._start
             if start is None:
                 return b""
-            size = os.lseek(self._file, 0, os.SEEK_END)  # its one system call (see `_size`)
-            if size == start:  # the common case: it wrote nothing
-                self._start = None
-                self._ended = (start, size)
-                self._unrelayed = b""
-                return b""
-            if size < self._seen:  # a task truncated the file: `_size` says what that means
-                size = self._size()
-                start = min(start, size)
+            size = self._size()  # a task may have truncated the file: `_size` says what then
+            start = min(start, size)
             self._start = None
             self._ended = (start, size)
             if size > self._seen:

@@ -645,9 +645,6 @@ class Runner:
                 channel.send(protocol.encode(protocol.Output(task.task_id, rest)))
         return outcome
 
-    def _output(self) -> bytes:
-        return b"" if self.output is None else self.output.end()
-
     def _run(self, task: protocol.Task, running: _Running) -> protocol.Outcome:
         start = time.perf_counter()
         try:
@@ -660,7 +657,7 @@ class Runner:
                 time.perf_counter() - start,
                 error=f"the task could not be unpickled on the worker: {_describe(error)}",
                 trace=_trace(error),
-                output=self._output(),
+                output=b"" if self.output is None else self.output.end(),
             )
         self._warnings.start()
         failure: BaseException | None = None
@@ -693,7 +690,7 @@ class Runner:
         seeding.end()
         seconds = time.perf_counter() - start
         rss, peak, cpu = self.usage.task_ends(seconds)
-        output = self._output()
+        output = b"" if self.output is None else self.output.end()
         # From here on, everything that turns the task's exception, result or warnings into
         # text or bytes is guarded: nothing a task raises, returns or warns ends its worker.
         messages = _warning_texts(self._warnings.take())
