@@ -1202,19 +1202,20 @@ def _set_up(channel: _Channel, runner: Runner, settings: WorkerSettings) -> None
 
 
 def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
-    started = last = time.monotonic()
+    started = last = now = time.monotonic()
     done = 0
     asked = False  # it asked the controller whether it may leave idle, and waits to hear
     while True:
         if runner.draining is not None:
             return runner.draining  # SIGTERM came while it was busy elsewhere
-        now = time.monotonic()
         wall = settings.seconds_wall - (now - started)
         idle = settings.seconds_idle - (now - last)
         message = channel.receive(max(0.0, min(wall, idle)))
-        if message is None:
+        now = time.monotonic()
+        if type(message) is protocol.Task:
+            pass  # the common case, first (it is handled below the rest)
+        elif message is None:
             # Nothing came: check the clocks.
-            now = time.monotonic()
             if now - started >= settings.seconds_wall:
                 return f"seconds_wall={settings.seconds_wall:g} reached"
             if now - last >= settings.seconds_idle:
@@ -1226,26 +1227,26 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
                 last = now
                 channel.send(protocol.encode(protocol.Idle()))
             continue
-        if isinstance(message, protocol.Stop):
+        elif isinstance(message, protocol.Stop):
             if asked:
                 return f"idle for seconds_idle={settings.seconds_idle:g}"
             return f"stopped by the controller: {message.reason}"
-        if isinstance(message, protocol.Stay):
+        elif isinstance(message, protocol.Stay):
             asked = False
-            last = time.monotonic()
+            last = now
             continue
-        if isinstance(message, protocol.Cancel):
+        elif isinstance(message, protocol.Cancel):
             channel.mark_cancelled(message.task_id)
             continue
-        if isinstance(message, protocol.Everywhere):
+        elif isinstance(message, protocol.Everywhere):
             channel.flush()  # results kept back go first, as they came first
             channel.send(protocol.encode(runner.everywhere(message)))
-            last = time.monotonic()
+            last = now = time.monotonic()
             continue
-        if not isinstance(message, protocol.Task):
+        else:
             continue
         asked = False
-        if time.monotonic() - started >= settings.seconds_wall:
+        if now - started >= settings.seconds_wall:
             # Soft wall time: no new task once it is spent. The goodbye hands this task and
             # any sent ahead back to the controller, which requeues them.
             return f"seconds_wall={settings.seconds_wall:g} reached"
@@ -1260,9 +1261,11 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
                 # Interrupted by SIGTERM: the goodbye hands it back, to run elsewhere.
                 return STOPPED_BY_SIGTERM
         out = protocol.encode(outcome)
-        size = sum(map(protocol.nbytes, out))
-        if 0 < settings.max_message_size < size:
-            out = protocol.encode(_within(outcome, size, settings.max_message_size, runner.output))
+        limit = settings.max_message_size
+        if limit > 0:
+            size = protocol.nbytes(out[0]) if len(out) == 1 else sum(map(protocol.nbytes, out))
+            if size > limit:
+                out = protocol.encode(_within(outcome, size, limit, runner.output))
         # Results of short tasks go back together while more tasks wait here: one message
         # instead of several, and the controller answers with the next tasks together.
         if not channel.unsent and not channel.waiting():
@@ -1282,7 +1285,7 @@ def _loop(channel: _Channel, runner: Runner, settings: WorkerSettings) -> str:
             ):
                 channel.flush()
         done += 1
-        last = time.monotonic()
+        last = now = time.monotonic()
         if done >= settings.tasks_max:
             return f"tasks_max={settings.tasks_max:g} reached"
 
