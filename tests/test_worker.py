@@ -328,7 +328,11 @@ def cancel(task_id: int) -> list[bytes]:
 
 
 def outcome(sock: zmq.Socket[bytes]) -> protocol.Outcome:
+    """The next outcome; a busy message first (a task that ran over a second: an import on a
+    loaded machine) is skipped."""
     _, message = receive(sock)
+    while isinstance(message, protocol.Busy):
+        _, message = receive(sock)
     assert isinstance(message, protocol.Outcome), message
     return message
 
