@@ -172,11 +172,7 @@ class Capture:
     def end(self) -> bytes:
         """The task has returned: its output, cut to `output_max` (b"" if it wrote nothing).
         Python's streams are flushed first, so a `print` without a newline counts too."""
-        try:  # (`_flush`, inlined: every task pays for this path)
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:
-            pass
+        _flush()
         start = self._start
         if start is None:
             return b""
