@@ -1,5 +1,6 @@
 """Task output: what a task writes to its stdout and stderr, captured at a worker's file
-descriptors, cut to `output_max`, and relayed to the controller's stderr while it runs.
+descriptors, cut to `output_max`, mirrored to the worker's own stdout and stderr (each byte to
+the stream it was written to), and relayed to the controller's stderr while it runs.
 
 `Capture` is the worker's side (installed by the worker process's entry point only: it takes
 the process's descriptors 1 and 2 over); `Relay` is the controller's. `last_line` serves both:
@@ -13,11 +14,14 @@ import os
 import sys
 import tempfile
 import threading
-from typing import TextIO
+from typing import Literal, TextIO
+
+#: A stream, by its file descriptor: 1 for stdout, 2 for stderr.
+Stream = Literal[1, 2]
 
 #: The capture's file is emptied as a task begins once it holds more than this.
 _TRUNCATE_AT = 1 << 20
-_CHUNK = 1 << 16  # bytes copied to the worker's log at a time
+_CHUNK = 1 << 16  # bytes mirrored at a time
 _TAIL_MAX = 200  # characters of the last line the workers table shows
 _LAST_MAX = 1024  # bytes of the running task's output kept to find that line in
 _LINE_MAX = 1 << 16  # a relayed line without an end is written out once this long
@@ -42,6 +46,30 @@ def last_line(data: bytes) -> str:
     return ""
 
 
+def split_by_stream(
+    start: int, end: int, stdout_end: int, stderr_end: int
+) -> list[tuple[int, int, Stream]]:
+    """The bytes from `start` to `end` of a file that stdout and stderr append to, in pieces
+    `(first, last, stream)`, told apart by where each stream's last write ended (`stdout_end`,
+    `stderr_end`). A stream wrote in the region if its last write ended inside it. Only stdout:
+    the bytes up to its end are its, the rest stderr's. Both: the one that ended first has the
+    bytes up to its end, the other the bytes from there to its own end. Bytes after those, and
+    all of them when only stderr (or neither: another writer) wrote, go to stderr.
+
+    Exact when one stream wrote in the region; when both did, an earlier write of the one that
+    ended last may be counted as the other's."""
+    pieces: list[tuple[int, int, Stream]] = []
+    if start < stdout_end <= end:
+        if start < stderr_end < stdout_end:  # both wrote, stderr's last write ended first
+            pieces.append((start, stderr_end, 2))
+            start = stderr_end
+        pieces.append((start, stdout_end, 1))
+        start = stdout_end
+    if start < end:
+        pieces.append((start, end, 2))
+    return pieces
+
+
 def _whole_characters(data: bytes, *, at_end: bool) -> bytes:
     """`data` without the part of a UTF-8 character that a cut left at its end (or start)."""
     if at_end:
@@ -62,16 +90,19 @@ def _whole_characters(data: bytes, *, at_end: bool) -> bytes:
 class Capture:
     """The worker process's stdout and stderr, taken over at their file descriptors.
 
-    Descriptors 1 and 2 both point to one unlinked temporary file opened for appending, so a
-    task's `print`, its writes to `sys.stderr`, and whatever C extensions and subprocesses
-    write land there in the order they were written. The descriptors the process started with
-    are kept: `log` (the original stderr) is the worker's own log, where its own messages go,
-    and where every task's output is copied too (live, by `follow`), so that the terminal of a
-    local worker and the log stream of a remote one still show it.
+    Descriptors 1 and 2 both append to one unlinked temporary file, so a task's `print`, its
+    writes to `sys.stderr`, and whatever C extensions and subprocesses write land there in the
+    order they were written. The descriptors the process started with are kept, and what the
+    file gains is mirrored to them (live, by `follow`), each byte to the stream it was written
+    to, so that a local worker's tasks print on the controller's stdout and stderr, and a
+    remote worker's log stream shows both. Descriptors 1 and 2 are two open files of their
+    own: where each one's last write ended tells which bytes are whose (`split_by_stream`),
+    exactly when one of them wrote since the last look. `log` (the original stderr) is where
+    the worker's own messages go.
 
     `begin` and `end` frame a task (on the main thread): what the file gained in between is
     the task's output, cut to `output_max` bytes. What is written between tasks (by a thread a
-    task left running) goes to the log only. With `relay`, `relay_since` gives what a running
+    task left running) is mirrored only. With `relay`, `relay_since` gives what a running
     task wrote since it was last asked, at most `relay_max` bytes. The watcher thread calls
     `follow`, `relay_since` and `tail` meanwhile: a lock keeps the two threads apart.
     Raises OSError if the descriptors cannot be taken over (no temporary directory, say).
@@ -93,12 +124,18 @@ class Capture:
         self._log = self._saved[1]
         handle, path = tempfile.mkstemp(prefix="batchcrew-output-", dir=directory)
         try:
-            self._file = os.open(path, os.O_RDWR | os.O_APPEND)
+            self._file = os.open(path, os.O_RDWR | os.O_APPEND)  # read, measured, truncated
+            # Each stream's own open file, kept to ask where its last write ended (appending
+            # leaves its offset there; measuring `_file` moves neither).
+            self._writers = (
+                os.open(path, os.O_WRONLY | os.O_APPEND),
+                os.open(path, os.O_WRONLY | os.O_APPEND),
+            )
         finally:
             os.close(handle)
             os.unlink(path)  # gone with the process, whichever way it ends
-        os.dup2(self._file, 1)
-        os.dup2(self._file, 2)
+        os.dup2(self._writers[0], 1)
+        os.dup2(self._writers[1], 2)
         self.log: TextIO = open(  # noqa: SIM115 (the worker's log, for its life: see close)
             self._log,
             "w",
@@ -115,7 +152,8 @@ class Capture:
         self._mirror = not (relay and os.isatty(self._log))
         self._lock = threading.Lock()
         self._start: int | None = None  # where the running task's output begins in the file
-        self._seen = 0  # how far the file was read (and copied to the log)
+        self._seen = 0  # how far the file was read (and mirrored)
+        self._mirrored: Stream = 2  # the stream the last mirrored bytes went to
         self._relayed = 0  # how far the running task's output was relayed
         self._last = b""  # the end of what the running task wrote, for `tail`
         self._ended = (0, 0)  # where the last task's output began and ended
@@ -123,15 +161,15 @@ class Capture:
 
     def begin(self) -> None:
         """A task starts: its output begins where the file was last seen to end (by the last
-        task's `end`, or by `follow` since, which copied to the log what came between). So a
+        task's `end`, or by `follow` since, which mirrored what came between). So a
         task costs one system call here, at its end; only output written between tasks in
         the moment before this one starts (after the watcher's last look, at most a tick ago)
         is counted as this task's.
 
         Its common path takes no lock, as every task pays for it: it only reads `_seen`, which
-        the watcher may move on meanwhile (having copied what came between tasks to the log);
-        the task's output then starts a little earlier, as said above, and nothing reaches the
-        log twice. `_start`, set last, is what tells the watcher that a task runs."""
+        the watcher may move on meanwhile (having mirrored what came between tasks); the
+        task's output then starts a little earlier, as said above, and nothing is mirrored
+        twice. `_start`, set last, is what tells the watcher that a task runs."""
         start = self._seen
         if start > _TRUNCATE_AT:
             with self._lock:
@@ -139,6 +177,8 @@ class Capture:
                 if size > self._seen:
                     self._copy(self._seen, size)  # written between tasks: not this task's
                 os.ftruncate(self._file, 0)  # its writers append: they go on from 0
+                for writer in self._writers:  # where they last ended is no longer in the file
+                    os.lseek(writer, 0, os.SEEK_SET)
                 self._seen = 0
                 start = 0
         self._last = b""
@@ -146,14 +186,13 @@ class Capture:
         self._start = start
 
     def follow(self) -> None:
-        """Copy what was written since the last look to the log (the watcher, every tick)."""
+        """Mirror what was written since the last look (the watcher, every tick)."""
         with self._lock:
             size = self._size()
             if size <= self._seen:
                 return
             if self._start is None:
-                self._copy(self._seen, size)  # between tasks
-                self._seen = size
+                self._seen = self._copy(self._seen, size)  # between tasks
             else:
                 self._look(self._start, size)
 
@@ -191,11 +230,12 @@ class Capture:
             size = self._size()  # a task may have truncated the file: `_size` says what then
             start = min(start, size)
             self._start = None
-            self._ended = (start, size)
             if size > self._seen:
-                self._look(start, size)
+                size = self._look(start, size)
+            self._ended = (start, size)
             if self._mirror and not self._last.endswith(b"\n"):
-                _write_all(self._log, b"\n")  # what the log says next starts a line
+                # What that stream says next (the worker's log, say) starts a line.
+                _write_all(self._saved[self._mirrored - 1], b"\n")
             self._unrelayed = self._take_relay() if self.relay else b""
             return self._kept(start, size, self.output_max, f"output_max={self.output_max}")
 
@@ -215,7 +255,7 @@ class Capture:
                 return b""
             start, size = written
             if size > self._seen:
-                self._look(start, size)
+                size = self._look(start, size)
             return self._kept(start, size, self.output_max, f"output_max={self.output_max}")
 
     def take_unrelayed(self) -> bytes:
@@ -225,7 +265,7 @@ class Capture:
             return data
 
     def close(self) -> None:
-        """Copy what is left to the log, give descriptors 1 and 2 back, close the file."""
+        """Mirror what is left, give descriptors 1 and 2 back, close the file."""
         _flush()
         with self._lock, contextlib.suppress(OSError):
             size = self._size()
@@ -236,7 +276,7 @@ class Capture:
             os.dup2(self._saved[0], 1)
             os.dup2(self._saved[1], 2)
             self.log.close()
-            for descriptor in (*self._saved, self._file):
+            for descriptor in (*self._saved, *self._writers, self._file):
                 os.close(descriptor)
 
     # -- under the lock -----------------------------------------------------------------------
@@ -262,22 +302,35 @@ class Capture:
                 self._start = min(self._start, size)
         return size
 
-    def _look(self, start: int, size: int) -> None:
-        """The running task wrote up to `size`: copy the new part to the log, keep the end."""
+    def _look(self, start: int, size: int) -> int:
+        """The running task wrote up to `size`: mirror the new part, keep the end. Returns
+        where the file was seen to end (past `size` if mirroring found more: see `_copy`)."""
         if self._mirror:
-            self._copy(self._seen, size)
+            size = self._copy(self._seen, size)
         self._seen = size
         length = min(size - start, _LAST_MAX)
         self._last = os.pread(self._file, length, size - length)
+        return size
 
-    def _copy(self, start: int, end: int) -> None:
-        """Copy the file's bytes from `start` to `end` to the log."""
-        while start < end:
-            chunk = os.pread(self._file, min(_CHUNK, end - start), start)
-            if not chunk:
-                return
-            _write_all(self._log, chunk)
-            start += len(chunk)
+    def _copy(self, start: int, end: int) -> int:
+        """Mirror the file's bytes from `start` to `end`, each piece to the stream that wrote
+        it (see `split_by_stream`). Returns where it mirrored to: past `end` when a stream's
+        last write ended past it, having come after the file was measured (that write is then
+        mirrored whole, rather than what the stream wrote before it going to stderr)."""
+        stdout_end = os.lseek(self._writers[0], 0, os.SEEK_CUR)  # moves nothing
+        stderr_end = os.lseek(self._writers[1], 0, os.SEEK_CUR)
+        if max(stdout_end, stderr_end) > end:
+            end = max(end, os.lseek(self._file, 0, os.SEEK_END))
+        for first, last, stream in split_by_stream(start, end, stdout_end, stderr_end):
+            self._mirrored = stream
+            target = self._saved[stream - 1]
+            while first < last:
+                chunk = os.pread(self._file, min(_CHUNK, last - first), first)
+                if not chunk:
+                    break  # a task truncated the file: `_size` sees to it next
+                _write_all(target, chunk)
+                first += len(chunk)
+        return end
 
     def _take_relay(self) -> bytes:
         start, end = self._relayed, self._seen

@@ -4,16 +4,21 @@ and shown in the workers table; on real worker processes."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio.abc import ByteReceiveStream
+from hypothesis import given
+from hypothesis import strategies as st
 
 import batchcrew as bc
 from batchcrew import dashboard
-from batchcrew.output import Relay, cut, last_line
+from batchcrew.output import Relay, cut, last_line, split_by_stream
 from tests.conftest import MakeController
 from tests.output_tasks import (
     lines_until,
@@ -35,6 +40,59 @@ async def wait_for(condition: object, within: float = 20.0) -> None:
     with anyio.fail_after(within):
         while not condition():
             await anyio.sleep(0.02)
+
+
+class Streams:
+    """What a controller script's process wrote to its stdout and to its stderr, apart."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+
+    async def read(self, stream: ByteReceiveStream, name: str) -> None:
+        async for chunk in stream:
+            setattr(self, name, getattr(self, name) + chunk)
+
+
+# A controller script: `main` pushes `TASKS` (defined above it, so pickled by value) to one
+# local worker, which inherits the script's stdout and stderr, and writes the results'
+# outputs to outputs.json, so that the script's own stdout holds only what the tasks wrote.
+_MAIN = """
+
+async def main():
+    async with bc.Controller(workers=1) as crew:
+        results = [await crew.push(task, *arguments) for task, *arguments in TASKS]
+    assert all(result.status == "success" for result in results), results
+    Path("outputs.json").write_text(json.dumps([result.output for result in results]))
+
+
+asyncio.run(main())
+"""
+
+
+async def run_controller_script(
+    tmp_path: Path, tasks: str, meanwhile: Callable[[Streams], Awaitable[None]] | None = None
+) -> tuple[Streams, list[str]]:
+    """Run a controller script of `tasks` (see `_MAIN`) with its stdout and stderr read apart,
+    and `meanwhile` while it runs; return them and its results' outputs."""
+    script = tmp_path / "script.py"
+    imports = "import asyncio, json, os, subprocess, sys, time\nfrom pathlib import Path\n"
+    script.write_text(f"{imports}\nimport batchcrew as bc\n\n{textwrap.dedent(tasks)}{_MAIN}")
+    streams = Streams()
+    with anyio.fail_after(50):
+        async with await anyio.open_process(
+            [sys.executable, str(script)], cwd=tmp_path, stdin=subprocess.DEVNULL
+        ) as process:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            async with anyio.create_task_group() as group:
+                group.start_soon(streams.read, process.stdout, "out")
+                group.start_soon(streams.read, process.stderr, "err")
+                if meanwhile is not None:
+                    await meanwhile(streams)
+            code = await process.wait()
+    assert code == 0, streams.err.decode()
+    return streams, json.loads((tmp_path / "outputs.json").read_text())
 
 
 # -- what a result holds -----------------------------------------------------------------------
@@ -150,6 +208,88 @@ async def test_output_written_between_tasks_goes_to_the_workers_log_only(
     assert (await crew.push(write, "next\n")).output == "next\n"
 
 
+# -- where a local worker's tasks print ----------------------------------------------------------
+
+
+async def test_a_local_workers_tasks_write_to_the_controllers_stdout_and_stderr_each_its_own(
+    tmp_path: Path,
+) -> None:
+    """What a task (or its subprocess) writes to stdout shows on the controller's stdout, what
+    it writes to stderr on its stderr, as with ProcessPoolExecutor; its result has both."""
+    streams, outputs = await run_controller_script(
+        tmp_path,
+        """
+        def talk(word):
+            print(f"print {word}")
+            sys.stderr.write(f"stderr {word}\\n")
+
+
+        def shell(word):
+            os.system(f"echo shell {word}")
+            subprocess.run(["sh", "-c", f"echo out {word}; echo err {word} >&2"], check=True)
+
+
+        def unfinished():
+            print("no newline", end="")
+
+
+        TASKS = [(talk, "one"), (shell, "two"), (unfinished,)]
+        """,
+    )
+    assert outputs == ["print one\nstderr one\n", "shell two\nout two\nerr two\n", "no newline"]
+    # The line a task left unfinished is ended on the stream it is on.
+    assert streams.out.decode() == "print one\nshell two\nout two\nno newline\n"
+    err = streams.err.decode()
+    assert "stderr one\nerr two\n" in err
+    assert not any(word in err for word in ("print", "shell", "out two", "no newline"))
+
+
+async def test_a_running_tasks_writes_reach_the_controllers_stdout_and_stderr_as_they_come(
+    tmp_path: Path,
+) -> None:
+    """A task that takes turns at stdout and stderr, each turn waiting until the last one
+    showed on the controller's stream (so each is told apart from the next exactly)."""
+    turns = [("out", b"out 1\n"), ("err", b"err 1\n"), ("out", b"out 2\n")]
+
+    async def take_turns(streams: Streams) -> None:
+        def shown(stream: str, text: bytes) -> Callable[[], bool]:
+            return lambda: text in getattr(streams, stream)
+
+        for turn, (stream, text) in enumerate(turns, 1):
+            await wait_for(shown(stream, text))
+            (tmp_path / f"turn-{turn}").touch()
+
+    streams, outputs = await run_controller_script(
+        tmp_path,
+        """
+        def take_turns(directory):
+            print("out 1")
+            wait_for_turn(directory, 1)
+            sys.stderr.write("err 1\\n")
+            wait_for_turn(directory, 2)
+            os.write(1, b"out 2\\n")
+            wait_for_turn(directory, 3)
+            subprocess.run(["sh", "-c", "echo err 2 >&2"], check=True)
+
+
+        def wait_for_turn(directory, turn):
+            deadline = time.monotonic() + 30
+            while not Path(directory, f"turn-{turn}").exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"turn {turn} did not come")
+                time.sleep(0.01)  # told by a file the test makes
+
+
+        TASKS = [(take_turns, os.getcwd())]
+        """,
+        take_turns,
+    )
+    assert outputs == ["out 1\nerr 1\nout 2\nerr 2\n"]
+    assert streams.out == b"out 1\nout 2\n"
+    assert b"err 1\nerr 2\n" in streams.err
+    assert b"out " not in streams.err
+
+
 # -- while it runs -----------------------------------------------------------------------------
 
 
@@ -229,3 +369,36 @@ def test_the_relay_writes_whole_lines_after_the_tasks_name(
     relay.end(1)
     relay.end(2)
     assert capsys.readouterr().err == "[other] unfinished\n"
+
+
+def test_a_region_is_split_by_where_each_streams_last_write_ended() -> None:
+    # Only stdout wrote (stderr's last write ended before the region): up to its end is its.
+    assert split_by_stream(10, 30, 20, 5) == [(10, 20, 1), (20, 30, 2)]
+    assert split_by_stream(10, 30, 30, 10) == [(10, 30, 1)]
+    # Only stderr, or neither (another open file, such as /dev/stdout opened anew): stderr.
+    assert split_by_stream(10, 30, 5, 25) == [(10, 30, 2)]
+    assert split_by_stream(10, 30, 10, 0) == [(10, 30, 2)]
+    # Both: the one that ended first up to its end, the other from there to its own end.
+    assert split_by_stream(10, 30, 15, 25) == [(10, 15, 1), (15, 30, 2)]
+    assert split_by_stream(10, 30, 25, 15) == [(10, 15, 2), (15, 25, 1), (25, 30, 2)]
+    # Ends past the region (from before the file was emptied): not in it.
+    assert split_by_stream(0, 30, 500, 600) == [(0, 30, 2)]
+    assert split_by_stream(10, 10, 10, 10) == []
+
+
+@given(
+    st.integers(0, 100),
+    st.integers(0, 100),
+    st.integers(0, 200),
+    st.integers(0, 200),
+)
+def test_a_regions_pieces_cover_it_once_in_order(
+    start: int, length: int, stdout_end: int, stderr_end: int
+) -> None:
+    end = start + length
+    pieces = split_by_stream(start, end, stdout_end, stderr_end)
+    assert all(first < last for first, last, _ in pieces)
+    edges = [start] + [last for _, last, _ in pieces]
+    assert [first for first, _, _ in pieces] == edges[:-1]
+    assert edges[-1] == end
+    assert (start < stdout_end <= end) == any(stream == 1 for _, _, stream in pieces)

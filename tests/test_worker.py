@@ -48,7 +48,9 @@ def router() -> Iterator[tuple[zmq.Socket[bytes], str]]:
     context.term()
 
 
-def start_worker(**settings: object) -> subprocess.Popen[str]:
+def start_worker(*, one_log: bool = False, **settings: object) -> subprocess.Popen[str]:
+    """A worker process; what it writes to its stderr is read by `finish`, with `one_log` its
+    stdout too (one pipe behind both, as a log file or a remote worker's log stream has)."""
     parsed = WorkerSettings(**settings)  # type: ignore[arg-type]
     environment = {
         **os.environ,
@@ -58,7 +60,8 @@ def start_worker(**settings: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "batchcrew.worker"],
         env=environment,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE if one_log else None,
+        stderr=subprocess.STDOUT if one_log else subprocess.PIPE,
         text=True,
     )
 
@@ -96,8 +99,8 @@ def greet(sock: zmq.Socket[bytes], setup: protocol.Setup | None = None) -> bytes
 
 
 def finish(process: subprocess.Popen[str], within: float = 30.0) -> tuple[int, str]:
-    _, errors = process.communicate(timeout=within)
-    return process.returncode, errors
+    output, errors = process.communicate(timeout=within)
+    return process.returncode, errors if output is None else output
 
 
 def test_a_worker_without_settings_says_what_is_missing() -> None:
@@ -796,7 +799,7 @@ def test_the_workers_own_messages_go_to_its_log_and_never_into_a_tasks_output(
     router: tuple[zmq.Socket[bytes], str],
 ) -> None:
     sock, address = router
-    process = start_worker(controller=address, launch="L", announce=1)
+    process = start_worker(controller=address, launch="L", announce=1, one_log=True)
     identity = greet(sock)
     sock.send_multipart([identity, *task(1, write_every_way, "one")])
     first = outcome(sock)
@@ -810,7 +813,8 @@ def test_the_workers_own_messages_go_to_its_log_and_never_into_a_tasks_output(
     lines = errors.splitlines()
     assert lines[0] == f"batchcrew worker L:0: connecting to {address}"
     assert lines[-1] == "batchcrew worker L:0: leaving: stopped by the controller: done"
-    # The log still shows what the tasks wrote (each task's output ends a line there).
+    # The log still shows what the tasks wrote (each task's output ends a line there), on
+    # its stdout and its stderr.
     assert "\n".join(lines[1:-1]) == (
         "print one\nstderr one\nfd one\necho one\nno newline\n"
         "batchcrew worker: dropped a malformed message: first frame of 7 bytes, shorter than a "
