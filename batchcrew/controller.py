@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
+import multiprocessing
 import os
 import socket
 import sys
@@ -59,7 +61,7 @@ _Arguments = tuple[bytes, tuple[memoryview, ...]]
 
 _Fields = tuple[
     Any, Status, str | None, str | None, tuple[str, ...], float | None, str | None, str, str,
-    int | None, int, int, str,
+    int | None, int, int, str, BaseException | None,
 ]  # fmt: skip
 """A resolved task's `Result` until someone asks for it: the fields after `name`, in order.
 A plain tuple of plain values (numbers, text, None) drops out of the garbage collector's sight,
@@ -426,6 +428,12 @@ class Controller:
                 'send results; use security="curve" unless the network is yours alone',
                 stacklevel=2,
             )
+        if not self.launcher.remote and (security == "curve" or _is_loopback(host)):
+            # Local workers take this process's multiprocessing key, as its own children
+            # would, so that a Manager's proxies connect back from tasks; it travels only
+            # encrypted, or over loopback.
+            authkey = bytes(multiprocessing.current_process().authkey)
+            self._setup = dataclasses.replace(self._setup, authkey=authkey)
         self._settings = scheduling.Settings(
             workers=workers,
             workers_min=workers_min,
@@ -1403,7 +1411,7 @@ class Controller:
             assert payload is not None
             budget.release(payload)
         self._handed.pop(task.id, None)
-        _, status, _, _, warnings, seconds, worker, _, _, _, _, _, _ = fields
+        _, status, _, _, warnings, seconds, worker, _, _, _, _, _, _, _ = fields
         self._counts[status] += 1
         if warnings:
             self._counts["warning"] += 1
@@ -1443,7 +1451,7 @@ class Controller:
             attempts, _, interruptions = self._attempts.take(task.id) or (1, 0, 0)
             fields: _Fields = (
                 None, "crash", reason, None, (), None, None, self.launcher.describe(), self.name,
-                None, attempts, interruptions + resolution.interruptions, "",
+                None, attempts, interruptions + resolution.interruptions, "", None,
             )  # fmt: skip
             owner._settle(origin, fields)
             return
@@ -1505,23 +1513,27 @@ class Controller:
                 message = f"on controller {self.name!r}: {message} (before: {'; '.join(history)})"
             return (
                 None, resolution.status, message, None, (), None, worker, launcher, self.name,
-                None, attempts, interruptions, "",
+                None, attempts, interruptions, "", None,
             )  # fmt: skip
-        value = None
+        value = exception = None
         status, message, trace = outcome.status, outcome.error, outcome.trace
         if history and status != "success":
             message = f"on controller {self.name!r}: {message} (before: {'; '.join(history)})"
         if status == "success":
             try:
                 value = protocol.load(outcome.value, outcome.buffers)
-            except Exception as error:
+            except BaseException as error:
+                # Unpickling runs whatever the value's class says, SystemExit included: none
+                # of it may escape into the dispatcher (this runs in its callback).
                 status = "error"
-                message = f"the result cannot be unpickled here: {type(error).__name__}: {error}"
+                message = f"the result cannot be unpickled here: {_describe(error)}"
+        elif len(outcome.exception):
+            exception = _rebuilt(outcome.exception, trace)
         printed = outcome.output
         output = bytes(printed).decode(errors="replace") if len(printed) else ""
         return (
             value, status, message, trace, outcome.warnings, outcome.seconds, worker, launcher,
-            self.name, outcome.memory or None, attempts, interruptions, output,
+            self.name, outcome.memory or None, attempts, interruptions, output, exception,
         )  # fmt: skip
 
     def _on_broken(self, broken: scheduling.Broken) -> None:
@@ -1562,6 +1574,28 @@ class Controller:
 
     def __repr__(self) -> str:
         return f"<Controller {self.name!r} {self._state}, {len(self._tasks)} unresolved>"
+
+
+def _describe(error: BaseException) -> str:
+    """`Type: message` of an exception raised by code that is not batchcrew's (a result's
+    unpickling); it never raises, whatever that exception's `__str__` does."""
+    name = type(error).__name__
+    try:
+        text = str(error)
+    except BaseException:
+        return name
+    return f"{name}: {text}" if text else name
+
+
+def _rebuilt(data: protocol.Buffer, trace: str | None) -> BaseException | None:
+    """A task's exception, as its worker pickled it, rebuilt here with the worker's traceback
+    as its `__cause__` (as `ProcessPoolExecutor` does); None if it does not unpickle here."""
+    error = protocol.load_exception(data)
+    if error is not None and trace:
+        from concurrent.futures.process import _RemoteTraceback
+
+        error.__cause__ = _RemoteTraceback(trace)  # type: ignore[arg-type]  # (it takes the text)
+    return error
 
 
 def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import io
 import json
 import math
 import operator
@@ -30,7 +32,7 @@ import cloudpickle
 
 from batchcrew.errors import ProtocolError
 
-VERSION: Final = 3
+VERSION: Final = 4
 MAGIC: Final = b"bc"
 _HEADER = struct.Struct(">2sBBHQ")  # magic, version, kind, frames that follow, task id
 _TASK_META = struct.Struct(">BI")  # layout, metadata length
@@ -82,10 +84,17 @@ class Hello:
 
 @dataclass(slots=True)
 class Setup:
-    """The controller accepts a worker: run `initializer(*initargs)` (pickled; empty: none)."""
+    """The controller accepts a worker: run `initializer(*initargs)` (pickled; empty: none).
+
+    `authkey`: the controller process's `multiprocessing` authentication key (empty: not
+    given), which the worker takes as its own before it unpickles anything, so that the
+    proxies of a `multiprocessing.Manager` started by the controller's process connect back
+    from tasks, as they do from multiprocessing's own children. Sent only over a connection
+    no one else can read (CURVE, or loopback)."""
 
     initializer: Buffer = b""
     initargs: Buffer = b""
+    authkey: Buffer = b""
 
 
 @dataclass(slots=True)
@@ -212,7 +221,9 @@ class Outcome:
     resident bytes and CPU seconds (the whole process's) when it ended. 0 where not known.
     `retry`: the task raised an exception its `retry_on` matches (only ever with "error").
     `output`: what it wrote to its stdout and stderr (raw bytes, in write order, already cut to
-    the controller's `output_max`).
+    the controller's `output_max`). `exception`: with "error", the exception itself, pickled
+    (empty if it could not be, or it is too large), so that the controller's side can raise
+    the task's own exception.
     """
 
     task_id: int
@@ -228,6 +239,7 @@ class Outcome:
     cpu: float = 0.0
     retry: bool = False
     output: Buffer = b""
+    exception: Buffer = b""
 
 
 Message = (
@@ -326,11 +338,13 @@ def encode(message: Message) -> list[Buffer]:
     if isinstance(message, Outcome):
         extra = b""
         output = message.output
+        exception = message.exception
         if (
             message.error is not None
             or message.trace is not None
             or message.warnings
             or len(output)
+            or len(exception)
         ):
             details: dict[str, Any] = {
                 "error": message.error,
@@ -341,6 +355,8 @@ def encode(message: Message) -> list[Buffer]:
                 details["retry"] = True
             if len(output):
                 details["output"] = nbytes(output)  # its bytes follow the metadata
+            if len(exception):
+                details["exception"] = nbytes(exception)  # and the exception's, the output's
             extra = _json(details)
         buffers = list(message.buffers)
         inline = nbytes(message.value) < _ZERO_COPY_MIN
@@ -358,13 +374,19 @@ def encode(message: Message) -> list[Buffer]:
                 ),
                 extra,
                 output,
+                exception,
             )
         )
         if inline:
             return [head + bytes(message.value), *buffers]
         return [head, message.value, *buffers]
     if isinstance(message, Setup):
-        return [_header(Kind.SETUP, 0, 2), message.initializer, message.initargs]
+        return [
+            _header(Kind.SETUP, 0, 3),
+            message.initializer,
+            message.initargs,
+            message.authkey,
+        ]
     if isinstance(message, Everywhere):
         return [_header(Kind.EVERYWHERE, message.call, 2), message.function, message.arguments]
     if isinstance(message, Ran):
@@ -538,6 +560,7 @@ def _decode_body(
         warnings: tuple[str, ...] = ()
         retry = False
         output: Buffer = b""
+        exception: Buffer = b""
         if extra_length:
             details = _json_object(extra)
             error = _field(details, "error", (str, type(None)))
@@ -554,6 +577,11 @@ def _decode_body(
                 if isinstance(length, bool) or not 0 < length <= len(rest):
                     raise ProtocolError(f"result output of {length!r} bytes is not there")
                 output, rest = bytes(rest[:length]), rest[length:]
+            if "exception" in details:
+                length = _field(details, "exception", int)
+                if isinstance(length, bool) or not 0 < length <= len(rest):
+                    raise ProtocolError(f"result exception of {length!r} bytes is not there")
+                exception, rest = bytes(rest[:length]), rest[length:]
         if layout == _INLINE:
             value: Buffer = rest
             buffers = tuple(following)
@@ -575,11 +603,14 @@ def _decode_body(
             cpu,
             retry,
             output,
+            exception,
         )
     if kind is Kind.SETUP:
-        if len(body) or len(following) != 2:
-            raise ProtocolError("setup message needs an initializer frame and an initargs frame")
-        return Setup(following[0], following[1])
+        if len(body) or len(following) != 3:
+            raise ProtocolError(
+                "setup message needs an initializer frame, an initargs frame and an authkey frame"
+            )
+        return Setup(following[0], following[1], following[2])
     if kind is Kind.EVERYWHERE:
         if len(body) or len(following) != 2:
             raise ProtocolError("everywhere message needs a function frame and an arguments frame")
@@ -849,6 +880,69 @@ def dump_value(value: Any, *, by_value: bool = False) -> tuple[bytes, list[memor
             buffers = []
     data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     return data, [buffer.raw() for buffer in buffers]
+
+
+#: The most bytes an exception takes pickled in an outcome; a larger one travels as text only.
+EXCEPTION_MAX: Final = 1 << 20
+
+
+def dump_exception(error: BaseException) -> bytes:
+    """`error` pickled for the controller's side, to raise it there: its type and arguments
+    (and attributes), not its traceback nor the exceptions chained to it, which pickle leaves
+    out. b"" if it cannot be pickled (its `__reduce__` is the task's own code, which may raise
+    anything) or takes more than `EXCEPTION_MAX` bytes. It never raises.
+
+    A class that came from the controller by value (one of its script's, or of a module sent
+    by value) goes back by name, to be found there: `except MyError:` in the script then
+    catches it. Only a class made inside a function travels by value (cloudpickle)."""
+    try:
+        file = io.BytesIO()
+        _ExceptionPickler(file, protocol=5).dump(error)
+        data = file.getvalue()
+    except BaseException:
+        try:
+            data = cloudpickle.dumps(error, protocol=5)
+        except BaseException:
+            return b""
+    return data if len(data) <= EXCEPTION_MAX else b""
+
+
+class _ExceptionPickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type) and "<locals>" not in obj.__qualname__ and not _found(obj):
+            return _named_class, (obj.__module__, obj.__qualname__)
+        return NotImplemented
+
+
+def _found(cls: type) -> bool:
+    """Whether `cls` is what its module and name lead to in this process (so plain pickle
+    refers to it by name)."""
+    found: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is cls
+
+
+def _named_class(module: str, qualname: str) -> type:
+    """The class `module.qualname` of this process (unpickling an exception `dump_exception`
+    sent by name)."""
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    if not isinstance(found, type):
+        raise TypeError(f"{module}.{qualname} is not a class here")
+    return found
+
+
+def load_exception(data: Buffer) -> BaseException | None:
+    """The exception `dump_exception` pickled, rebuilt here; None if it does not unpickle
+    here (a class this side cannot import), or unpickles to anything but an exception. Its
+    unpickling may run anything (`SystemExit` included): none of it escapes."""
+    try:
+        error = pickle.loads(data)
+    except BaseException:
+        return None
+    return error if isinstance(error, BaseException) else None
 
 
 def load(data: Buffer, buffers: Sequence[Buffer] = ()) -> Any:

@@ -52,7 +52,11 @@ class Result:
     reclaimed host, a job stopped from outside), each followed by a rerun. `output` is what
     the task wrote to its stdout and stderr, in the order written, its subprocesses' too: cut
     in the middle, with a note of how much, past the controller's `output_max` (its last
-    attempt's; "" for a task whose worker died under it, or that never ran).
+    attempt's; "" for a task whose worker died under it, or that never ran). `exception`: for
+    a task that raised, the exception itself, rebuilt here, with its worker's traceback as its
+    `__cause__` (`raise result.exception` raises what the task raised); None when it could not
+    travel (it did not pickle, or its class cannot be imported here), and for every other
+    status. It is not a column of the results table.
     """
 
     name: str
@@ -69,6 +73,7 @@ class Result:
     attempts: int = 1
     interruptions: int = 0
     output: str = ""
+    exception: BaseException | None = None
 
     def to_dict(self, *, jsonable: bool = False) -> dict[str, Any]:
         """The fields as a plain dict. With `jsonable=True`, ready for `json.dumps` (a web

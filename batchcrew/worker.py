@@ -593,7 +593,14 @@ class Runner:
         raise TaskInterrupted(_interrupt_message(running))
 
     def set_up(self, setup: protocol.Setup) -> protocol.Ready:
-        """Run the controller's initializer, if any, once, before any task."""
+        """Take the controller's multiprocessing authkey, if it sent it; run its initializer,
+        if any, once, before any task."""
+        if len(setup.authkey):
+            # As multiprocessing's own children do: a Manager's proxies, unpickled from a task
+            # or the initializer's arguments, authenticate to the manager with this key.
+            from multiprocessing import process
+
+            process.current_process().authkey = bytes(setup.authkey)
         if not len(setup.initializer):
             return protocol.Ready()
         try:
@@ -657,6 +664,7 @@ class Runner:
                 time.perf_counter() - start,
                 error=f"the task could not be unpickled on the worker: {_describe(error)}",
                 trace=_trace(error),
+                exception=protocol.dump_exception(error),
                 output=b"" if self.output is None else self.output.end(),
             )
         self._warnings.start()
@@ -717,6 +725,7 @@ class Runner:
                 seconds,
                 error=_describe(failure) + note,
                 trace=_trace(failure),
+                exception=protocol.dump_exception(failure),
                 warnings=messages,
                 memory=peak,
                 rss=rss,
@@ -733,6 +742,7 @@ class Runner:
                 seconds,
                 error=f"the task's result cannot be pickled: {_describe(error)}",
                 trace=_trace(error),
+                exception=protocol.dump_exception(error),
                 warnings=messages,
                 memory=peak,
                 rss=rss,
