@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from batchcrew.errors import (
         BatchcrewError,
         ControllerClosedError,
+        CrashError,
         LaunchError,
         ProtocolError,
         SerializationError,
@@ -37,6 +38,7 @@ __all__ = [
     "Controller",
     "ControllerClosedError",
     "ControllerGroup",
+    "CrashError",
     "Executor",
     "InProcessLauncher",
     "LaunchError",
@@ -64,6 +66,7 @@ _HOMES = {
     "results_frame": "batchcrew.results",
     "BatchcrewError": "batchcrew.errors",
     "ControllerClosedError": "batchcrew.errors",
+    "CrashError": "batchcrew.errors",
     "LaunchError": "batchcrew.errors",
     "ProtocolError": "batchcrew.errors",
     "SerializationError": "batchcrew.errors",

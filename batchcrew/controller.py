@@ -119,6 +119,20 @@ class Task:
         already resolved."""
         return self._batch.controller._cancel_ids([self.id]) == 1
 
+    def running(self) -> bool:
+        """Whether a worker holds the task now: running it, or about to (the next in its
+        pipeline). False while it is queued, waits to be retried, and once it has resolved."""
+        if self._result is not None:
+            return False
+        controller = self._batch.controller
+        handed = controller._handed.get(self.id)
+        if handed is not None:  # its copy runs on a backup
+            holder, copy = handed
+            task = holder._tasks.get(copy)
+            return task is not None and task.running()
+        dispatcher = controller._dispatcher
+        return dispatcher is not None and dispatcher.scheduler.held(self.id)
+
     def __await__(self) -> Generator[Any, None, Result]:
         return self._wait().__await__()
 

@@ -5,6 +5,9 @@ Every message says what went wrong, with the offending value, and what to do abo
 
 from __future__ import annotations
 
+import pickle
+from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,10 +29,23 @@ class TaskError(BatchcrewError):
         self.result = result
 
 
-class LaunchError(BatchcrewError):
-    """Workers cannot be launched: the launcher failed too many times in a row.
+class CrashError(TaskError, BrokenProcessPool):
+    """A task resolved with status "crash": the workers that ran it died under it (killed,
+    out of memory, or ended by its own doing) `crashes_max` times.
+
+    Raised by `bc.Executor`'s futures; also a `concurrent.futures.process.BrokenProcessPool`,
+    what `ProcessPoolExecutor` raises when a worker dies under a call (unlike that pool, the
+    Executor carries on: the next tasks run on new workers).
+    """
+
+
+class LaunchError(BatchcrewError, BrokenExecutor):
+    """Workers cannot be launched: the launcher failed too many times in a row, or every
+    worker failed to start (an initializer that raises, say).
 
     Raised by the calls that wait for results (`await task`, `map`, `wait`) instead of hanging.
+    Also a `concurrent.futures.BrokenExecutor`: a `bc.Executor` raises it, as a broken pool
+    does, from its futures and from `submit`.
     """
 
 
@@ -37,8 +53,9 @@ class ControllerClosedError(BatchcrewError):
     """The controller is not running: start it (`async with` or `await start()`) first."""
 
 
-class SerializationError(BatchcrewError, TypeError):
-    """A task's function or arguments cannot be pickled, so it was not pushed."""
+class SerializationError(BatchcrewError, TypeError, pickle.PicklingError):
+    """A task's function or arguments cannot be pickled, so it was not pushed. Also a
+    `pickle.PicklingError`, as the standard library's pools raise."""
 
 
 class TaskTooLargeError(BatchcrewError, ValueError):

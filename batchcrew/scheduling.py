@@ -408,6 +408,12 @@ class Scheduler:
         rare calls, such as `Controller.everywhere`)."""
         return [w.identity for w in self._workers.values() if w.connected and not w.leaving]
 
+    def held(self, task: int) -> bool:
+        """Whether a worker holds the unresolved `task`: running it, or next in its pipeline
+        (as `ProcessPoolExecutor` counts a call in its call queue as running)."""
+        entry = self._tasks.get(task)
+        return entry is not None and not isinstance(entry, _Push) and entry.worker is not None
+
     def unresolved_tasks(self) -> list[int]:
         """Every unresolved task id, oldest first."""
         return list(self._tasks)

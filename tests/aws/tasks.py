@@ -53,3 +53,9 @@ def frozen_then_wait(folder: str, go: str) -> list[int]:
         Path(folder, str(os.getpid())).touch()
         os.kill(os.getpid(), signal.SIGSTOP)
     return announce_then_wait(folder, go)
+
+
+def multiprocessing_authkey() -> bytes:
+    import multiprocessing
+
+    return bytes(multiprocessing.current_process().authkey)

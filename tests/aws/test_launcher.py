@@ -22,7 +22,7 @@ from batchcrew import aws
 from batchcrew.aws.launcher import TAG
 from batchcrew.testing import LocalBatch, LocalBatchOptions
 from batchcrew.testing.pytest_plugin import MakeController
-from tests.aws.tasks import double, double_or_die_once, hog, wait_for
+from tests.aws.tasks import double, double_or_die_once, hog, multiprocessing_authkey, wait_for
 from tests.conftest import watch_resolutions
 
 FINISHED = {"SUCCEEDED", "FAILED"}
@@ -147,6 +147,19 @@ async def test_a_single_worker_is_a_plain_job(local_batch: LocalBatch) -> None:
         assert (await controller.push(double, 21)).result == 42
     (submitted,) = local_batch.requests_for("SubmitJob")
     assert "arrayProperties" not in submitted
+
+
+async def test_batch_workers_never_get_this_processs_multiprocessing_key(
+    local_batch: LocalBatch,
+) -> None:
+    """Local workers get it (for Manager proxies: tests/test_executor.py); workers on other
+    machines could not reach a manager here, and must not hold the key to it."""
+    import multiprocessing
+
+    async with aws.batch_controller(workers=1, options=options_for(local_batch)) as controller:
+        theirs = (await controller.push(multiprocessing_authkey)).result
+    assert isinstance(theirs, bytes)
+    assert theirs != bytes(multiprocessing.current_process().authkey)
 
 
 # -- escalation ------------------------------------------------------------------------------
