@@ -1,0 +1,1 @@
+"""Adapters that run other projects' own test suites against batchcrew (see docs/testing.md)."""
