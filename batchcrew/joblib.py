@@ -27,6 +27,8 @@ from joblib import ParallelBackendBase, register_parallel_backend
 from joblib.externals.loky.process_executor import _ExceptionWithTraceback
 from joblib.parallel import AutoBatchingMixin, FallbackToBackend, SequentialBackend
 
+from batchcrew.errors import TaskInterrupted
+
 # A worker imports this module for `_run_batch`: the controller's side (polars, the dispatcher)
 # is imported only where the backend runs, inside its methods.
 if TYPE_CHECKING:
@@ -41,6 +43,11 @@ logger = logging.getLogger("batchcrew")
 #: How long a call from joblib's thread waits on the controller's loop for a quick job (cancel
 #: this call's tasks) before it gives up: the loop is blocked if it takes longer.
 _SECONDS_LOOP = 30.0
+
+#: `Parallel`'s keywords for its backend that are joblib's own (the others are a controller's).
+_JOBLIB_KEYWORDS = frozenset(
+    ("max_nbytes", "temp_folder", "mmap_mode", "prefer", "require", "verbose", "context")
+)
 
 #: Numbers `Parallel` calls, for task names unique in this process: joblib-<call>-<batch>.
 _CALLS = itertools.count(1)
@@ -59,7 +66,11 @@ def _run_batch(data: Any, buffers: Sequence[Any]) -> Any:
     try:
         calls = pickle.loads(data, buffers=buffers)
         return calls()
-    except Exception as error:
+    except TaskInterrupted:
+        raise  # cancelled or timed out: the worker resolves it so
+    except BaseException as error:
+        # Any exception a call raised, KeyboardInterrupt and SystemExit too, is re-raised in the
+        # caller with its own type, as loky does.
         packed = _ExceptionWithTraceback(error)
         if not _pickles(packed):
             raise  # the worker reports its type, message and traceback as text instead
@@ -111,7 +122,8 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
     supports_inner_max_num_threads = False
     uses_threads = False
     supports_sharedmem = False
-    default_n_jobs = 1
+    # `Parallel()` without n_jobs: all the controller's workers, as for joblib's dask backend.
+    default_n_jobs = -1
 
     def __init__(
         self,
@@ -144,6 +156,12 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
         or the one a `Parallel` call started; None between calls."""
         return self._controller if self._controller is not None else self._given
 
+    @property
+    def _workers(self) -> Executor | None:
+        """The Executor of the controller this backend started, while a call uses it; None
+        otherwise. (joblib's tests read a backend's pool from `_workers`, as loky's names it.)"""
+        return self._executor
+
     # -- how many at once -------------------------------------------------------------------
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -151,17 +169,17 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
         `workers`; a negative `n_jobs` counts back from `workers` (-1: all of them)."""
         if n_jobs == 0:
             raise ValueError(
-                "n_jobs=0 has no meaning: use n_jobs=-1 for all of the batchcrew backend's "
-                "workers, or a positive number"
+                "n_jobs == 0 in Parallel has no meaning: use n_jobs=-1 for all of the batchcrew "
+                "backend's workers, or a positive number"
             )
         if n_jobs is None:
             n_jobs = self.default_n_jobs
-        workers = self._workers(n_jobs)
+        workers = self._workers_for(n_jobs)
         if n_jobs < 0:
             return max(workers + 1 + n_jobs, 1)
         return min(n_jobs, workers)
 
-    def _workers(self, n_jobs: int) -> int:
+    def _workers_for(self, n_jobs: int) -> int:
         if self._given is not None:
             return _workers_of(self._given)
         workers = self._options.get("workers")
@@ -174,16 +192,28 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, **backend_kwargs: Any) -> int:
         """Start (or join) the controller for a `Parallel` call; return how many batches run
         at once. joblib's memmapping options (`max_nbytes`, `temp_folder`, `mmap_mode`) do
-        not apply: arguments travel pickled, large arrays as out-of-band buffers."""
+        not apply: arguments travel pickled, large arrays as out-of-band buffers. Other
+        keywords of `Parallel` (`initializer`, `initargs`, ...) are options of the controller
+        this call starts."""
+        options = {k: v for k, v in backend_kwargs.items() if k not in _JOBLIB_KEYWORDS}
+        if options and self._given is not None:
+            raise ValueError(
+                f"Parallel({', '.join(sorted(options))}=...) would not apply to the running "
+                "controller given to the batchcrew backend as controller=: give them to that "
+                "controller instead"
+            )
         jobs = self.effective_n_jobs(n_jobs)
         if self._given is not None:
             _loop_of(self._given)  # a controller that is not running is an error, whatever n_jobs
         if jobs == 1:
-            if n_jobs != 1 and n_jobs is not None:
+            if n_jobs != 1:
+                asked = f"n_jobs={n_jobs}"
+                if n_jobs in (None, -1):  # (joblib makes Parallel()'s None default_n_jobs)
+                    asked = "n_jobs=-1 (all the backend's workers, as Parallel() without n_jobs)"
                 warnings.warn(
-                    f"n_jobs={n_jobs} comes to one batch at a time on this batchcrew backend "
-                    f"(workers={self._workers(n_jobs)}), so joblib runs the calls in this "
-                    "process, as it does for one job on any backend; give the backend more "
+                    f"{asked} comes to one batch at a time on this batchcrew backend "
+                    f"(workers={self._workers_for(n_jobs or -1)}), so joblib runs the calls in "
+                    "this process, as it does for one job on any backend; give the backend more "
                     "workers (workers=) to run them on workers",
                     stacklevel=4,
                 )
@@ -191,14 +221,15 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
         self.parallel = parallel
         with self._lock:
             if self._controller is None:
-                self._connect(jobs)
+                given = _check_options({**self._options, **options}) if options else None
+                self._connect(jobs, given)
                 self._jobs = jobs
             else:
                 _check_not_this_thread(self._controller, self._loop)
             self._users += 1
         return jobs
 
-    def _connect(self, jobs: int) -> None:
+    def _connect(self, jobs: int, options: dict[str, Any] | None = None) -> None:
         if self._given is not None:
             loop = _loop_of(self._given)
             _check_not_this_thread(self._given, loop)
@@ -206,7 +237,7 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
             return
         from batchcrew.executor import Executor
 
-        executor = Executor(**{**self._options, "workers": jobs})
+        executor = Executor(**{**(options or self._options), "workers": jobs})
         self._executor, self._controller = executor, executor.controller
         self._loop = _loop_of(executor.controller)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import joblib
 from joblib import Parallel, delayed
@@ -58,3 +59,17 @@ def nested(index: int) -> tuple[str, int, list[int], int]:
     backend, _ = joblib.parallel.get_active_backend()
     inner = Parallel(n_jobs=2)(delayed(abs)(-index * k) for k in range(4))
     return type(backend).__name__, backend.nesting_level, inner, os.getpid()
+
+
+def raise_it(kind: type[BaseException], i: int) -> int:
+    if i == 1:
+        raise kind()
+    return i
+
+
+def mark_initialized(status: Any) -> None:
+    status[os.getpid()] = "initialized"
+
+
+def initialized_here(status: Any) -> bool:
+    return bool(status.get(os.getpid()) == "initialized")

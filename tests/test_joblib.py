@@ -4,6 +4,7 @@ Every wait is on an event (a file a task writes, a count) under a deadline, neve
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -33,8 +34,11 @@ from tests.joblib_tasks import (
     announce_then_run_long,
     announce_then_wait_for_go,
     crash_the_worker,
+    initialized_here,
+    mark_initialized,
     nested,
     pid,
+    raise_it,
     third_fails,
     wait_for_files,
 )
@@ -365,7 +369,7 @@ async def test_from_a_running_event_loop_as_in_jupyter(controller: MakeControlle
         ({"workers": 4}, -9, 1),
         ({"workers": 4}, 2, 2),
         ({"workers": 4}, 8, 4),
-        ({"workers": 4}, None, 1),
+        ({"workers": 4}, None, 4),  # Parallel() without n_jobs: all the workers
         ({}, 3, 3),  # without workers=, n_jobs workers
         ({}, -1, 1),  # ... and n_jobs=-1 means the controller's default, one
     ],
@@ -384,6 +388,46 @@ def test_one_worker_runs_the_calls_here_and_says_why() -> None:
     assert pids == [os.getpid()] * 3
 
 
+def test_parallel_without_n_jobs_uses_every_worker_or_says_why_not() -> None:
+    with joblib.parallel_config(backend="batchcrew", workers=2, seconds_heartbeat=5.0):
+        pids = Parallel()(delayed(pid)(i) for i in range(6))
+    assert os.getpid() not in pids
+    with (
+        joblib.parallel_config(backend="batchcrew"),
+        pytest.warns(UserWarning, match=r"as Parallel\(\) without n_jobs\) comes to one"),
+    ):
+        assert Parallel()(delayed(pid)(i) for i in range(2)) == [os.getpid()] * 2
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
+def test_a_base_exception_a_call_raises_comes_back_with_its_type(
+    executor: bc.Executor, raised: type[BaseException]
+) -> None:
+    """It came back as TaskError; docs/joblib.md promises the call's own type."""
+    with (
+        joblib.parallel_config(backend="batchcrew", controller=executor.controller),
+        pytest.raises(raised),
+    ):
+        Parallel(n_jobs=2)(delayed(raise_it)(raised, i) for i in range(4))
+    assert executor.submit(pid, 0).result(timeout=30) != os.getpid()  # the workers carry on
+
+
+def test_parallels_initializer_and_a_manager_proxy_reach_every_worker() -> None:
+    with multiprocessing.Manager() as manager:
+        status = manager.dict()
+        seen = Parallel(
+            backend="batchcrew", n_jobs=2, initializer=mark_initialized, initargs=(status,)
+        )(delayed(initialized_here)(status) for _ in range(8))
+    assert all(seen)
+    with (
+        joblib.parallel_config(backend="batchcrew", controller=bc.Controller(name="idle")),
+        pytest.raises(ValueError, match=r"Parallel\(initargs, initializer=...\) would not apply"),
+    ):
+        Parallel(n_jobs=2, initializer=mark_initialized, initargs=({},))(
+            delayed(pid)(i) for i in range(2)
+        )
+
+
 def test_bad_input_gets_a_clear_error(executor: bc.Executor) -> None:
     with pytest.raises(TypeError, match=r"unknown option 'worker'.*did you mean 'workers'"):
         joblib.parallel_config(backend="batchcrew", worker=4)
@@ -395,7 +439,7 @@ def test_bad_input_gets_a_clear_error(executor: bc.Executor) -> None:
         joblib.parallel_config(backend="batchcrew", controller=executor)
     with (
         joblib.parallel_config(backend="batchcrew", workers=2),
-        pytest.raises(ValueError, match="n_jobs=0 has no meaning"),
+        pytest.raises(ValueError, match="n_jobs == 0 in Parallel has no meaning"),
     ):
         Parallel(n_jobs=0)(delayed(pid)(i) for i in range(2))
     with (
