@@ -260,8 +260,9 @@ class BatchcrewBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
             if self._users:
                 return
             executor = self._executor
-            if executor is None:
-                self._on_loop(self._cancel_pending)
+            # Its tasks went to the controller directly, not through the Executor's futures
+            # (which its shutdown(cancel_futures=True) would cancel): cancel them here.
+            self._on_loop(self._cancel_pending)
             self._executor = self._controller = self._loop = None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
