@@ -748,7 +748,9 @@ def test_a_task_ignoring_sigterm_still_leaves_within_seconds_interrupt(
     wait_for_file(started)
     process.send_signal(signal.SIGTERM)
     _, message = receive(sock)
-    assert isinstance(message, protocol.Bye)
+    while isinstance(message, protocol.Busy):  # the task ran over a second: a loaded machine
+        _, message = receive(sock)
+    assert isinstance(message, protocol.Bye), message
     assert message.interrupted  # handed back, not failed: ECS's SIGKILL would come next
     assert message.reason.startswith(STOPPED_BY_SIGTERM)
     assert "did not stop within seconds_interrupt=0.5" in message.reason
