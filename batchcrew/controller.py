@@ -49,6 +49,7 @@ from batchcrew.retrying import Attempts, Jitter, RetryOn
 from batchcrew.tracing import Spans
 from batchcrew.tracking import Timeline, Tracker
 from batchcrew.walking import Budget, Walk
+from batchcrew.worker import _describe  # `Type: message` that never raises, as the worker's
 
 logger = logging.getLogger("batchcrew")
 
@@ -1588,17 +1589,6 @@ class Controller:
 
     def __repr__(self) -> str:
         return f"<Controller {self.name!r} {self._state}, {len(self._tasks)} unresolved>"
-
-
-def _describe(error: BaseException) -> str:
-    """`Type: message` of an exception raised by code that is not batchcrew's (a result's
-    unpickling); it never raises, whatever that exception's `__str__` does."""
-    name = type(error).__name__
-    try:
-        text = str(error)
-    except BaseException:
-        return name
-    return f"{name}: {text}" if text else name
 
 
 def _rebuilt(data: protocol.Buffer, trace: str | None) -> BaseException | None:
