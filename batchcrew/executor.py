@@ -72,13 +72,13 @@ class _Future(concurrent.futures.Future[T]):
         `Executor.interrupt`) or it has finished. As `concurrent.futures.Future.cancel`."""
         if self.done():
             return self.cancelled()
-        return bool(self._runner.call(self._runner.cancel, self, False))
+        return self._runner.call(self._runner.cancel, self)
 
     def running(self) -> bool:
         """Whether a worker holds the call now (running it, or next in its pipeline)."""
         if self.done():
             return False
-        return bool(self._runner.call(self._runner.running, self, False))
+        return self._runner.call(self._runner.running, self)
 
 
 class _Runner:
@@ -128,22 +128,23 @@ class _Runner:
                 _live.discard(self)
             self.closed.set()
 
-    def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """`function(*args)` on the loop, returning what it returns; `args[-1]` if the loop
-        has stopped. Inline when called on the loop's own thread (a done-callback)."""
+    def call(self, function: Callable[[_Future[Any]], bool], future: _Future[Any]) -> bool:
+        """`function(future)` on the loop, returning what it returns; False if the loop has
+        stopped (its futures are all settled then). Inline on the loop's own thread (a
+        done-callback)."""
         if threading.get_ident() == self.thread.ident:
-            return function(*args[:-1])
-        answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            return function(future)
+        answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
 
         def run() -> None:
             try:
-                answer.set_result(function(*args[:-1]))
+                answer.set_result(function(future))
             except BaseException as error:
                 answer.set_exception(error)
 
         with self.lock:
             if self.stopped:
-                return args[-1]
+                return False
             self.loop.call_soon_threadsafe(run)
         return answer.result()
 
@@ -410,7 +411,7 @@ class Executor(concurrent.futures.Executor):
             raise ValueError(f"{future!r} is not a future of this Executor")
         if future.done():
             return False
-        return bool(self._runner.call(self._runner.interrupt, future, False))
+        return self._runner.call(self._runner.interrupt, future)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Let the work submitted finish (cancelling what is still queued first, with
