@@ -72,6 +72,11 @@ class TaskInterrupted(KeyboardInterrupt):
     """
 
 
+class JournalError(BatchcrewError):
+    """A journal cannot be used: another live controller holds it, it belongs to another
+    controller, it is not a journal, or it was written in a layout this batchcrew cannot read."""
+
+
 class ProtocolError(BatchcrewError):
     """A frame on the wire does not parse as a batchcrew message of this version."""
 
