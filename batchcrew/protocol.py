@@ -32,7 +32,7 @@ import cloudpickle
 
 from batchcrew.errors import ProtocolError
 
-VERSION: Final = 4
+VERSION: Final = 5
 MAGIC: Final = b"bc"
 _HEADER = struct.Struct(">2sBBHQ")  # magic, version, kind, frames that follow, task id
 _TASK_META = struct.Struct(">BI")  # layout, metadata length
@@ -80,6 +80,10 @@ class Hello:
     batchcrew: str = ""
     cloudpickle: str = ""
     job: str = ""  # its AWS Batch job (or array child), if it is one
+    # Set when a worker that lost its controller reconnects (to a controller restarted on its
+    # journal): the tasks it holds, the one it runs first, then those sent ahead. None: a
+    # first hello, which a setup answers.
+    holding: list[int] | None = None
 
 
 @dataclass(slots=True)
@@ -410,6 +414,8 @@ def encode(message: Message) -> list[Buffer]:
             "cloudpickle": message.cloudpickle,
             "job": message.job,
         }
+        if message.holding is not None:
+            data["holding"] = message.holding
         return [_header(Kind.HELLO) + _json(data)]
     if isinstance(message, Ready):
         return [_header(Kind.READY) + _json({"error": message.error, "trace": message.trace})]
@@ -640,6 +646,7 @@ def _decode_body(
             _field(data, "batchcrew", str),
             _field(data, "cloudpickle", str),
             _field(data, "job", str),
+            _holding(data),
         )
     if kind is Kind.READY:
         return Ready(
@@ -660,6 +667,15 @@ def _decode_body(
     if kind is Kind.CANCEL:
         return Cancel(task_id, _field(data, "reason", str))
     return Stop(_field(data, "reason", str))
+
+
+def _holding(data: dict[str, Any]) -> list[int] | None:
+    holding = data.get("holding")
+    if holding is None:
+        return None
+    if not isinstance(holding, list) or not all(type(task) is int and task > 0 for task in holding):
+        raise ProtocolError(f"HELLO message's holding is not a list of task ids: {holding!r:.80}")
+    return holding
 
 
 def _task_options(

@@ -81,6 +81,7 @@ class WorkerSettings:
     tasks_max: float = math.inf
     seconds_heartbeat: float = 10.0
     seconds_connect: float = 60.0
+    seconds_reconnect: float = 0.0  # > seconds_heartbeat: how long it waits for a lost controller
     seconds_interrupt: float = 5.0
     max_message_size: int = -1
     output_max: int = 1 << 20
@@ -338,6 +339,11 @@ class _Channel:
         self._main_holds = True
         self._timeout = -1  # the socket's RCVTIMEO, in milliseconds
         self.receiving = False  # the main thread waits in a read: SIGTERM may break it off
+        # The connection came back after a loss (a controller restarted on its journal): the
+        # next holder of the socket says hello again, with the tasks it holds.
+        self.rejoin_due = False
+        self.hello: Callable[[list[int]], protocol.Hello] | None = None
+        self.read_max = 3600.0  # seconds a read waits at most (less: rejoin_due is seen soon)
         self.stopping = False  # SIGTERM came: the next read is not begun
         self.wake_read, self._wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
@@ -372,10 +378,12 @@ class _Channel:
         if self.pending:
             return self.pending.popleft()
         self.flush()
+        if self.rejoin_due:
+            self.rejoin([])
         sock = self.sock
         # One blocking read with a time limit: fewer system calls than asking whether a
         # message waits and then polling for one.
-        milliseconds = int(min(timeout, 3600.0) * 1000) + 1
+        milliseconds = int(min(timeout, self.read_max) * 1000) + 1
         if milliseconds != self._timeout:
             sock.setsockopt(zmq.RCVTIMEO, milliseconds)
             self._timeout = milliseconds
@@ -407,6 +415,15 @@ class _Channel:
                     on_cancel(message)
                 else:
                     self.pending.append(message)
+
+    def rejoin(self, running: list[int]) -> None:
+        """Say hello to the controller again, with the tasks this worker holds: `running`
+        (the task it runs, if any) and those sent ahead of it."""
+        self.rejoin_due = False
+        if self.hello is None:
+            return
+        ahead = [message.task_id for message in self.pending if isinstance(message, protocol.Task)]
+        self.send(protocol.encode(self.hello(running + ahead)))
 
     def mark_cancelled(self, task_id: int) -> None:
         """A cancel for a task not running: skip it if it is waiting; else it is done."""
@@ -890,6 +907,16 @@ class _Watcher(threading.Thread):
                     return
                 kind = event["event"]
                 if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    if ever_connected and not connected and settings.seconds_reconnect > 0:
+                        # Back after a loss: to a controller restarted on its journal, which
+                        # takes this worker back once it says what it holds.
+                        channel.rejoin_due = True
+                        print(
+                            f"batchcrew worker {settings.identity.decode()}: connected again to "
+                            f"{settings.controller}",
+                            file=channel.log,
+                            flush=True,
+                        )
                     connected = ever_connected = True
                 elif kind == zmq.EVENT_DISCONNECTED:
                     if connected:
@@ -902,7 +929,11 @@ class _Watcher(threading.Thread):
             self._keep_clocks(poller, channel.wake_read in events)
             if connected:
                 continue
-            limit = settings.seconds_heartbeat if ever_connected else settings.seconds_connect
+            limit = (
+                max(settings.seconds_heartbeat, settings.seconds_reconnect)
+                if ever_connected
+                else settings.seconds_connect
+            )
             if time.monotonic() - lost_at > limit:
                 what = "lost its connection to" if ever_connected else "could not connect to"
                 message = (
@@ -935,6 +966,8 @@ class _Watcher(threading.Thread):
             self._holding = True
             channel.flush()  # results kept back for company: this task is not short
         if self._holding:
+            if channel.rejoin_due:
+                channel.rejoin([running.task_id])
             channel.read_waiting(lambda cancel: self._on_cancel(cancel, running))
         if running.done:
             return
@@ -1057,6 +1090,7 @@ class _Watcher(threading.Thread):
 
 
 _TICK = 0.05  # how often the watcher looks at the clocks
+_SECONDS_REJOIN = 0.25  # with seconds_reconnect, how soon an idle worker sees it is back
 _SECONDS_BUSY = 1.0  # how often a worker on a long task says it is alive, and what it uses
 _SECONDS_RELAY = 0.2  # with output_relay, how often a long task's new output is sent
 _RELAY_MAX = 1 << 16  # and the most bytes sent at a time
@@ -1184,15 +1218,18 @@ def _set_up(channel: _Channel, runner: Runner, settings: WorkerSettings) -> None
 
     from batchcrew import __version__
 
-    hello = protocol.Hello(
-        os.getpid(),
-        socket.gethostname(),
-        platform.python_version(),
-        __version__,
-        cloudpickle.__version__,
-        os.environ.get("AWS_BATCH_JOB_ID", ""),
-    )
-    channel.send(protocol.encode(hello))
+    def hello(holding: list[int] | None) -> protocol.Hello:
+        return protocol.Hello(
+            os.getpid(),
+            socket.gethostname(),
+            platform.python_version(),
+            __version__,
+            cloudpickle.__version__,
+            os.environ.get("AWS_BATCH_JOB_ID", ""),
+            holding,
+        )
+
+    channel.send(protocol.encode(hello(None)))
     deadline = time.monotonic() + settings.seconds_connect
     while True:
         message = channel.receive(max(0.0, deadline - time.monotonic()))
@@ -1207,6 +1244,9 @@ def _set_up(channel: _Channel, runner: Runner, settings: WorkerSettings) -> None
             break
     ready = runner.set_up(message)
     channel.send(protocol.encode(ready))
+    if settings.seconds_reconnect > 0:
+        channel.hello = hello
+        channel.read_max = _SECONDS_REJOIN
     if ready.error is not None:
         raise SetupError(f"its initializer raised {ready.error}", ready.trace)
 
