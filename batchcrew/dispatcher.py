@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import json
 import logging
 import math
 import platform
@@ -29,6 +30,7 @@ from zmq.utils.monitor import parse_monitor_message
 from batchcrew import __version__, protocol, scheduling
 from batchcrew.errors import ProtocolError
 from batchcrew.everywhere import Call, Calls
+from batchcrew.journal import JournalWriter, StoredLaunch
 from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit, WorkerPending
 from batchcrew.security import Keys, ZapHandler
 from batchcrew.tracking import Tracker
@@ -78,6 +80,22 @@ class Network:
     address: str | None = None  # where workers dial, if not host:port (a tunnel, a NAT)
     output_max: int = 1 << 20  # bytes of a task's output kept in its result
     output_relay: bool = False  # workers send a running task's output as it comes
+    seconds_reconnect: float = 0.0  # a worker that lost the controller waits this long for it
+
+
+@dataclass(slots=True)
+class Resume:
+    """What a controller restarted on its journal takes up from the earlier run: its CURVE
+    server keys and port (so that that run's workers can come back), its launches, the tasks
+    its workers held (by identity, in order, with their timeouts), and the tasks to queue."""
+
+    keys: tuple[bytes, bytes] | None
+    port: int
+    address: str  # where that run's workers dial
+    launches: list[StoredLaunch]
+    held: dict[str, list[tuple[int, float | None]]]
+    queued: list[tuple[list[int], float | None]]
+    seconds_reconnect: float
 
 
 class Dispatcher:
@@ -143,6 +161,10 @@ class Dispatcher:
         in time)."""
         # Every identity this controller issues starts with its launch ids' prefix.
         self._own_prefix = f"{self.scheduler.instance}-".encode()
+        self.journal: JournalWriter | None = None
+        self.resume: Resume | None = None  # set before `run` to take up a journal's run
+        self.rejoined = 0
+        """Workers of the earlier run (of this controller's journal) that came back."""
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -151,6 +173,7 @@ class Dispatcher:
         loop = self._loop = asyncio.get_running_loop()
         self._fault = loop.create_future()
         self._bind()
+        resumed = self._resume_before_reading()
         router, monitor = self._router, self._monitor
         assert router is not None
         assert monitor is not None
@@ -168,6 +191,7 @@ class Dispatcher:
                     self._launch_calls = calls
                     group.start_soon(self._watch_faults)
                     group.start_soon(self._clock)
+                    self._resume_after_serving(resumed)
                     self._apply(self.scheduler.start(time.monotonic()))  # warm workers_min
                     task_status.started()
                     while True:  # start the calls that loop callbacks asked for
@@ -192,8 +216,12 @@ class Dispatcher:
         heartbeat_ms = max(1, int(network.seconds_heartbeat * 1000))
         router.setsockopt(zmq.HEARTBEAT_IVL, max(1, heartbeat_ms // 4))
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms)
+        resume = self.resume
         if network.security == "curve":
-            self._keys = Keys.generate()
+            if resume is not None and resume.keys is not None:
+                self._keys = Keys(*resume.keys)  # that run's workers check this key
+            else:
+                self._keys = Keys.generate()
             self._zap = ZapHandler(context, self._keys)
             router.setsockopt(zmq.CURVE_SERVER, 1)
             router.setsockopt(zmq.CURVE_SECRETKEY, self._keys.server_secret)
@@ -201,9 +229,20 @@ class Dispatcher:
         self._router = router
         self._monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         host = f"[{network.host}]" if ":" in network.host else network.host
-        if network.port:
-            router.bind(f"tcp://{host}:{network.port}")
-            port = network.port
+        port = network.port or (resume.port if resume is not None else 0)
+        if port:
+            try:
+                router.bind(f"tcp://{host}:{port}")
+            except zmq.ZMQError as error:
+                if network.port or error.errno != errno.EADDRINUSE:
+                    raise
+                logger.warning(
+                    "port %d of this controller's earlier run (in its journal) is in use: "
+                    "listening on another, so that run's workers cannot come back (they are "
+                    "ended, and their tasks run again)",
+                    port,
+                )
+                port = router.bind_to_random_port(f"tcp://{host}")
         else:
             port = router.bind_to_random_port(f"tcp://{host}")
         self.address = network.address or f"tcp://{host}:{port}"
@@ -220,6 +259,70 @@ class Dispatcher:
                     self.address,
                     doubt,
                 )
+
+    def _resume_before_reading(self) -> list[scheduling.Decision]:
+        """Take up the journal's run before any worker is heard: its workers are awaited back
+        (if they can find this controller where they left it), its tasks queued."""
+        resume = self.resume
+        if resume is None:
+            return []
+        now = time.monotonic()
+        decisions: list[scheduling.Decision] = []
+        same = resume.address == self.address
+        for launch in resume.launches:
+            self.tracker.launched(
+                launch.id,
+                launch.level,
+                [f"{launch.id}:{index}".encode() for index in range(launch.count)],
+            )
+            if not same:
+                continue  # ended once the launcher serves (see _resume_after_serving)
+            if self._keys is not None and launch.public_key:
+                self._keys.readmit(launch.id, launch.public_key.encode())
+            gone = set(launch.gone)
+            held: dict[int, list[tuple[int, float | None]]] = {}
+            for index in launch.connected:
+                reserved = resume.held.get(f"{launch.id}:{index}")
+                if reserved:
+                    held[index] = reserved
+            indexes = [index for index in range(launch.count) if index not in gone]
+            # Workers that are still there reconnect within a second or so of this bind.
+            holdoff = now + min(resume.seconds_reconnect, self.network.seconds_heartbeat)
+            self.scheduler.resume(
+                launch.id, launch.level, indexes, now + resume.seconds_reconnect, held, holdoff
+            )
+        if not same:
+            # Nobody comes back: what they held is queued again.
+            for reserved in resume.held.values():
+                for task, timeout in reserved:
+                    resume.queued.append(([task], timeout))
+        for ids, timeout in resume.queued:
+            decisions += self.scheduler.push_many(ids, now, timeout)
+        return decisions
+
+    def _resume_after_serving(self, decisions: list[scheduling.Decision]) -> None:
+        """The launcher serves: it takes the earlier run's launches back (to end them), and
+        the decisions made while resuming are carried out."""
+        resume = self.resume
+        if resume is None:
+            return
+        same = resume.address == self.address
+        ended: list[tuple[str, list[int]]] = []
+        for launch in resume.launches:
+            self.launcher.adopt(launch.id, launch.count, launch.record)
+            if not same:
+                ended.append((launch.id, list(range(launch.count))))
+        if ended:
+            logger.warning(
+                "this controller listens at %s, its earlier run at %s: that run's %d "
+                "launch(es) are ended, and their tasks run again",
+                self.address,
+                resume.address,
+                len(ended),
+            )
+            self._background(self._terminate, ended)
+        self._apply(decisions)
+        self._notify()
 
     def _unbind(self) -> None:
         if self._router is not None:
@@ -288,6 +391,8 @@ class Dispatcher:
         for decision in decisions:
             if isinstance(decision, scheduling.Assign):
                 self._post(decision.worker, self._task_frames(decision.task))
+                if self.journal is not None:
+                    self.journal.record("held", (decision.worker.decode(), decision.task))
             elif isinstance(decision, scheduling.Fail):
                 message = why if why and decision.status == "cancel" else decision.message
                 self._resolve(
@@ -324,12 +429,16 @@ class Dispatcher:
                 )
             elif isinstance(decision, scheduling.Gone):
                 self.tracker.gone(decision.worker, decision.reason, crashed=decision.crashed)
+                if self.journal is not None:
+                    self._record_worker(decision.worker, "gone")
                 self.calls.gone(decision.worker, decision.reason)
             elif isinstance(decision, scheduling.Keep):
                 self._post(decision.worker, list(_STAY))
             elif isinstance(decision, scheduling.Retire):
                 if self._keys is not None:
                     self._keys.retire(decision.launch)
+                if self.journal is not None:
+                    self.journal.record("retire", (decision.launch,))
             elif isinstance(decision, scheduling.Broken):
                 if decision.hopeless:
                     logger.error("launching stopped: %s", decision.reason)
@@ -345,6 +454,11 @@ class Dispatcher:
             self._background(self._terminate, abandoned)
         if not self._draining:
             self._flush()
+
+    def _record_worker(self, identity: bytes, state: str) -> None:
+        assert self.journal is not None
+        name = identity.decode()
+        self.journal.record("worker", (name, name.rpartition(":")[0], state))
 
     def _task_frames(self, task: int) -> list[protocol.Buffer]:
         return protocol.encode(self._payload(task))
@@ -397,6 +511,7 @@ class Dispatcher:
             tasks_max=self.scheduler.settings.tasks_max,
             seconds_heartbeat=self.network.seconds_heartbeat,
             seconds_connect=self.scheduler.settings.seconds_launch,
+            seconds_reconnect=self.network.seconds_reconnect,
             seconds_interrupt=self.scheduler.settings.seconds_interrupt,
             max_message_size=self.network.max_message_size,
             output_max=self.network.output_max,
@@ -409,6 +524,20 @@ class Dispatcher:
         environment = settings.environment()
         if self._keys is not None:
             environment.update(self._keys.issue(decision.launch))
+        if self.journal is not None:
+            # Before the launch goes out: a restart must know its workers' key.
+            public = environment.get("BATCHCREW_PUBLIC_KEY")
+            self.journal.record(
+                "launch",
+                (
+                    decision.launch,
+                    decision.level,
+                    len(decision.identities),
+                    public,
+                    None,
+                    time.time(),
+                ),
+            )
         request = LaunchRequest(
             decision.launch,
             len(decision.identities),
@@ -452,6 +581,9 @@ class Dispatcher:
         await self._terminate(abandoned)
         try:
             await self.launcher.launch(request)
+            if self.journal is not None:
+                record = self.launcher.launch_record(request.launch)
+                self.journal.record("record", (json.dumps(record), request.launch))
         except Exception as error:
             reason = f"{type(error).__name__}: {error}"
             logger.error("launch %s failed: %s", request.launch, reason)
@@ -593,7 +725,10 @@ class Dispatcher:
             if isinstance(message, protocol.Outcome):
                 self._on_result(identity, message, now)
             elif isinstance(message, protocol.Hello):
-                self._on_hello(identity, message, frames[1])
+                if message.holding is not None:
+                    self._on_rejoin(identity, message, frames[1], now)
+                else:
+                    self._on_hello(identity, message, frames[1])
             elif isinstance(message, protocol.Ready):
                 self._on_ready(identity, message, now)
             elif isinstance(message, protocol.Busy):
@@ -708,6 +843,39 @@ class Dispatcher:
         )
         self._send(identity, self._setup)
 
+    def _on_rejoin(
+        self, identity: bytes, hello: protocol.Hello, frame: zmq.Frame, now: float
+    ) -> None:
+        """A worker of the earlier run of this controller's journal is back, with the tasks
+        it holds: it goes on with them (their results are taken, not rerun), then with new
+        ones."""
+        assert hello.holding is not None
+        if self._keys is not None and frame.get("User-Id") != self.scheduler.launch_of(identity):
+            logger.warning(
+                "dropped a hello from %s: its key was issued to another launch", _name(identity)
+            )
+            return
+        decisions = self.scheduler.rejoined(identity, hello.holding, now)
+        if decisions is None:
+            logger.warning(
+                "dropped a hello again from worker %s, not awaited back", _name(identity)
+            )
+            return
+        self.rejoined += 1
+        self._watch_fd(identity, frame, now)
+        self.tracker.hello(identity, hello)
+        logger.info(
+            "worker %s of the earlier run is back (pid %d on %s), holding %d task(s)",
+            _name(identity),
+            hello.pid,
+            hello.host,
+            len(hello.holding),
+        )
+        if self.journal is not None:
+            self._record_worker(identity, "connected")
+        self._apply(decisions)
+        self._notify()
+
     def _refuse(self, identity: bytes, reason: str) -> None:
         """Turn away a worker that cannot work with this controller: it counts as a failed
         launch (so a wrong image ends in LaunchError), and the launcher ends it."""
@@ -739,6 +907,8 @@ class Dispatcher:
             logger.warning("dropped a ready from worker %s, which is not awaited", _name(identity))
             return
         logger.debug("worker %s is set up and ready", _name(identity))
+        if self.journal is not None:
+            self._record_worker(identity, "connected")
         later = self.calls.for_new_worker()
         if later:  # everywhere() calls made so far: set-up, before its first task
             self._send(identity, list(later))

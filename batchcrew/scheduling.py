@@ -198,6 +198,7 @@ class _Launch:
     connected_any: bool = False
     note: str | None = None  # what the launcher says of its workers not connected yet
     running: bool = False  # the launcher saw one of them run (its job RUNNING)
+    rejoin: bool = False  # launched by an earlier run: its workers may come back (`resume`)
 
 
 @dataclass(slots=True)
@@ -322,6 +323,12 @@ class Scheduler:
         self._broken: Broken | None = None
         self._closing = False
         self._seconds_mean: float | None = None
+        # Resuming a journal's run: workers of that run awaited back (`resume`), and until
+        # when queued tasks wait for them to say what they hold (one of them may be running a
+        # task the journal did not see handed over), rather than go to another worker.
+        self._rejoining = 0
+        self._rejoining_at = [0] * settings.levels  # and by level
+        self._holdoff = -math.inf
         self.instance = secrets.token_hex(8)
         """A token unique to this scheduler, the prefix of its launch ids."""
         self._launch_ids = (f"{self.instance}-{n}" for n in itertools.count())
@@ -394,6 +401,8 @@ class Scheduler:
         while heap and not self._still_head(heap[0][2], heap[0][3], heap[0][4]):
             heapq.heappop(heap)
         found = [entries[0][0] for entries in (launches, heap) if entries]
+        if self._rejoining and self._holdoff != -math.inf:
+            found.append(self._holdoff)
         return min(found) if found else None
 
     def pipeline_depth(self) -> int:
@@ -419,6 +428,130 @@ class Scheduler:
         return list(self._tasks)
 
     # -- events -------------------------------------------------------------------------------
+
+    def resume(
+        self,
+        launch_id: str,
+        level: int,
+        indexes: Iterable[int],
+        deadline: float,
+        held: Mapping[int, list[tuple[int, float | None]]],
+        holdoff: float = -math.inf,
+    ) -> None:
+        """A launch of this controller's earlier run, from its journal: its workers `indexes`
+        may connect again until `deadline` (seconds_reconnect). `held`: by index, the tasks
+        (with their timeouts) a worker held when that run stopped. They stay reserved for it,
+        in order, until it comes back (`rejoined`) or the deadline passes (then they run
+        elsewhere, counting an interruption). A worker of it that never connected in that run
+        may still connect for the first time: it is then set up as any launched worker. Until
+        `holdoff`, no queued task is handed out while any of them may still come back."""
+        launch = _Launch(launch_id, level, deadline, set(), connected_any=True, rejoin=True)
+        for index in indexes:
+            identity = f"{launch_id}:{index}".encode()
+            worker = self._workers[identity] = _Worker(identity, launch)
+            launch.waiting.add(identity)
+            for task, timeout in held.get(index, ()):
+                self._tasks[task] = _Task(task, worker=identity, timeout=timeout)
+                self._demand[0] += 1
+                worker.assigned.append(task)
+                worker.sent += 1
+        count = len(launch.waiting)
+        self._supply[level] += count
+        self._launching += count
+        self._rejoining += count
+        self._rejoining_at[level] += count
+        self._holdoff = max(self._holdoff, holdoff)
+        self._launches[launch_id] = launch
+        heapq.heappush(self._launch_deadlines, (deadline, next(self._order), launch_id))
+
+    def rejoined(self, identity: bytes, holding: list[int], now: float) -> list[Decision] | None:
+        """A worker of an earlier run came back, holding `holding` (the task it runs first,
+        then those sent ahead). It keeps those still unresolved, as its own; those reserved for
+        it that it does not hold had their results lost on the way, and run again; those
+        resolved meanwhile it is told to drop. None if it is not a worker awaited back."""
+        worker = self._workers.get(identity)
+        if worker is None or worker.connected or not worker.launch.rejoin:
+            return None
+        decisions: list[Decision] = []
+        kept: deque[int] = deque()
+        for task in holding:
+            entry = self._tasks.get(task)
+            if entry is not None and not isinstance(entry, _Push) and entry.worker == identity:
+                kept.append(task)
+            elif entry is not None and (isinstance(entry, _Push) or entry.worker is None):
+                # Queued here (its hand-over to this worker was not recorded in time): taken
+                # out of the queue, where its id is now skipped.
+                level = 0 if isinstance(entry, _Push) else entry.level
+                self._queued[level] -= 1
+                if isinstance(entry, _Push):
+                    entry = self._tasks[task] = _Task(task, timeout=entry.timeout)
+                entry.worker = identity
+                kept.append(task)
+            elif entry is None and task not in self._detached:
+                # Resolved without it (or unknown here): it runs for nothing, so it is
+                # interrupted, and its result dropped when it comes.
+                self._detached[task] = _Task(task, worker=identity)
+                kept.append(task)
+                decisions.append(Interrupt(identity, task, "it resolved while its worker was away"))
+        held = set(kept)
+        lost = [task for task in worker.assigned if task not in held]
+        worker.assigned = kept
+        self._requeue(lost)
+        worker.connected = True
+        self._connected += 1
+        self._launching -= 1
+        self._rejoining -= 1
+        self._rejoining_at[worker.launch.level] -= 1
+        launch = worker.launch
+        launch.waiting.discard(identity)
+        launch.live.add(identity)
+        self._connected_ever = True
+        if self._closing:
+            worker.leaving = True
+            decisions.append(Stop(identity, "the controller is closing"))
+            return decisions
+        if worker.assigned:
+            self._became_head(worker, now, decisions)
+        self._place(worker)
+        self._dispatch(decisions, now)
+        self._scale(now, decisions)
+        return decisions
+
+    def _claim(self, worker: _Worker, task: int) -> bool:
+        """A worker of an earlier run, back and not yet saying what it holds, reports `task`:
+        make it the head of what it holds, if that can be. Tasks reserved for it before that
+        one had their results lost on the way (it runs them in order), and run again. One
+        not reserved for it (its hand-over was not journaled in time) is taken from the
+        queue. False if another worker holds it, or it resolved."""
+        if task in worker.assigned:
+            lost = []
+            while worker.assigned[0] != task:
+                lost.append(worker.assigned.popleft())
+            self._requeue(lost)
+            return True
+        entry = self._tasks.get(task)
+        if entry is None or not (isinstance(entry, _Push) or entry.worker is None):
+            return False
+        self._requeue(list(worker.assigned))
+        level = 0 if isinstance(entry, _Push) else entry.level
+        self._queued[level] -= 1  # its id stays in the queue, skipped there
+        if isinstance(entry, _Push):
+            entry = self._tasks[task] = _Task(task, timeout=entry.timeout)
+        entry.worker = worker.identity
+        worker.assigned = deque([task])
+        return True
+
+    def _requeue(self, tasks: list[int]) -> None:
+        """Tasks a worker was sent but did not run (as far as anyone will know) go back to the
+        front of the queue, uncounted."""
+        for task in reversed(tasks):
+            record = self._tasks.get(task)
+            if not isinstance(record, _Task):
+                self._detached.pop(task, None)
+                continue
+            record.worker = None
+            self._queues[record.level].appendleft(task)
+            self._queued[record.level] += 1
 
     def push(self, task: int, now: float, timeout: float | None = None) -> list[Decision]:
         """A task was pushed. `timeout`: seconds it may run on a worker (None: no limit)."""
@@ -502,6 +635,9 @@ class Scheduler:
         worker.connected = True
         self._connected += 1
         launch = worker.launch
+        if launch.rejoin:
+            self._rejoining -= 1
+            self._rejoining_at[launch.level] -= 1
         launch.waiting.discard(identity)
         self._launching -= 1
         launch.live.add(identity)
@@ -527,7 +663,11 @@ class Scheduler:
         `Complete`: that task already resolved "cancel".
         """
         worker = self._workers.get(identity)
-        if worker is None or not worker.assigned or worker.assigned[0] != task:
+        if worker is None:
+            return None
+        if (not worker.assigned or worker.assigned[0] != task) and (
+            worker.connected or not worker.launch.rejoin or not self._claim(worker, task)
+        ):
             return None
         worker.assigned.popleft()
         mean = self._seconds_mean
@@ -541,7 +681,8 @@ class Scheduler:
             self._spare.append(entry)
         if worker.assigned:
             self._became_head(worker, now, decisions)
-        self._place(worker)
+        if worker.connected:
+            self._place(worker)
         self._dispatch(decisions, now)
         self._scale(now, decisions)
         return decisions
@@ -586,6 +727,9 @@ class Scheduler:
             self._connected -= 1
         else:
             self._launching -= 1
+            if launch.rejoin:
+                self._rejoining -= 1
+                self._rejoining_at[launch.level] -= 1
         if worker.released:
             self._released -= 1
         decisions: list[Decision] = [End(identity, reason)] if end else []
@@ -705,6 +849,18 @@ class Scheduler:
             if not self._still_waiting(launch_id):
                 continue
             launch = self._launches[launch_id]
+            if launch.rejoin:
+                reason = (
+                    "a worker of this controller's earlier run, which did not come back within "
+                    "seconds_reconnect"
+                )
+                identities = tuple(sorted(launch.waiting))
+                for identity in identities:
+                    decisions += self.lost(
+                        identity, now, clean=False, reason=reason, cause="infrastructure"
+                    )
+                decisions.append(Abandon(launch.id, identities, reason))
+                continue
             within = f"seconds_launch={self.settings.seconds_launch:g}"
             if launch.note is not None and not launch.running:
                 reason = f"launched workers did not start within {within}: {launch.note}"
@@ -724,6 +880,9 @@ class Scheduler:
                 hopeless = launch.running and not self._connected_ever
                 self._launch_failed(reason, decisions, hopeless=hopeless)
             self._retire_if_done(launch, decisions)
+        if self._rejoining and now >= self._holdoff:
+            self._holdoff = -math.inf  # waited long enough for the resumed run's workers
+            self._dispatch(decisions, now)
         self._scale(now, decisions)
         return decisions
 
@@ -845,6 +1004,8 @@ class Scheduler:
                 entry = tasks.get(task)
                 if entry is None:
                     continue  # cancelled while queued
+                if not isinstance(entry, _Push) and entry.worker is not None:
+                    continue  # taken out of the queue by a worker that came back (`rejoined`)
                 self._queued[queue_level] -= 1
                 if isinstance(entry, _Push):
                     timeout = entry.timeout
@@ -892,6 +1053,8 @@ class Scheduler:
     def _dispatch(self, decisions: list[Decision], now: float) -> None:
         if not any(self._queued):
             return
+        if self._rejoining and now < self._holdoff:
+            return  # workers of a resumed run may hold some of these: see `resume`
         # Idle workers first, one task each, so that no worker waits while another holds two;
         # bigger workers first, so that escalated tasks find them.
         for level in range(self.settings.levels - 1, -1, -1):
@@ -924,13 +1087,19 @@ class Scheduler:
         if self._closing or self._broken is not None:
             return
         workers = len(self._workers)
+        have = self._supply
+        if self._rejoining and now >= self._holdoff:
+            # Workers of a resumed run not back by now may never come: the tasks launch new
+            # ones (those that come back later are welcome all the same, over `workers`).
+            workers -= self._rejoining
+            have = [count - away for count, away in zip(have, self._rejoining_at, strict=True)]
         if workers >= self.settings.workers:
             return  # no room to launch anything
         floor = self.settings.workers_min
         if self.settings.levels == 1 and workers >= len(self._tasks) and workers >= floor:
             return  # the common case: every task has a worker
         demand = {level: count for level, count in enumerate(self._demand) if count}
-        supply = {level: count for level, count in enumerate(self._supply) if count}
+        supply = {level: count for level, count in enumerate(have) if count}
         plan = plan_launches(self.settings.workers, demand, supply)
         short = floor - workers - sum(plan.values())
         if short > 0:  # warm workers, at the first level, beyond what the tasks need

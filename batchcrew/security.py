@@ -47,6 +47,11 @@ class Keys:
             "BATCHCREW_SECRET_KEY": secret.decode(),
         }
 
+    def readmit(self, launch: str, public: bytes) -> None:
+        """Admit again the key issued to `launch` by an earlier run (from its journal)."""
+        self._clients[public] = launch
+        self._launches[launch] = public
+
     def retire(self, launch: str) -> None:
         """Refuse `launch`'s key from now on (its workers are gone)."""
         public = self._launches.pop(launch, None)

@@ -809,3 +809,63 @@ def test_a_worker_that_says_it_is_busy_is_not_ended_for_silence() -> None:
     decisions = scheduler.tick(later)  # silent since: ended, the task timed out
     assert of(End, decisions)
     assert of(Fail, decisions)[0].message.startswith("TimeoutError")
+
+
+# -- resuming a journal's run -------------------------------------------------------------------
+
+
+def resumed(workers: int = 2) -> Scheduler:
+    """A scheduler resuming a run: launch "old-0" with workers 0 and 1, worker 0 holding
+    tasks 1 and 2, task 3 queued; back by 100 s, queued tasks held back until 5 s."""
+    scheduler = Scheduler(Settings(workers=workers))
+    scheduler.resume("old-0", 0, [0, 1], 100.0, {0: [(1, None), (2, None)]}, holdoff=5.0)
+    assert scheduler.push_many([3], 0.0) == []  # held back, and nothing launched
+    return scheduler
+
+
+def test_a_worker_back_keeps_what_it_holds_and_the_rest_runs_again() -> None:
+    scheduler = resumed()
+    # It holds task 2 only: task 1's result was lost on the way, so task 1 runs again.
+    decisions = scheduler.rejoined(b"old-0:0", [2], 1.0)
+    assert of(Assign, decisions) == []  # the other worker may still come back with task 1 or 3
+    assert scheduler.held(2)
+    assert not scheduler.held(1)
+    done = scheduler.result(b"old-0:0", 2, 0.1, 2.0)
+    assert [complete.task for complete in of(Complete, done)] == [2]
+    decisions = scheduler.rejoined(b"old-0:1", [], 3.0)  # all back: the queue goes out
+    assert sorted(assign.task for assign in of(Assign, decisions)) == [1, 3]
+    assert scheduler.rejoined(b"old-0:1", [], 3.0) is None  # not awaited any more
+
+
+def test_a_result_before_the_hello_again_claims_a_queued_task() -> None:
+    scheduler = resumed()
+    # Worker 1 ran task 3, whose hand-over the journal missed, while the controller was away.
+    done = scheduler.result(b"old-0:1", 3, 0.1, 1.0)
+    assert [complete.task for complete in of(Complete, done)] == [3]
+    assert scheduler.result(b"old-0:1", 1, 0.1, 1.0) is None  # worker 0's, not its own
+
+
+def test_a_task_resolved_meanwhile_is_interrupted_on_the_worker_back() -> None:
+    scheduler = resumed()
+    decisions = scheduler.rejoined(b"old-0:0", [1, 9], 1.0)
+    assert [(cut.worker, cut.task) for cut in of(Interrupt, decisions)] == [(b"old-0:0", 9)]
+    assert of(Complete, scheduler.result(b"old-0:0", 1, 0.1, 2.0))
+    assert of(Complete, scheduler.result(b"old-0:0", 9, 0.1, 2.0)) == []  # dropped
+
+
+def test_workers_not_back_in_time_are_ended_and_their_tasks_run_elsewhere() -> None:
+    scheduler = resumed()
+    # Past the hold-off the queue goes to new workers, for those away may never come.
+    decisions = scheduler.tick(5.0)
+    assert len(launched(decisions)) == 2
+    assert scheduler.next_deadline() == 65.0  # their seconds_launch (100 s is later)
+    for identity in launched(decisions):
+        scheduler.connected_worker(identity, 6.0)
+    decisions = scheduler.tick(100.0)
+    abandoned = of(Abandon, decisions)
+    assert [(a.launch, a.identities) for a in abandoned] == [("old-0", (b"old-0:0", b"old-0:1"))]
+    assert not scheduler.knows(b"old-0:0")
+    assert scheduler.failed_launches == 0  # not a failed launch
+    # Tasks 1 and 2, reserved for worker 0, run on the new workers (one of which runs task 3).
+    assert [assign.task for assign in of(Assign, decisions)] == [1]
+    assert scheduler.queued == 1

@@ -322,6 +322,25 @@ class BatchLauncher(Launcher):
             )
         self._plan = plan
 
+    def launch_record(self, launch: str) -> dict[str, Any]:
+        """The jobs of `launch` (id, first worker, size), for a restarted controller to end."""
+        return {"jobs": [[job.id, job.offset, job.size] for job in self._jobs.get(launch, [])]}
+
+    def adopt(self, launch: str, count: int, record: Mapping[str, Any]) -> None:
+        """Take back the jobs of an earlier run's `launch` (from its journal): watched as this
+        launcher's own, and ended when they are not needed (TerminateJobs ends a job in any
+        state, one that has finished included)."""
+        jobs = [_Job(str(id), launch, int(offset), int(size), set(range(int(size))))
+                for id, offset, size in record.get("jobs") or ()]  # fmt: skip
+        if not jobs:
+            return
+        self._jobs.setdefault(launch, []).extend(jobs)
+        if not self._polling:
+            self._polling = True
+            self._lost_now = asyncio.Event()
+            self.start_soon(self._poll)
+            self.start_soon(self._look)
+
     def worker_left(self, launch: str, index: int) -> None:
         """Worker `index` of `launch` said goodbye: its process exits by itself and its job
         ends as it does (SUCCEEDED), so nothing needs ending, at close or later."""

@@ -132,6 +132,19 @@ class Launcher(ABC):
         """
         await self.terminate(launch, [index])
 
+    def launch_record(self, launch: str) -> dict[str, Any]:
+        """What a controller's journal keeps of `launch` once it is started, so that a
+        controller restarted on that journal can end its workers (`adopt`): job ids, process
+        ids. Plain JSON values. Empty by default."""
+        return {}
+
+    def adopt(self, launch: str, count: int, record: Mapping[str, Any]) -> None:  # noqa: B027
+        """Take `launch` (`count` workers) of an earlier run of this controller back from its
+        journal's `record` (see `launch_record`), so that `terminate`, `end_worker` and `close`
+        end its workers as if this launcher had started them. Called on the event loop once
+        the launcher serves; must not block. Does nothing by default (its workers, if they do
+        not come back, leave by themselves within seconds_reconnect)."""
+
     def worker_lost(self, launch: str, index: int) -> None:  # noqa: B027 - optional hook
         """Worker `index` of `launch` lost its connection, and the controller waits up to
         `seconds_cause` for a report of why: look now (its job's status), if looking costs
