@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import json
 import logging
 import math
 import multiprocessing
 import os
+import pickle
 import socket
 import sys
 import time
@@ -30,15 +32,17 @@ import anyio.abc
 import polars as pl
 
 from batchcrew import protocol, retrying, scheduling, seeding
-from batchcrew.dispatcher import Dispatcher, Network, Resolution
+from batchcrew.dispatcher import Dispatcher, Network, Resolution, Resume
 from batchcrew.errors import (
     BatchcrewError,
     ControllerClosedError,
+    JournalError,
     LaunchError,
     SerializationError,
     TaskError,
     TaskTooLargeError,
 )
+from batchcrew.journal import JournalWriter, Stored
 from batchcrew.launchers.base import Launcher
 from batchcrew.launchers.inprocess import InProcessLauncher
 from batchcrew.launchers.local import LocalLauncher
@@ -335,6 +339,19 @@ class Controller:
     original task.
     `timeline_max`: how many resolved tasks `timeline()` remembers. `tracer_provider`: the
     OpenTelemetry provider of the tasks' spans (default: the global one, if configured).
+
+    `journal` (a file path) makes the run durable: every task pushed, every result, and where
+    the workers are go into that SQLite file as they happen (off the dispatch path). A
+    controller started on an existing journal, under the same name, resumes its run: the
+    results are there again (`task(name)`, `pop`, `collect`, `results()`); the tasks not
+    resolved are queued again under their names; pushing a name that succeeded before
+    returns its stored result without running it (`forget(name)` runs it again). It listens
+    at the journal's address with its keys, so that the earlier run's workers, which keep
+    their running task and wait `seconds_reconnect` (default 300 s with a journal; without
+    one, a worker exits once its controller is gone for `seconds_heartbeat`), come back with
+    their results and take new work; those that do not come back in time are ended, and
+    their tasks run again. A journal serves one live controller at a time (`JournalError`).
+    See docs/durable.md.
     """
 
     def __init__(
@@ -374,6 +391,8 @@ class Controller:
         backup: Controller | None = None,
         timeline_max: int = 10_000,
         tracer_provider: Any = None,
+        journal: str | os.PathLike[str] | None = None,
+        seconds_reconnect: float | None = None,
     ) -> None:
         _check_name("name", name)
         _check_count("workers", workers, minimum=1)
@@ -389,6 +408,12 @@ class Controller:
         _check_seconds("seconds_heartbeat", seconds_heartbeat)
         _check_seconds("seconds_interrupt", seconds_interrupt)
         _check_timeout(seconds_timeout)
+        if journal is not None and not isinstance(journal, (str, os.PathLike)):
+            raise TypeError(f"journal must be a file path, not {type(journal).__name__}")
+        if seconds_reconnect is None:
+            seconds_reconnect = _SECONDS_RECONNECT if journal is not None else 0.0
+        else:
+            _check_seconds("seconds_reconnect", seconds_reconnect)
         if not (tasks_max == math.inf or (isinstance(tasks_max, int) and tasks_max >= 1)):
             raise ValueError(
                 f"tasks_max must be a whole number >= 1 or math.inf, not {tasks_max!r}"
@@ -472,7 +497,15 @@ class Controller:
             dialled,
             output_max=output_max,
             output_relay=output_relay,
+            seconds_reconnect=seconds_reconnect,
         )
+        self._journal_path = None if journal is None else os.fspath(journal)
+        self._journal: JournalWriter | None = None
+        self._succeeded: set[str] = set()  # names whose success the journal holds
+        self._restored: set[str] = set()  # names the journal left unresolved or failed
+        self._journal_functions: OrderedDict[bytes, int] = OrderedDict()
+        self._function_ids = itertools.count(1)
+        self._journal_cancels = True  # a cancel is journaled (not those of the close)
         self._relay = Relay() if output_relay else None
         self._dispatcher: Dispatcher | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -524,6 +557,7 @@ class Controller:
             raise ControllerClosedError(
                 f"controller {self.name!r} was already started; make a new Controller"
             )
+        stored = self._open_journal()
         self._state = "running"
         self._started_at = time.monotonic()
         self._dispatcher = Dispatcher(
@@ -538,6 +572,9 @@ class Controller:
             None if self._relay is None else self._on_output,
         )
         self._loop = asyncio.get_running_loop()
+        if stored is not None:
+            self._dispatcher.journal = self._journal
+            self._dispatcher.resume = self._restore(stored)
         self._spans = Spans.for_provider(self._tracer_provider)
         ready: asyncio.Future[None] = self._loop.create_future()
         self._runner = asyncio.create_task(self._run(ready), name=f"batchcrew-{self.name}")
@@ -550,7 +587,115 @@ class Controller:
             while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
                 error = error.exceptions[0]
             raise error from None
+        if self._journal is not None:
+            keys = self._dispatcher._keys
+            self._journal.start(
+                {
+                    "name": self.name,
+                    "address": self._dispatcher.address,
+                    "instance": self._dispatcher.scheduler.instance,
+                    "server_public": None if keys is None else keys.server_public.decode(),
+                    "server_secret": None if keys is None else keys.server_secret.decode(),
+                }
+            )
         logger.info("controller %s listening at %s", self.name, self._dispatcher.address)
+
+    def _open_journal(self) -> Stored | None:
+        """Open the journal (locked to this controller) and read what an earlier run left."""
+        if self._journal_path is None:
+            return None
+        journal = JournalWriter(self._journal_path)
+        try:
+            stored = journal.load()
+            owner = stored.meta.get("name")
+            if owner is not None and owner != self.name:
+                raise JournalError(
+                    f"journal {self._journal_path} is controller {owner!r}'s, not "
+                    f"{self.name!r}'s: open it with Controller({owner!r}, journal=...), or give "
+                    "this controller another journal"
+                )
+        except BaseException:
+            journal.close()
+            raise
+        self._journal = journal
+        return stored
+
+    def _restore(self, stored: Stored) -> Resume:
+        """Take up the journal's run: its results held again, its unresolved tasks made again
+        (queued, or reserved for the worker that held them), under their ids and names."""
+        restored = _Batch(self, b"", None, None)
+        for row in stored.results:
+            task = Task(restored, row[0], row[1], b"")
+            task._payload = None
+            task._result = _stored_fields(row)
+            self._resolved[task.id] = task
+            if task._name is not None:
+                self._named[task._name] = task
+                if task._result[1] == "success":
+                    self._succeeded.add(task._name)
+                else:
+                    self._restored.add(task._name)
+            self._counts["tasks"] += 1
+            self._counts[task._result[1]] += 1
+        batches: dict[tuple[Any, ...], _Batch] = {}
+        by_worker: dict[str, list[tuple[int, float | None]]] = {}
+        queued: dict[float | None, list[int]] = {}
+        connected = {
+            f"{launch.id}:{index}" for launch in stored.launches for index in launch.connected
+        }
+        for stored_task in stored.tasks:
+            key = (
+                stored_task.function, stored_task.timeout, stored_task.seed, stored_task.retries,
+                stored_task.retry_on,
+            )  # fmt: skip
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = _Batch(self, *key, pushed=stored_task.pushed)
+            payload: bytes | _Arguments = stored_task.arguments
+            if stored_task.buffers is not None:
+                buffers = tuple(memoryview(part) for part in pickle.loads(stored_task.buffers))
+                payload = (stored_task.arguments, buffers)
+            task = Task(batch, stored_task.id, stored_task.name, payload)
+            self._tasks[task.id] = task
+            if task._name is not None:
+                self._named[task._name] = task
+                self._restored.add(task._name)
+            self._counts["tasks"] += 1
+            if self._budget is not None:
+                self._budget.charge(payload)
+            if stored_task.worker in connected:
+                by_worker.setdefault(stored_task.worker, []).append((task.id, batch.timeout))
+            else:
+                queued.setdefault(batch.timeout, []).append(task.id)
+        self._ids = itertools.count(stored.last_id + 1)
+        meta = stored.meta
+        keys = None
+        if meta.get("server_public") and meta.get("server_secret"):
+            keys = (meta["server_public"].encode(), meta["server_secret"].encode())
+        address = meta.get("address") or ""
+        port = 0
+        if address and self._network.port == 0:
+            port = int(address.rpartition(":")[2])
+        if not (stored.results or stored.tasks or stored.launches):
+            return Resume(keys, port, address, [], {}, [], self._network.seconds_reconnect)
+        logger.info(
+            "controller %s resumes journal %s: %d result(s), %d task(s) to run, %d launch(es) "
+            "of its earlier run awaited back",
+            self.name,
+            self._journal_path,
+            len(stored.results),
+            len(stored.tasks),
+            len(stored.launches),
+        )
+        return Resume(
+            keys,
+            port,
+            address,
+            stored.launches,
+            by_worker,
+            [(ids, timeout) for timeout, ids in queued.items()],
+            self._network.seconds_reconnect,
+        )
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
         try:
@@ -579,22 +724,38 @@ class Controller:
         await dispatcher.run(task_status=task_status)
         group.cancel_scope.cancel()
 
-    async def aclose(self, seconds_grace: float = 5.0) -> None:
+    async def aclose(self, seconds_grace: float = 5.0, *, detach: bool = False) -> None:
         """Stop every worker and resolve every unresolved task as "cancel". Idempotent.
 
         Running tasks are interrupted, and workers get `seconds_grace` to exit; the launcher
         ends those still running. It finishes even when the calling task is being cancelled.
+
+        `detach=True` (with a journal only) leaves the workers running instead, with their
+        tasks and results: they wait `seconds_reconnect` for a controller resumed on the
+        journal (a redeploy's next process, at the same address), which takes them back; if
+        none comes, they leave by themselves then. Tasks resolve "cancel" here, and stay
+        unresolved in the journal.
         """
+        if detach and self._journal_path is None:
+            raise ValueError(
+                f"controller {self.name!r} has no journal: detach=True leaves workers for a "
+                "controller resumed on its journal; give it journal=PATH, or close without detach"
+            )
         if self._state == "closed":
             return
         self._state = "closed"
+        # Tasks the close cancels stay unresolved in the journal: a resumed run runs them.
+        self._journal_cancels = False
         for task_id in self._attempts.stop_all():
             # Waiting to be retried: no attempt follows, and nothing runs to interrupt.
             self._on_resolved(Resolution(task_id, "cancel", None, "the controller closed", None))
         runner, dispatcher = self._runner, self._dispatcher
         with anyio.CancelScope(shield=True):
             if runner is not None and dispatcher is not None and not runner.done():
-                await dispatcher.close(seconds_grace)
+                if detach:
+                    await dispatcher.detach()
+                else:
+                    await dispatcher.close(seconds_grace)
                 with anyio.move_on_after(seconds_grace + 30):
                     await asyncio.wait([runner])
                 if not runner.done():
@@ -610,6 +771,12 @@ class Controller:
             # Only if the runner died before resolving them: every task resolves exactly once.
             self._on_resolved(Resolution(task.id, "cancel", None, "the controller closed", None))
         self._stop()
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            if not detach:
+                # Its workers are gone: a run resumed from here waits for none of them.
+                journal.record("closed", ())
+            await asyncio.to_thread(journal.close)
 
     @property
     def running(self) -> bool:
@@ -864,13 +1031,23 @@ class Controller:
         kwargs: dict[str, Any],
         name: str | None,
         taken: set[str],
-    ) -> tuple[str | None, bytes | _Arguments]:
+    ) -> tuple[str | None, bytes | _Arguments | Task]:
         """Check a task's name (against those held, and `taken` by the tasks pushed with it)
         and pickle its arguments, for `_commit`. Raises ValueError for a bad name or one in
         use, `SerializationError`, and `TaskTooLargeError`."""
         label = "" if name is None else f" {name!r}"
         if name is not None:
             _check_name("name", name)
+            if name in self._succeeded and name not in taken:
+                stored = self._stored_success(name)
+                if stored is not None:
+                    taken.add(name)
+                    return name, stored  # done in an earlier run (or earlier in this one)
+            if name in self._restored and name not in taken:
+                resumed = self._pushed_again(name)
+                if resumed is not None:
+                    taken.add(name)
+                    return name, resumed
             held = self._held_named(name)
             if held is not None or name in taken:
                 # Refused, not replaced: a second task of that name would hide the first
@@ -906,12 +1083,23 @@ class Controller:
         self,
         dispatcher: Dispatcher,
         batch: _Batch,
-        prepared: list[tuple[str | None, bytes | _Arguments]],
+        prepared: list[tuple[str | None, bytes | _Arguments | Task]],
     ) -> list[Task]:
         """Make the tasks of prepared calls, count them, and queue them."""
+        if self._journal is not None:
+            return self._commit_journaled(dispatcher, batch, prepared)
+        return self._make(dispatcher, batch, prepared)
+
+    def _make(
+        self,
+        dispatcher: Dispatcher,
+        batch: _Batch,
+        prepared: list[tuple[str | None, bytes | _Arguments | Task]],
+    ) -> list[Task]:
         tasks: list[Task] = []
         named, unresolved = self._named, self._tasks
         for name, payload in prepared:
+            assert not isinstance(payload, Task)
             task_id = next(self._ids)
             if name is None and named:
                 generated = f"task-{task_id}"
@@ -932,10 +1120,111 @@ class Controller:
         budget = self._budget
         if budget is not None:
             for _, payload in prepared:
-                budget.charge(payload)
+                budget.charge(payload)  # type: ignore[arg-type]  # fresh: no Task among them
         if tasks:
             dispatcher.push([task.id for task in tasks], batch.timeout)
         return tasks
+
+    def _commit_journaled(
+        self,
+        dispatcher: Dispatcher,
+        batch: _Batch,
+        prepared: list[tuple[str | None, bytes | _Arguments | Task]],
+    ) -> list[Task]:
+        """`_commit` with a journal: tasks that succeeded before come back as they are (their
+        stored results); the others are made, journaled, and queued."""
+        journal = self._journal
+        assert journal is not None
+        fresh = [(name, payload) for name, payload in prepared if not isinstance(payload, Task)]
+        made = iter(self._make(dispatcher, batch, fresh) if fresh else ())  # type: ignore[arg-type]
+        tasks = [payload if isinstance(payload, Task) else next(made) for _, payload in prepared]
+        function = self._journal_functions.get(batch.function)
+        if function is None:
+            function = next(self._function_ids)
+            journal.record("function", (function, batch.function))
+            self._journal_functions[batch.function] = function
+            if len(self._journal_functions) > _FUNCTIONS_CACHED:
+                self._journal_functions.popitem(last=False)
+        for task in tasks:
+            if task._batch is not batch:
+                continue  # stored
+            payload = task._payload
+            assert payload is not None
+            if isinstance(payload, bytes):
+                arguments, buffers = payload, None
+            else:
+                arguments = payload[0]
+                buffers = pickle.dumps([bytes(part) for part in payload[1]], protocol=5)
+            journal.record(
+                "task",
+                (
+                    task.id, task._name, function, arguments, buffers, batch.timeout, batch.seed,
+                    batch.retries, batch.retry_on, batch.pushed,
+                ),
+            )  # fmt: skip
+        return tasks
+
+    def _pushed_again(self, name: str) -> Task | None:
+        """The script of a resumed run pushes `name` again, which the journal's run left
+        unresolved (resumed at start: that task is returned) or failed (its failure, not
+        taken, gives way to the new push, which runs)."""
+        self._restored.discard(name)
+        held = self._held_named(name)
+        if held is None:
+            return None
+        if held._result is None:
+            return held
+        status = held._resolved_result().status
+        self._take(held)
+        if self._journal is not None:
+            self._journal.record("drop", (held.id,))
+            self._journal.record("drop_result", (held.id,))
+        self._counts["tasks"] -= 1
+        self._counts[status] -= 1
+        return None
+
+    def _stored_success(self, name: str) -> Task | None:
+        """The task called `name` that succeeded, here or in an earlier run of the journal:
+        held (its result not taken yet), or made again from the journal."""
+        held = self._held_named(name)
+        if held is not None:
+            result = held._result
+            if (
+                result is not None
+                and (result[1] if isinstance(result, tuple) else result.status) == "success"
+            ):
+                return held
+            return None
+        journal = self._journal
+        row = None if journal is None else journal.stored_result(name)
+        if row is None:
+            self._succeeded.discard(name)
+            return None
+        task = Task(_Batch(self, b"", None, None), row[0], name, b"")
+        task._payload = None
+        task._result = _stored_fields(row)
+        self._named[name] = task
+        self._resolved[task.id] = task
+        return task
+
+    def forget(self, name: str) -> bool:
+        """Forget the success of the task called `name` in the journal, so that pushing that
+        name again runs it (a journaled controller otherwise returns the stored result).
+        Returns whether there was one. Its result, if held and not taken, stays held: take it
+        first to push the name again."""
+        self._check_running()
+        if self._journal is None:
+            raise ValueError(
+                f"controller {self.name!r} has no journal: only a journal keeps results to forget"
+            )
+        known = name in self._succeeded
+        self._succeeded.discard(name)
+        self._journal.record("unpush", (name,))
+        self._journal.record("forget", (name,))
+        # Committed now, before a push of that name: a batch writes its kinds in a fixed order,
+        # where the new result would come before the forgetting.
+        self._journal.flush()
+        return known
 
     def _warn_large(self, label: str, function: int, size: int) -> None:
         """Say once per controller that tasks are large: what a function captures (a lambda
@@ -1433,6 +1722,8 @@ class Controller:
         if seconds is not None:
             self._seconds += seconds
         self._resolved[task.id] = task
+        if self._journal is not None and (status != "cancel" or self._journal_cancels):
+            self._journal_result(task, fields)
         name = task._name  # None: generated from its id, made only if the timeline is read
         self._timeline.add(
             task.id if name is None else name, worker, status, task._batch.pushed, seconds
@@ -1446,6 +1737,32 @@ class Controller:
         self._resolutions.notify()
         if not self._tasks:
             self._settled.notify()
+
+    def _journal_result(self, task: Task, fields: _Fields) -> None:
+        assert self._journal is not None
+        value = fields[0]
+        if value is None:
+            pickled = None
+        else:
+            try:
+                pickled = pickle.dumps(value, protocol=5)
+            except Exception:
+                try:
+                    pickled = protocol.dump_value(value)[0]
+                except Exception as error:  # kept here; a resumed run reads it as an error
+                    pickled = pickle.dumps(_Unpicklable(_describe(error)))
+        exception = fields[13]
+        self._journal.record(
+            "result",
+            (
+                task.id, task._name, fields[1], pickled, fields[2], fields[3],
+                json.dumps(fields[4]) if fields[4] else "[]", fields[5], fields[6], fields[7],
+                fields[8], fields[9], fields[10], fields[11], fields[12],
+                None if exception is None else protocol.dump_exception(exception), time.time(),
+            ),
+        )  # fmt: skip
+        if fields[1] == "success" and task._name is not None:
+            self._succeeded.add(task._name)
 
     def _hand_over(self, task: Task, resolution: Resolution) -> None:
         """`task` crashed crashes_max times here: run it on the backup, whose result comes back
@@ -1589,6 +1906,38 @@ class Controller:
 
     def __repr__(self) -> str:
         return f"<Controller {self.name!r} {self._state}, {len(self._tasks)} unresolved>"
+
+
+_SECONDS_RECONNECT = 300.0  # with a journal, how long workers wait for a restarted controller
+
+
+class _Unpicklable:
+    """What the journal keeps of a result that cannot be pickled again."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _stored_fields(row: tuple[Any, ...]) -> _Fields:
+    """A result's fields from its row in the journal (see batchcrew.journal)."""
+    (_, _, status, pickled, error, trace, warned, seconds, worker, launcher, controller,
+     memory, attempts, interruptions, output, exception) = row  # fmt: skip
+    value = None
+    if pickled is not None:
+        try:
+            value = protocol.load(pickled)
+        except BaseException as failure:
+            status, error = (
+                "error",
+                f"the stored result cannot be unpickled here: {_describe(failure)}",
+            )
+        if isinstance(value, _Unpicklable):
+            status, error, value = "error", f"the result could not be journaled: {value.why}", None
+    return (
+        value, status, error, trace, tuple(json.loads(warned)), seconds, worker, launcher,
+        controller, memory, attempts, interruptions, output,
+        None if exception is None else _rebuilt(exception, trace),
+    )  # fmt: skip
 
 
 def _rebuilt(data: protocol.Buffer, trace: str | None) -> BaseException | None:

@@ -339,6 +339,18 @@ class Dispatcher:
             lingering.cancel()  # the launcher ends whatever is left as it closes
         self._lingering.clear()
 
+    async def detach(self) -> None:
+        """Stop serving but leave the workers running, with their tasks: they wait
+        seconds_reconnect for a controller resumed on the journal. Launch calls under way
+        finish first, so that the journal knows every job to take back."""
+        self.launcher.stopping = True
+        self.launcher.detached = True
+        with anyio.move_on_after(_SECONDS_CALLS_MAX):
+            while self._in_flight:
+                await self._changed.wait()
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
+
     async def close(self, seconds_grace: float) -> None:
         """Stop the workers and cancel (interrupting) every unresolved task; let launch calls
         finish and workers leave (within `seconds_grace`); then cancel the serving task group,

@@ -284,6 +284,16 @@ class ControllerGroup:
                 return found
         return None
 
+    def forget(self, name: str, *, controllers: Iterable[str] | None = None) -> bool:
+        """`Controller.forget` on each of `controllers` (default: all) that has a journal;
+        returns whether any held a success for `name`."""
+        journaled = [c for c in self._some(controllers) if c._journal_path is not None]
+        if not journaled:
+            raise ValueError(
+                "no controller of this group has a journal: only a journal keeps results to forget"
+            )
+        return any([controller.forget(name) for controller in journaled])
+
     def cancel(
         self,
         names: Iterable[str] = (),

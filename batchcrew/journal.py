@@ -167,6 +167,8 @@ def check_format(connection: sqlite3.Connection, path: str | os.PathLike[str]) -
         return
     row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
     written = row[0] if row else None
+    if row is None and connection.execute("SELECT count(*) FROM meta").fetchone()[0] == 0:
+        return  # made by a controller whose start failed before it wrote anything
     if written != FORMAT:
         by = connection.execute("SELECT value FROM meta WHERE key = 'batchcrew'").fetchone()
         raise JournalError(
@@ -381,7 +383,13 @@ _STATEMENTS = {
     "held": "UPDATE tasks SET worker = ? WHERE id = ?",
     "result": "INSERT OR REPLACE INTO results VALUES"
     " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    # Forgetting a success: its task goes too, or a resumed run would queue it again.
+    "unpush": "DELETE FROM tasks WHERE id IN"
+    " (SELECT id FROM results WHERE name = ? AND status = 'success')",
     "forget": "DELETE FROM results WHERE name = ? AND status = 'success'",
+    # A failure of an earlier run whose name is pushed again: the new push replaces it.
+    "drop": "DELETE FROM tasks WHERE id = ?",
+    "drop_result": "DELETE FROM results WHERE id = ?",
     "launch": "INSERT OR REPLACE INTO launches VALUES (?, ?, ?, ?, ?, ?, 0)",
     "record": "UPDATE launches SET record = ? WHERE id = ?",
     "retire": "UPDATE launches SET retired = 1 WHERE id = ?",

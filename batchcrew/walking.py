@@ -246,7 +246,7 @@ class Walk:
         held = 0 if budget is None else budget.held
         batch = dataclasses.replace(self._batch, pushed=time.time())
         taken: set[str] = set()
-        prepared: list[tuple[str | None, bytes | _Arguments]] = []
+        prepared: list[tuple[str | None, bytes | _Arguments | Task]] = []
         failure: BaseException | None = None
         more = True
         start = time.perf_counter()
@@ -290,7 +290,7 @@ class Walk:
                     break
                 prepared.append(item)
                 self._taken += 1
-                if budget is not None:
+                if budget is not None and isinstance(item[1], (bytes, tuple)):  # not stored
                     held += held_bytes(item[1])
         if failure is not None:
             if first:

@@ -366,7 +366,7 @@ class BatchLauncher(Launcher):
                         targets.append(job.id)  # ending an array job ends its children
                     else:
                         targets += [job.child_id(child) for child in sorted(job.unfinished)]
-            if targets:
+            if targets and not self.detached:
                 await self._end_at_close(targets)
             self._jobs.clear()
         finally:

@@ -112,6 +112,9 @@ class Launcher(ABC):
         self._report: Report | None = None
         self.stopping = False
         """Set when the controller starts closing: a launch not yet sent should not be sent."""
+        self.detached = False
+        """Set when the controller closes detached (`aclose(detach=True)`): `close` leaves
+        the workers running, for a controller resumed on its journal to take back."""
 
     @abstractmethod
     async def launch(self, request: LaunchRequest) -> None:
@@ -207,6 +210,7 @@ class Launcher(ABC):
             )
         self._report = report
         self.stopping = False  # a launcher may serve a new controller once the last one closed
+        self.detached = False
         try:
             await self.open()
             async with anyio.create_task_group() as group:

@@ -139,6 +139,8 @@ class LocalLauncher(Launcher):
         self._closing = True
         adopted = list(self._adopted.values())
         self._adopted.clear()
+        if self.detached:
+            return  # they outlive this process (each leads its own session)
         await self._end(list(self._processes.values()), adopted)
 
     async def _end(self, processes: list[anyio.abc.Process], adopted: Sequence[int] = ()) -> None:
