@@ -15,6 +15,7 @@ if TYPE_CHECKING:
         BatchcrewError,
         ControllerClosedError,
         CrashError,
+        JournalError,
         LaunchError,
         ProtocolError,
         SerializationError,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     )
     from batchcrew.executor import Executor
     from batchcrew.group import ControllerGroup
+    from batchcrew.journal_view import Journal
     from batchcrew.launchers.base import Launcher, LaunchRequest, WorkerExit
     from batchcrew.launchers.inprocess import InProcessLauncher
     from batchcrew.launchers.local import LocalLauncher
@@ -41,6 +43,8 @@ __all__ = [
     "CrashError",
     "Executor",
     "InProcessLauncher",
+    "Journal",
+    "JournalError",
     "LaunchError",
     "LaunchRequest",
     "Launcher",
@@ -67,6 +71,8 @@ _HOMES = {
     "BatchcrewError": "batchcrew.errors",
     "ControllerClosedError": "batchcrew.errors",
     "CrashError": "batchcrew.errors",
+    "JournalError": "batchcrew.errors",
+    "Journal": "batchcrew.journal_view",
     "LaunchError": "batchcrew.errors",
     "ProtocolError": "batchcrew.errors",
     "SerializationError": "batchcrew.errors",

@@ -82,6 +82,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run a local AWS Batch + CloudWatch Logs emulator until Ctrl-C (on loopback only, "
         "unless --allow-remote)",
     )
+    journal = commands.add_parser(
+        "journal",
+        help="show what a controller's journal holds: its summary, then its results",
+        description="Show a journal (the file a controller was given as journal=): its summary, "
+        "then its newest results, one line each. It may be read while its controller runs. "
+        "Every column, and each task's value: batchcrew.Journal(PATH) in Python.",
+    )
+    journal.add_argument("path", metavar="PATH", help="the journal file")
+    journal.add_argument(
+        "--failed", action="store_true", help="only the results that are not a success"
+    )
+    journal.add_argument(
+        "--limit",
+        type=int,
+        default=_JOURNAL_LIMIT,
+        metavar="N",
+        help=f"show the newest N results at most (default {_JOURNAL_LIMIT}; 0: every one)",
+    )
+
     from batchcrew.testing import _command
 
     _command.add_arguments(emulator)
@@ -103,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     if args.command == "dockerfile":
         return _dockerfile(args)
+    if args.command == "journal":
+        return _journal(args)
     if args.command == "worker":
         from batchcrew import worker as worker_module
 
@@ -113,6 +134,80 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         return worker_module.main(forwarded)
     return _command.run(args)
+
+
+_JOURNAL_LIMIT = 20  # results `batchcrew journal` shows unless told
+
+
+def _journal(args: argparse.Namespace) -> int:
+    """`batchcrew journal PATH`: the journal's summary, a field per line, then its newest
+    results (its failures, with --failed), a line each."""
+    import polars as pl
+    from rich.table import Table
+    from rich.text import Text
+
+    from batchcrew.errors import JournalError
+    from batchcrew.journal_view import Journal
+
+    if args.limit < 0:
+        print("batchcrew: error: --limit must be 0 (every result) or more", file=sys.stderr)
+        return 2
+    try:
+        with Journal(args.path) as journal:
+            summary = journal.summary()
+            results = journal.failed() if args.failed else journal.results()
+    except JournalError as refused:
+        if args.debug:
+            raise
+        print(f"batchcrew: error: {refused}", file=sys.stderr)
+        return 2
+    console = Console()
+    fields = Table(box=None, show_header=False, pad_edge=False)
+    fields.add_column("field", style="bold", no_wrap=True)
+    fields.add_column("value", overflow="fold")
+    for name, value in summary.row(0, named=True).items():
+        # Text, not str: names and errors may hold [brackets] that rich would read as markup.
+        fields.add_row(name, Text(_journal_cell(value)))
+    console.print(fields)
+    console.print()
+    total = results.height
+    if total == 0:
+        console.print("no failed task" if args.failed else "no task has resolved yet")
+        return 0
+    results = results.sort("resolved", maintain_order=True)  # as they resolved, newest last
+    caption = "times UTC; each task's output and value: batchcrew.Journal(PATH) in Python"
+    if 0 < args.limit < total:
+        results = results.tail(args.limit)
+        caption = f"the newest {args.limit} of {total}, more with --limit N; {caption}"
+    table = Table(box=None, pad_edge=False, header_style="bold underline", caption=caption)
+    table.add_column("name", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("attempts", no_wrap=True, justify="right")
+    table.add_column("seconds", no_wrap=True, justify="right")
+    table.add_column("worker", overflow="fold")
+    table.add_column("resolved", no_wrap=True)
+    # The error gives way first when the terminal is narrow: its lines are cut, not wrapped.
+    table.add_column("error", min_width=8)
+    columns = ["name", "status", "attempts", "seconds", "worker", "resolved", "error"]
+    for row in results.with_columns(pl.col("seconds").round(3)).select(columns).iter_rows():
+        *cells, error = (_journal_cell(value, "%m-%d %H:%M:%S") for value in row)
+        table.add_row(*map(Text, cells), Text(error, no_wrap=True, overflow="ellipsis"))
+    console.print(table)
+    return 0
+
+
+def _journal_cell(value: object, moment: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A value as `batchcrew journal` shows it: a time in the `moment` format, a text's
+    first line (an error's), nothing for null."""
+    import datetime
+
+    if value is None:
+        return ""
+    if isinstance(value, datetime.datetime):
+        return value.strftime(moment)
+    if isinstance(value, str):
+        return value.splitlines()[0] if value else ""  # an error's first line
+    return str(value)
 
 
 def _dockerfile(args: argparse.Namespace) -> int:
