@@ -668,6 +668,7 @@ class Controller:
             else:
                 queued.setdefault(batch.timeout, []).append(task.id)
         self._ids = itertools.count(stored.last_id + 1)
+        self._function_ids = itertools.count(stored.last_function + 1)
         meta = stored.meta
         keys = None
         if meta.get("server_public") and meta.get("server_secret"):

@@ -312,6 +312,8 @@ class Dispatcher:
             self.launcher.adopt(launch.id, launch.count, launch.record)
             if not same:
                 ended.append((launch.id, list(range(launch.count))))
+                if self.journal is not None:
+                    self.journal.record("retire", (launch.id,))  # not to be awaited again
         if ended:
             logger.warning(
                 "this controller listens at %s, its earlier run at %s: that run's %d "

@@ -88,11 +88,12 @@ class ControllerGroup:
                     await controller.aclose()
             raise
 
-    async def aclose(self, seconds_grace: float = 5.0) -> None:
+    async def aclose(self, seconds_grace: float = 5.0, *, detach: bool = False) -> None:
         """Close every controller, each before its backup (its tasks on the backup are
-        cancelled with it). Idempotent."""
+        cancelled with it). Idempotent. `detach=True`: see `Controller.aclose` (every
+        controller of the group needs a journal)."""
         for controller in self._closing_order():
-            await controller.aclose(seconds_grace)
+            await controller.aclose(seconds_grace, detach=detach)
 
     def _closing_order(self) -> list[Controller]:
         order: list[Controller] = []

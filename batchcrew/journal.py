@@ -127,6 +127,7 @@ class Stored:
     results: list[tuple[Any, ...]] = field(default_factory=list)  # rows of `results`
     launches: list[StoredLaunch] = field(default_factory=list)
     last_id: int = 0
+    last_function: int = 0  # the highest id in `functions`: a new run's ids start above it
 
 
 def connect(path: str | os.PathLike[str], *, read_only: bool = False) -> sqlite3.Connection:
@@ -236,6 +237,7 @@ class JournalWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._flushed = threading.Condition()
+        self._reader: sqlite3.Connection | None = None
         self._sent = 0  # records enqueued
         self._written = 0  # records committed
 
@@ -276,13 +278,16 @@ class JournalWriter:
             " (SELECT max(id) AS id FROM tasks UNION SELECT max(id) FROM results)"
         ).fetchone()
         stored.last_id = last[0] or 0
+        stored.last_function = max(functions, default=0)
         return stored
 
     def stored_result(self, name: str) -> tuple[Any, ...] | None:
         """The row of the newest successful result of a task called `name`, if any (what
         this run has recorded is committed first)."""
         self.flush()
-        row: tuple[Any, ...] | None = self._connection.execute(
+        if self._reader is None:  # the writer thread has the other connection
+            self._reader = connect(self.path)
+        row: tuple[Any, ...] | None = self._reader.execute(
             "SELECT id, name, status, value, error, trace, warnings, seconds, worker, launcher,"
             " controller, memory, attempts, interruptions, output, exception FROM results"
             " WHERE name = ? AND status = 'success' ORDER BY id DESC LIMIT 1",
@@ -329,6 +334,8 @@ class JournalWriter:
                 self._thread.join()
                 self._thread = None
             self._connection.close()
+            if self._reader is not None:
+                self._reader.close()
         finally:
             self._lock.release()
         self._raise_if_failed()

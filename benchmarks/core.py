@@ -40,6 +40,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -94,9 +95,23 @@ while True:
 """
 
 
-async def batchcrew_run(tasks: int, latency: int, security: str, reads: float = 0) -> Figures:
-    """`reads`: with the dashboard open, read this many times a second (0: closed)."""
-    async with bc.Controller(name="bench", workers=WORKERS, security=security) as controller:  # type: ignore[arg-type]
+async def batchcrew_run(
+    tasks: int, latency: int, security: str, reads: float = 0, journal: bool = False
+) -> Figures:
+    """`reads`: with the dashboard open, read this many times a second (0: closed).
+    `journal`: with a journal (a new one in a temporary directory)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch, "bench.journal") if journal else None
+        return await _batchcrew_run(tasks, latency, security, reads, path)
+
+
+async def _batchcrew_run(
+    tasks: int, latency: int, security: str, reads: float, journal: Path | None
+) -> Figures:
+    options: dict[str, Any] = {} if journal is None else {"journal": journal}
+    async with bc.Controller(
+        name="bench", workers=WORKERS, security=security, **options
+    ) as controller:  # type: ignore[arg-type]
         if not reads:
             return await _batchcrew_figures(controller, tasks, latency)
         url = await controller.serve_dashboard()
@@ -284,6 +299,7 @@ def measure(n: int, m: int, r: int, loop: str, against: list[Path]) -> dict[str,
         'batchcrew, security="curve"': lambda: batchcrew_run(n, m, "curve"),
         "batchcrew, curve, dashboard open": lambda: batchcrew_run(n, m, "curve", 1),
         "batchcrew, curve, dashboard read 10/s": lambda: batchcrew_run(n, m, "curve", 10),
+        "batchcrew, curve, journal": lambda: batchcrew_run(n, m, "curve", journal=True),
     }
     if against:
         here = Path(__file__).resolve().parent.parent
@@ -339,6 +355,7 @@ def report(rows: dict[str, Figures], n: int, m: int, r: int, loop: str) -> None:
     console.print(table)
     curve = rows['batchcrew, security="curve"']
     watched = rows["batchcrew, curve, dashboard open"]
+    journaled = rows["batchcrew, curve, journal"]
     checks = [
         (f"throughput vs plain loop, {PIPELINE} in flight", curve.throughput / floor.throughput,
          ">=", 1.0),
@@ -349,6 +366,7 @@ def report(rows: dict[str, Figures], n: int, m: int, r: int, loop: str) -> None:
          0.95),
         ("dashboard open vs closed, round-trip median", watched.median / curve.median, "<=",
          1.05),
+        ("journal vs none, throughput", journaled.throughput / curve.throughput, ">=", 0.7),
     ]  # fmt: skip
     for label, ratio, sense, target in checks:
         met = ratio >= target if sense == ">=" else ratio <= target
